@@ -1,0 +1,1 @@
+"""The REST API: Flask app factory, one blueprint per resource, auth, request schemas."""

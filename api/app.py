@@ -1,0 +1,57 @@
+"""The Flask app factory."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from flask import Flask, Response, g, request
+
+from api import problems
+from api.routes import health, jobs, models
+from api.state import ApiState, TtlCache
+from api.waiters import CompletionWaiter
+from db.engine import make_engine, make_session_factory
+from inferq.queues import make_celery
+from inferq.settings import Settings
+from inferq.status import completion_channel, make_redis
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """A ready API app; connections open on first use, never at import or build time."""
+    settings = settings or Settings.from_env()
+    app = Flask("inferq.api")
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    engine = make_engine(
+        settings.require_database_url(),
+        pool_size=settings.api_threads // 2 + 2,
+        application_name="inferq-api",
+    )
+    ApiState(
+        settings=settings,
+        sessions=make_session_factory(engine),
+        redis=make_redis(settings),
+        celery=make_celery(settings),
+        waiter=CompletionWaiter(lambda: make_redis(settings), completion_channel(settings)),
+        principals=TtlCache(settings.auth_cache_s),
+        models=TtlCache(settings.model_cache_s),
+    ).init_app(app)
+    problems.init_app(app)
+    for blueprint in (health.bp, jobs.bp, models.bp):
+        app.register_blueprint(blueprint)
+    app.before_request(_request_id)
+    app.after_request(_echo_request_id)
+    return app
+
+
+def _request_id() -> None:
+    incoming = request.headers.get("X-Request-ID", "")
+    g.request_id = incoming[:128] if incoming.isprintable() and incoming else uuid.uuid4().hex
+
+
+def _echo_request_id(response: Response) -> Response:
+    response.headers["X-Request-ID"] = g.get("request_id", "")
+    return response

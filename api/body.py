@@ -1,0 +1,55 @@
+"""Reading request bodies strictly: JSON objects only, finite numbers, bounded size."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from flask import request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from inferq.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+def parse_json(raw: bytes) -> Any:
+    """Parse ``raw`` as strict JSON (no NaN or Infinity, no overflowing numbers)."""
+    try:
+        return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+    except UnicodeDecodeError as exc:
+        raise BadRequest("The body is not UTF-8.") from exc
+    except RecursionError as exc:
+        raise BadRequest("The JSON body is nested too deeply.") from exc
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        raise BadRequest(f"The body is not valid JSON: {str(exc)[:200]}") from exc
+
+
+def json_object(*, optional: bool = False) -> dict[str, Any]:
+    """The request's JSON object body (an empty object when ``optional`` and absent)."""
+    try:
+        raw = request.get_data(cache=True)
+    except RequestEntityTooLarge as exc:
+        raise PayloadTooLarge(
+            f"The body is larger than {request.max_content_length} bytes."
+        ) from exc
+    if not raw and optional:
+        return {}
+    if not request.mimetype or not (
+        request.mimetype == "application/json" or request.mimetype.endswith("+json")
+    ):
+        raise UnsupportedMediaType("Send the body as 'Content-Type: application/json'.")
+    body = parse_json(raw)
+    if not isinstance(body, dict):
+        raise BadRequest("The JSON body must be an object.")
+    return body

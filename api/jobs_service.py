@@ -1,0 +1,136 @@
+"""The job operations behind the routes: accept, publish, wait."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from api.state import ApiState
+from db.jobs import (
+    JobView,
+    completion_rate,
+    create_job,
+    get_job_view,
+    mark_unpublished,
+    queue_position,
+)
+from db.models import TERMINAL_STATUSES
+from db.registry import ServingInfo, serving_info
+from inferq.errors import BadRequest, InvalidInput, NotFound, ServiceUnavailable
+from inferq.queues import publish_predict
+
+log = logging.getLogger(__name__)
+
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IGNORECASE)
+
+
+def parse_job_id(raw: str) -> uuid.UUID:
+    """``raw`` as a UUID, or a 400 problem."""
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise BadRequest(f"Job ids are UUIDs; {raw[:64]!r} is not one.") from None
+
+
+def prefer_wait(header: str | None, max_wait_s: float) -> float:
+    """Seconds asked for by ``Prefer: wait=N`` (RFC 7240), capped; 0 when absent or unusable."""
+    match = _PREFER_WAIT.search(header or "")
+    return min(float(match.group(1)), max_wait_s) if match else 0.0
+
+
+def query_wait(raw: str | None, max_wait_s: float) -> float:
+    """Seconds asked for by ``?wait=N``, capped at ``max_wait_s``; a bad value is a 400."""
+    if raw is None or raw == "":
+        return 0.0
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise BadRequest(f"wait must be a number of seconds, not {raw[:32]!r}.") from None
+    if not 0 <= seconds < float("inf"):
+        raise BadRequest("wait must be a non-negative number of seconds.")
+    return min(seconds, max_wait_s)
+
+
+def model_for(st: ApiState, name: str) -> ServingInfo:
+    """The model a job names, or a 422 naming the known ones."""
+
+    def load() -> ServingInfo | None:
+        with st.sessions() as session:
+            return serving_info(session, name)
+
+    info = st.models.get(name, load)
+    if info is None:
+        raise InvalidInput(
+            f"There is no model named {name[:64]!r}.",
+            errors=[{"pointer": "/model", "detail": "unknown model (GET /v1/models lists them)"}],
+        )
+    if info.active_version_id is None or info.active_version is None:
+        raise ServiceUnavailable(
+            f"Model {name!r} has no active version yet.", headers={"Retry-After": "30"}
+        )
+    return info
+
+
+def accept(st: ApiState, tenant_id: uuid.UUID, info: ServingInfo, body: dict[str, Any]) -> JobView:
+    """Commit the job; it is durable from here on, whatever happens to the broker."""
+    assert info.active_version_id is not None and info.active_version is not None
+    with st.sessions.begin() as session:
+        row = create_job(
+            session,
+            tenant_id=tenant_id,
+            model_id=info.model_id,
+            version_id=info.active_version_id,
+            lane=body.get("lane", "online"),
+            input=body["input"],
+            user=body.get("user"),
+        )
+    return JobView(row, info.name, info.active_version)
+
+
+def publish(st: ApiState, view: JobView) -> None:
+    """Send the job to its lane; on failure leave it to the reconciler (the job is safe)."""
+    try:
+        publish_predict(st.celery, st.settings, [str(view.job.id)], view.job.lane)
+    except Exception:
+        log.warning(
+            "publish failed; the reconciler will republish",
+            extra={"job_id": str(view.job.id)},
+            exc_info=True,
+        )
+        with st.sessions.begin() as session:
+            mark_unpublished(session, [view.job.id])
+
+
+def load(st: ApiState, job_id: uuid.UUID, tenant_id: uuid.UUID) -> JobView:
+    """The tenant's job, or 404 (also for another tenant's job)."""
+    with st.sessions() as session:
+        view = get_job_view(session, job_id, tenant_id)
+    if view is None:
+        raise NotFound(f"No job {job_id}.")
+    return view
+
+
+def wait_until_terminal(st: ApiState, view: JobView, seconds: float, signal: Any) -> JobView:
+    """Block until the job is terminal or ``seconds`` pass, re-reading it only when signalled."""
+    deadline = time.monotonic() + seconds
+    while view.job.status not in TERMINAL_STATUSES:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not signal.wait(remaining):
+            return load(st, view.job.id, view.job.tenant_id)
+        signal.clear()
+        view = load(st, view.job.id, view.job.tenant_id)
+    return view
+
+
+def queue_estimate(st: ApiState, view: JobView) -> tuple[int | None, float | None]:
+    """The queued job's position in its lane and a rough ETA from the lane's recent rate."""
+    if view.job.status != "queued":
+        return None, None
+    with st.sessions() as session:
+        position = queue_position(session, view.job)
+        rate = completion_rate(session, view.job.lane)
+    eta = round((position + 1) / rate, 2) if rate > 0 else None
+    return position, eta

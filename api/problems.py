@@ -1,0 +1,62 @@
+"""One place that turns every error into an ``application/problem+json`` response."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+
+from inferq.errors import PROBLEM_BASE, PROBLEMS_BY_STATUS, Problem, ServerError
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+def problem_response(problem: Problem) -> Response:
+    """The RFC 9457 response for ``problem``, with its headers."""
+    body = {**problem.to_dict(), "instance": request.path}
+    response = Response(json.dumps(body), status=problem.status, mimetype=PROBLEM_JSON)
+    for name, value in problem.headers.items():
+        response.headers[name] = value
+    return response
+
+
+def _from_http(exc: HTTPException) -> Response:
+    """Werkzeug's own errors (404 route, 405, 413 body limit) in the same shape."""
+    status = exc.code or 500
+    known = PROBLEMS_BY_STATUS.get(status)
+    slug = known.slug if known else exc.name.lower().replace(" ", "-")
+    body = {
+        "type": PROBLEM_BASE + slug,
+        "title": known.title if known else exc.name,
+        "status": status,
+        "detail": _DETAILS.get(status, exc.description or exc.name),
+        "instance": request.path,
+    }
+    response = Response(json.dumps(body), status=status, mimetype=PROBLEM_JSON)
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        response.headers["Allow"] = ", ".join(exc.valid_methods)
+    return response
+
+
+_DETAILS = {
+    404: "No such endpoint.",
+    405: "This endpoint does not accept that method.",
+    413: "The request body is larger than this server accepts.",
+}
+
+
+def _unexpected(exc: Exception) -> Response:
+    # The trace goes to the log with the request id, never to the client.
+    log.exception("unhandled error", extra={"path": request.path})
+    return problem_response(ServerError("An unexpected error occurred; it has been logged."))
+
+
+def init_app(app: Flask) -> None:
+    """Register the handlers on ``app``."""
+    app.register_error_handler(Problem, problem_response)
+    app.register_error_handler(HTTPException, _from_http)
+    app.register_error_handler(Exception, _unexpected)

@@ -1,0 +1,143 @@
+"""``/v1/jobs``: submit, read (long-poll), cancel, feedback."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request, url_for
+
+from api import jobs_service as svc
+from api import render
+from api.auth import current_principal, require
+from api.body import json_object
+from api.state import state
+from api.validation import check
+from db.feedback import add_feedback
+from db.jobs import cancel_job, get_job_view
+from db.models import TERMINAL_STATUSES
+from inferq.errors import Conflict, InvalidInput, NotFound
+from inferq.settings import LANES
+from inferq.status import announce
+
+bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
+
+SUBMIT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["model", "input"],
+    "properties": {
+        "model": {"type": "string", "minLength": 1, "maxLength": 64},
+        "input": {"type": "object"},
+        "lane": {"enum": [lane for lane in LANES if lane in ("online", "batch")]},
+        "user": {"type": "string", "minLength": 1, "maxLength": 256},
+    },
+}
+
+FEEDBACK_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "minProperties": 1,
+    "properties": {
+        "label": {},
+        "correct": {"type": "boolean"},
+        "score": {"type": "number"},
+        "comment": {"type": "string", "maxLength": 4000},
+    },
+}
+
+
+def _job_response(view: svc.JobView, status: int) -> Response:
+    position, eta = svc.queue_estimate(state(), view) if status == 200 else (None, None)
+    response = jsonify(render.job(view, position, eta))
+    response.status_code = status
+    return response
+
+
+@bp.post("")
+@require("submit")
+def submit() -> Response:
+    """Accept a job: 202 while pending, 200 when finished within ``Prefer: wait``."""
+    body = json_object()
+    check(SUBMIT_SCHEMA, body)
+    st = state()
+    info = svc.model_for(st, body["model"])
+    check(info.input_schema, body["input"], "/input")
+    wait = svc.prefer_wait(request.headers.get("Prefer"), st.settings.max_wait_s)
+    view = svc.accept(st, current_principal().tenant_id, info, body)
+    job_id = str(view.job.id)
+    with st.waiter.expect(job_id) if wait else nullcontext() as signal:
+        svc.publish(st, view)
+        if wait:
+            view = svc.wait_until_terminal(st, view, wait, signal)
+    done = view.job.status in TERMINAL_STATUSES
+    response = jsonify(render.job(view))
+    response.status_code = 200 if done else 202
+    response.headers["Location"] = url_for("jobs.get_job", job_id=job_id)
+    if wait:
+        response.headers["Preference-Applied"] = f"wait={wait:g}"
+    return response
+
+
+@bp.get("/<job_id>")
+@require("read")
+def get_job(job_id: str) -> Response:
+    """The job; ``?wait=N`` holds the request until it is terminal or N seconds pass."""
+    st = state()
+    wait = svc.query_wait(request.args.get("wait"), st.settings.max_wait_s)
+    ident = svc.parse_job_id(job_id)
+    tenant = current_principal().tenant_id
+    if not wait:
+        return _job_response(svc.load(st, ident, tenant), 200)
+    with st.waiter.expect(str(ident)) as signal:
+        view = svc.wait_until_terminal(st, svc.load(st, ident, tenant), wait, signal)
+    return _job_response(view, 200)
+
+
+@bp.post("/<job_id>/cancel")
+@require("submit")
+def cancel(job_id: str) -> Response:
+    """Cancel: a queued job never runs; a running one is marked and its result discarded."""
+    st = state()
+    ident = svc.parse_job_id(job_id)
+    tenant = current_principal().tenant_id
+    with st.sessions.begin() as session:
+        before = get_job_view(session, ident, tenant)
+        if before is None:
+            raise NotFound(f"No job {ident}.")
+        if before.job.status in ("succeeded", "failed"):
+            raise Conflict(f"Job {ident} already {before.job.status}; it cannot be canceled.")
+        cancel_job(session, ident, tenant)
+    view = svc.load(st, ident, tenant)
+    if view.job.status == "canceled":
+        announce(st.redis, st.settings, [(str(ident), "canceled")])
+    return _job_response(view, 200)
+
+
+@bp.post("/<job_id>/feedback")
+@require("submit")
+def feedback(job_id: str) -> tuple[Response, int]:
+    """Record what the user says about a finished job's output."""
+    st = state()
+    ident = svc.parse_job_id(job_id)
+    body = json_object()
+    check(FEEDBACK_SCHEMA, body)
+    view = svc.load(st, ident, current_principal().tenant_id)
+    if view.job.status not in TERMINAL_STATUSES:
+        raise Conflict(f"Job {ident} is still {view.job.status}; send feedback once it finishes.")
+    if "label" in body:
+        info = svc.model_for(st, view.model)
+        if info.label_schema is None:
+            raise InvalidInput(f"Model {view.model!r} does not take labels as feedback.")
+        check(info.label_schema, body["label"], "/label")
+    with st.sessions.begin() as session:
+        row = add_feedback(
+            session,
+            job_id=ident,
+            tenant_id=view.job.tenant_id,
+            label=body.get("label"),
+            correct=body.get("correct"),
+            score=body.get("score"),
+            comment=body.get("comment"),
+        )
+    return jsonify({"id": str(row.id), "job_id": str(ident), **body}), 201

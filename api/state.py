@@ -1,0 +1,66 @@
+"""Per-app resources (pools, clients, caches), created by ``create_app`` and connected lazily."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+import redis
+from celery import Celery
+from flask import Flask, current_app
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.waiters import CompletionWaiter
+from inferq.settings import Settings
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class TtlCache(Generic[K, V]):
+    """A tiny thread-safe cache whose entries live ``ttl_s`` seconds (misses are not cached)."""
+
+    def __init__(self, ttl_s: float, max_entries: int = 10_000) -> None:
+        self._ttl = ttl_s
+        self._max = max_entries
+        self._data: dict[K, tuple[float, V]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: K, load: Callable[[], V | None]) -> V | None:
+        """The cached value for ``key``, or ``load()`` stored for next time when not None."""
+        now = time.monotonic()
+        hit = self._data.get(key)
+        if hit and hit[0] > now:
+            return hit[1]
+        value = load()
+        if value is not None and self._ttl > 0:
+            with self._lock:
+                if len(self._data) >= self._max:
+                    self._data.clear()
+                self._data[key] = (now + self._ttl, value)
+        return value
+
+
+@dataclasses.dataclass
+class ApiState:
+    """Everything a request handler needs beyond the request itself."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    redis: redis.Redis
+    celery: Celery
+    waiter: CompletionWaiter
+    principals: TtlCache = dataclasses.field(default_factory=lambda: TtlCache(0))
+    models: TtlCache = dataclasses.field(default_factory=lambda: TtlCache(0))
+
+    def init_app(self, app: Flask) -> None:
+        """Attach to ``app`` (Flask's extension pattern)."""
+        app.extensions["inferq"] = self
+
+
+def state() -> ApiState:
+    """The state of the app serving the current request."""
+    return current_app.extensions["inferq"]  # type: ignore[no-any-return]

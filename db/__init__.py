@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy models, engine and sessions, repositories (the only SQL), migrations."""

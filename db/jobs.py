@@ -1,0 +1,278 @@
+"""Job repository: every statement that reads or changes jobs.
+
+The worker's path is batch-shaped: one statement claims many jobs, one stores many results,
+both guarded so that a redelivered message or a second worker changes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.orm import Session
+
+from db.models import Job
+
+
+@dataclasses.dataclass(frozen=True)
+class ClaimedJob:
+    """A job a worker now owns: what it needs to run the model."""
+
+    id: uuid.UUID
+    version_id: int
+    input: dict[str, Any]
+    created_at: dt.datetime
+    started_at: dt.datetime
+    attempts: int
+
+
+@dataclasses.dataclass(frozen=True)
+class JobResult:
+    """The outcome of one job, as a worker reports it."""
+
+    id: uuid.UUID
+    status: str  # succeeded | failed
+    output: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    batch_size: int | None = None
+    predict_ms: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredResult:
+    """A result that was written, with the status it ended in (``canceled`` wins over success)."""
+
+    id: uuid.UUID
+    status: str
+    tenant_id: uuid.UUID
+
+
+def create_job(
+    session: Session,
+    *,
+    tenant_id: uuid.UUID,
+    model_id: int,
+    version_id: int,
+    lane: str,
+    input: dict[str, Any],
+    user: str | None = None,
+) -> Job:
+    """Insert a queued job; ``published_at`` is set now because the caller publishes next."""
+    job = Job(
+        id=uuid.uuid4(),
+        tenant_id=tenant_id,
+        model_id=model_id,
+        version_id=version_id,
+        lane=lane,
+        status="queued",
+        input=input,
+        user=user,
+        published_at=func.now(),
+    )
+    session.add(job)
+    session.flush()
+    session.refresh(job)
+    return job
+
+
+def get_job(session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID) -> Job | None:
+    """The tenant's job, or None (another tenant's job is indistinguishable from no job)."""
+    return session.scalars(
+        select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id)
+    ).one_or_none()
+
+
+@dataclasses.dataclass(frozen=True)
+class JobView:
+    """A job with the name of its model and the number of the version serving it."""
+
+    job: Job
+    model: str
+    version: int
+
+
+def get_job_view(session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID) -> JobView | None:
+    """The tenant's job with its model name and version number, or None."""
+    from db.models import Model, ModelVersion
+
+    row = session.execute(
+        select(Job, Model.name, ModelVersion.version)
+        .join(Model, Model.id == Job.model_id)
+        .join(ModelVersion, ModelVersion.id == Job.version_id)
+        .where(Job.id == job_id, Job.tenant_id == tenant_id)
+    ).one_or_none()
+    return JobView(*row) if row else None
+
+
+def queue_position(session: Session, job: Job) -> int:
+    """How many queued jobs of the same lane were created before this one."""
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.status == "queued", Job.lane == job.lane, Job.created_at < job.created_at)
+        )
+        or 0
+    )
+
+
+def completion_rate(session: Session, lane: str, window_s: float = 60.0) -> float:
+    """Jobs of ``lane`` finished per second over the last ``window_s`` seconds."""
+    done = (
+        session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(
+                Job.lane == lane,
+                Job.completed_at > func.now() - dt.timedelta(seconds=window_s),
+            )
+        )
+        or 0
+    )
+    return done / window_s
+
+
+def cancel_job(session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID) -> Job | None:
+    """Cancel a queued job outright; mark a running one so its result is discarded."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.tenant_id == tenant_id, Job.status == "queued")
+        .values(status="canceled", completed_at=func.clock_timestamp())
+    )
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.tenant_id == tenant_id, Job.status == "running")
+        .values(cancel_requested=True)
+    )
+    session.expire_all()
+    return get_job(session, job_id, tenant_id)
+
+
+def mark_unpublished(session: Session, job_ids: Iterable[uuid.UUID]) -> None:
+    """Record that publishing failed, so the reconciler publishes these jobs again at once."""
+    session.execute(
+        update(Job)
+        .where(Job.id.in_(list(job_ids)), Job.status == "queued")
+        .values(published_at=None)
+    )
+
+
+_CLAIM = text(
+    """
+    UPDATE jobs
+       SET status = 'running', started_at = clock_timestamp(), worker = :worker,
+           attempts = attempts + 1
+     WHERE id = ANY(CAST(:ids AS uuid[])) AND status = 'queued'
+ RETURNING id, version_id, input, created_at, started_at, attempts
+    """
+)
+
+
+def claim_jobs(
+    session: Session, job_ids: Sequence[uuid.UUID | str], worker: str
+) -> list[ClaimedJob]:
+    """Atomically take the still-queued jobs among ``job_ids``; the rest are someone else's."""
+    rows = session.execute(_CLAIM, {"ids": [str(i) for i in job_ids], "worker": worker})
+    return [ClaimedJob(*row) for row in rows]
+
+
+_STORE = text(
+    """
+    UPDATE jobs
+       SET status = CASE WHEN jobs.cancel_requested THEN 'canceled' ELSE r.status END,
+           output = CASE WHEN jobs.cancel_requested THEN NULL ELSE r.output END,
+           error = r.error,
+           batch_size = r.batch_size,
+           predict_ms = r.predict_ms,
+           completed_at = clock_timestamp()
+      FROM jsonb_to_recordset(CAST(:results AS jsonb))
+           AS r(id uuid, status text, output jsonb, error jsonb, batch_size int, predict_ms float8)
+     WHERE jobs.id = r.id AND jobs.status = 'running' AND jobs.worker = :worker
+ RETURNING jobs.id, jobs.status, jobs.tenant_id
+    """
+)
+
+
+def store_results(
+    session: Session, results: Sequence[JobResult], worker: str
+) -> list[StoredResult]:
+    """Write a batch of results in one statement, only for jobs this worker still owns."""
+    if not results:
+        return []
+    payload = json.dumps([{**dataclasses.asdict(r), "id": str(r.id)} for r in results])
+    rows = session.execute(_STORE, {"results": payload, "worker": worker})
+    return [StoredResult(*row) for row in rows]
+
+
+def fail_jobs(
+    session: Session, job_ids: Sequence[uuid.UUID], error: dict[str, Any]
+) -> list[StoredResult]:
+    """Fail queued or running jobs outright (poison input, attempts exhausted)."""
+    rows = session.execute(
+        update(Job)
+        .where(Job.id.in_(list(job_ids)), Job.status.in_(("queued", "running")))
+        .values(status="failed", error=error, completed_at=func.clock_timestamp())
+        .returning(Job.id, Job.status, Job.tenant_id)
+    )
+    return [StoredResult(*row) for row in rows]
+
+
+def running_workers(session: Session) -> dict[str, list[tuple[uuid.UUID, int, str]]]:
+    """Running jobs grouped by the worker that claimed them: ``(id, attempts, lane)``."""
+    owners: dict[str, list[tuple[uuid.UUID, int, str]]] = {}
+    rows = session.execute(
+        select(Job.worker, Job.id, Job.attempts, Job.lane).where(Job.status == "running")
+    )
+    for worker, job_id, attempts, lane in rows:
+        owners.setdefault(worker or "", []).append((job_id, attempts, lane))
+    return owners
+
+
+def requeue_jobs(
+    session: Session, job_ids: Sequence[uuid.UUID], worker: str
+) -> list[tuple[uuid.UUID, str]]:
+    """Put jobs a lost worker held back in the queue; returns ``(id, lane)`` to publish."""
+    rows = session.execute(
+        update(Job)
+        .where(Job.id.in_(list(job_ids)), Job.status == "running", Job.worker == worker)
+        .values(status="queued", worker=None, started_at=None, published_at=func.now())
+        .returning(Job.id, Job.lane)
+    )
+    return [(row[0], row[1]) for row in rows]
+
+
+def overdue_jobs(session: Session, limit_s: float) -> set[uuid.UUID]:
+    """Running jobs started more than ``limit_s`` seconds ago."""
+    cutoff = func.now() - dt.timedelta(seconds=limit_s)
+    return set(
+        session.scalars(select(Job.id).where(Job.status == "running", Job.started_at < cutoff))
+    )
+
+
+_STALE = text(
+    """
+    UPDATE jobs SET published_at = now()
+     WHERE id IN (
+        SELECT id FROM jobs
+         WHERE status = 'queued'
+           AND (published_at IS NULL OR published_at < now() - make_interval(secs => :age))
+         ORDER BY created_at
+         LIMIT :limit
+         FOR UPDATE SKIP LOCKED)
+ RETURNING id, lane
+    """
+)
+
+
+def take_unpublished(
+    session: Session, older_than_s: float, limit: int = 1000
+) -> list[tuple[uuid.UUID, str]]:
+    """Queued jobs never published or published long ago; stamps them as published now."""
+    return [
+        (row[0], row[1]) for row in session.execute(_STALE, {"age": older_than_s, "limit": limit})
+    ]

@@ -1,0 +1,31 @@
+"""Alembic environment: online migrations against the configured URL, one lock at a time."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import create_engine, pool, text
+
+from db.models import Base
+
+# Two processes upgrading at once (two API nodes starting together) must not race.
+MIGRATION_LOCK = 7_311_224_001
+
+
+def run_migrations_online() -> None:
+    url = context.config.get_main_option("sqlalchemy.url")
+    assert url, "sqlalchemy.url is not set"
+    engine = create_engine(url, poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK})
+        try:
+            context.configure(
+                connection=connection, target_metadata=Base.metadata, compare_type=True
+            )
+            with context.begin_transaction():
+                context.run_migrations()
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK})
+            connection.commit()
+
+
+run_migrations_online()

@@ -1,0 +1,159 @@
+"""SQLAlchemy 2 models: tenants, API keys, models and versions, jobs, feedback."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
+VERSION_STATUSES = ("candidate", "active", "retired")
+
+
+def _now() -> Mapped[dt.datetime]:
+    return mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table."""
+
+    type_annotation_map = {dict[str, Any]: JSONB(none_as_null=True), uuid.UUID: UUID(as_uuid=True)}
+
+
+class Tenant(Base):
+    """A customer; jobs, keys and feedback belong to exactly one."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[dt.datetime] = _now()
+
+
+class ApiKey(Base):
+    """A bearer key; only its SHA-256 is stored, with a short prefix to recognise it by."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    scopes: Mapped[list[str]] = mapped_column(ARRAY(String(16)))
+    created_at: Mapped[dt.datetime] = _now()
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Model(Base):
+    """A named model served by a handler, with the JSON Schema its inputs must match."""
+
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    handler: Mapped[str] = mapped_column(String(64))
+    input_schema: Mapped[dict[str, Any]]
+    #: JSON Schema of a feedback label (the true answer), when the model can learn from one.
+    label_schema: Mapped[dict[str, Any] | None]
+    config: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    active_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", use_alter=True, name="fk_models_active_version")
+    )
+    created_at: Mapped[dt.datetime] = _now()
+
+
+class ModelVersion(Base):
+    """One trained set of weights: safetensors bytes, their SHA-256 and holdout metrics."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        UniqueConstraint("model_id", "version"),
+        CheckConstraint(f"status IN {VERSION_STATUSES}", name="model_version_status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    artifact: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    metrics: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    status: Mapped[str] = mapped_column(String(16), server_default="candidate")
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = _now()
+
+
+class Job(Base):
+    """One inference request and, once finished, its result."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(f"status IN {JOB_STATUSES}", name="job_status"),
+        # Position in the queue and the reconciler's scans both walk queued jobs by age.
+        Index(
+            "ix_jobs_open",
+            "lane",
+            "created_at",
+            postgresql_where=text("status IN ('queued', 'running')"),
+        ),
+        Index("ix_jobs_completed_at", "completed_at"),
+        Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    lane: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), server_default="queued")
+    input: Mapped[dict[str, Any]]
+    output: Mapped[dict[str, Any] | None]
+    error: Mapped[dict[str, Any] | None]
+    user: Mapped[str | None] = mapped_column(String(256))
+    cached: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    worker: Mapped[str | None] = mapped_column(String(256))
+    batch_size: Mapped[int | None] = mapped_column(Integer)
+    predict_ms: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[dt.datetime] = _now()
+    #: Last time a message for this job went to the broker; NULL when publishing failed.
+    published_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Feedback(Base):
+    """What a user said about a job's output: its true label, a verdict, a score, a comment."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    label: Mapped[Any] = mapped_column(JSONB(none_as_null=True), nullable=True)
+    correct: Mapped[bool | None] = mapped_column(Boolean)
+    score: Mapped[float | None] = mapped_column(Float)
+    comment: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = _now()

@@ -1,0 +1,24 @@
+"""The ``inferq`` command line: one group, one module per area of commands."""
+
+from __future__ import annotations
+
+import click
+
+from inferq.cli import client_cmds, db_cmds, keys_cmds, models_cmds, service_cmds
+
+try:  # TEMP until stack_cmds lands
+    from inferq.cli import stack_cmds
+except ImportError:
+    stack_cmds = None  # type: ignore[assignment]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """inferq: asynchronous serving for PyTorch models."""
+
+
+for module in (stack_cmds, service_cmds, db_cmds, keys_cmds, models_cmds, client_cmds):
+    if module is None:
+        continue
+    for command in module.COMMANDS:
+        main.add_command(command)

@@ -1,0 +1,55 @@
+"""What the CLI commands share: settings, database sessions, error reporting."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from inferq.errors import InferqError
+from inferq.settings import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with CLI flags as overrides."""
+    return Settings.from_env(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def reports_errors(func: F) -> F:
+    """Turn inferq errors into a one-line message on stderr and exit status 1."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except InferqError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def db_session(settings: Settings) -> Iterator[Any]:
+    """A committed-on-success session on the configured database."""
+    from db.engine import make_engine, make_session_factory, transaction
+
+    engine = make_engine(
+        settings.require_database_url(), pool_size=1, application_name="inferq-cli"
+    )
+    try:
+        with transaction(make_session_factory(engine)) as session:
+            yield session
+    finally:
+        engine.dispose()
+
+
+def info(message: str) -> None:
+    """Human-facing progress goes to stderr, keeping stdout for results."""
+    click.echo(message, err=True)

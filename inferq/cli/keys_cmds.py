@@ -1,0 +1,63 @@
+"""``inferq keys``: API keys. A key is printed once, as the last line of stdout."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import click
+
+from inferq.cli.common import db_session, info, load_settings, reports_errors
+
+
+@click.group()
+def keys() -> None:
+    """API keys."""
+
+
+@keys.command()
+@click.option("--tenant", required=True, help="Tenant name (created when new).")
+@click.option(
+    "--scopes",
+    default="submit,read",
+    show_default=True,
+    help="Comma-separated: submit, read, admin.",
+)
+@click.option("--expires-in-days", type=float, default=None)
+@reports_errors
+def create(tenant: str, scopes: str, expires_in_days: float | None) -> None:
+    """Create a key; prints it (only its hash is stored)."""
+    from db.keys import create_key, ensure_tenant
+
+    wanted = [s.strip() for s in scopes.split(",") if s.strip()]
+    expires = (
+        dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=expires_in_days)
+        if expires_in_days
+        else None
+    )
+    with db_session(load_settings()) as session:
+        try:
+            plaintext, row = create_key(session, ensure_tenant(session, tenant), wanted, expires)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--scopes") from exc
+    info(
+        f"key {row.prefix}… for tenant {tenant!r}, scopes {','.join(row.scopes)}; "
+        "store it now, it is not shown again"
+    )
+    click.echo(plaintext)
+
+
+@keys.command()
+@click.argument("prefix")
+@reports_errors
+def revoke(prefix: str) -> None:
+    """Revoke the key starting with PREFIX (the first 10 characters)."""
+    from db.keys import revoke_key
+
+    with db_session(load_settings()) as session:
+        count = revoke_key(session, prefix[:10])
+    if not count:
+        raise click.ClickException(f"no live key with prefix {prefix[:10]!r}")
+    info(f"revoked {count} key(s)")
+
+
+COMMANDS = [keys]

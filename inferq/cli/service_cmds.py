@@ -1,0 +1,48 @@
+"""Commands that run one service process in the foreground: api, worker, beat."""
+
+from __future__ import annotations
+
+import click
+
+from inferq.cli.common import load_settings, reports_errors
+from inferq.logs import configure
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=None, help="Default: INFERQ_PORT (8080).")
+@reports_errors
+def api(host: str, port: int | None) -> None:
+    """Run an API node (gunicorn, gthread workers)."""
+    from api.server import serve
+
+    settings = load_settings()
+    configure(settings.log_level)
+    serve(settings, host, port or settings.port)
+
+
+@click.command()
+@click.option("--name", default=None, help="Worker name (unique per host).")
+@click.option("--lanes", default=None, help="Comma-separated lanes (default: INFERQ_WORKER_LANES).")
+@reports_errors
+def worker(name: str | None, lanes: str | None) -> None:
+    """Run a worker process: one model replica consuming the lanes."""
+    from workers.service import run_worker
+
+    settings = load_settings(worker_lanes=lanes)
+    configure(settings.log_level)
+    run_worker(settings, name)
+
+
+@click.command()
+@reports_errors
+def beat() -> None:
+    """Run the scheduler: Celery beat and the reconciler (run exactly one)."""
+    from scheduler.service import run_scheduler
+
+    settings = load_settings()
+    configure(settings.log_level)
+    run_scheduler(settings)
+
+
+COMMANDS = [api, worker, beat]

@@ -1,0 +1,100 @@
+"""A small Python client for the inferq REST API (the CLI uses it too).
+
+    from inferq.client import Client
+    client = Client("http://127.0.0.1:8080", api_key)
+    job = client.submit("digits", {"pixels": [...]}, wait=10)
+    job = client.wait(job["id"])
+
+Problems come back as the typed errors of :mod:`inferq.errors` (``NotFound``, ``InvalidInput``…).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import requests
+
+from inferq.errors import Problem, ServerError, problem_from_response
+
+TERMINAL = frozenset({"succeeded", "failed", "canceled"})
+LONG_POLL_S = 25.0
+
+
+class Client:
+    """Talks to one inferq endpoint (an API node or nginx) with one API key."""
+
+    def __init__(self, base_url: str, api_key: str, *, timeout_s: float = 10.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {api_key}"
+
+    def submit(
+        self,
+        model: str,
+        input: dict[str, Any],
+        *,
+        wait: float = 0,
+        lane: str | None = None,
+        user: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Submit a job; with ``wait``, the server holds the answer up to that many seconds."""
+        body: dict[str, Any] = {"model": model, "input": input}
+        if lane:
+            body["lane"] = lane
+        if user:
+            body["user"] = user
+        headers = {"Prefer": f"wait={wait:g}"} if wait else {}
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
+        return self._call("POST", "/v1/jobs", json=body, headers=headers, wait=wait)
+
+    def get(self, job_id: str, *, wait: float = 0) -> dict[str, Any]:
+        """The job; with ``wait``, long-polls until it is terminal or ``wait`` seconds pass."""
+        params = {"wait": f"{wait:g}"} if wait else None
+        return self._call("GET", f"/v1/jobs/{job_id}", params=params, wait=wait)
+
+    def wait(self, job_id: str, timeout_s: float = 300.0) -> dict[str, Any]:
+        """Long-poll until the job is terminal; raises ``TimeoutError`` after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        job = self.get(job_id)
+        while job["status"] not in TERMINAL:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout_s:g}s")
+            job = self.get(job_id, wait=min(LONG_POLL_S, remaining))
+        return job
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel a job."""
+        return self._call("POST", f"/v1/jobs/{job_id}/cancel")
+
+    def feedback(self, job_id: str, **fields: Any) -> dict[str, Any]:
+        """Send feedback: ``label=``, ``correct=``, ``score=``, ``comment=``."""
+        return self._call("POST", f"/v1/jobs/{job_id}/feedback", json=fields)
+
+    def models(self) -> list[dict[str, Any]]:
+        """The models the service knows."""
+        return self._call("GET", "/v1/models")["models"]  # type: ignore[no-any-return]
+
+    def _call(self, method: str, path: str, *, wait: float = 0, **kwargs: Any) -> dict[str, Any]:
+        response = self.session.request(
+            method, self.base_url + path, timeout=self.timeout_s + wait, **kwargs
+        )
+        if response.status_code >= 400:
+            raise _problem(response)
+        return response.json()  # type: ignore[no-any-return]
+
+
+def _problem(response: requests.Response) -> Problem:
+    try:
+        body = response.json()
+    except ValueError:
+        return ServerError(
+            f"HTTP {response.status_code}: {response.text[:200]}", status=response.status_code
+        )
+    problem = problem_from_response(response.status_code, body if isinstance(body, dict) else None)
+    problem.headers = dict(response.headers)
+    return problem

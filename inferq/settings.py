@@ -1,0 +1,159 @@
+"""Typed settings, read once per process from ``INFERQ_*`` environment variables.
+
+Every entry point (API node, worker, beat, CLI) builds one :class:`Settings` with
+:meth:`Settings.from_env` and passes it down; nothing reads the environment anywhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from inferq.errors import ConfigError
+
+PREFIX = "INFERQ_"
+LANES = ("online", "batch", "training", "webhooks", "maintenance")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything a process of inferq needs to know, with development defaults."""
+
+    env: str = "development"
+    home: Path = Path("var")
+    database_url: str | None = None
+    broker_url: str | None = None
+    redis_url: str | None = None
+    #: Prefix of every queue name and Redis key, so several deployments (or test runs)
+    #: can share one broker and one Redis.
+    namespace: str = "inferq"
+    log_level: str = "INFO"
+
+    # API
+    max_body_bytes: int = 1_048_576
+    max_wait_s: float = 30.0
+    api_threads: int = 32
+    api_processes: int = 1
+    publish_timeout_s: float = 2.0
+    #: How long an API process trusts what it read about a model or a key (a revoked key
+    #: or a promoted version takes effect within this many seconds).
+    model_cache_s: float = 2.0
+    auth_cache_s: float = 5.0
+
+    # Workers
+    worker_lanes: str = "online"
+    worker_prefetch: int = 16
+    device: str = "auto"
+    max_attempts: int = 3
+    #: Redis transport only: an unacked message goes back to its queue after this long.
+    #: Must exceed the longest a message waits in a worker's prefetch buffer plus the
+    #: job time limit, or a live worker's messages get redelivered (harmless: claims are
+    #: guarded, but wasted work).
+    visibility_timeout_s: int = 300
+    heartbeat_interval_s: float = 2.0
+    heartbeat_ttl_s: float = 10.0
+    status_ttl_s: int = 86_400
+
+    # Scheduler
+    reconcile_interval_s: float = 5.0
+    #: A queued job whose message was published this long ago without being claimed is
+    #: published again (its message may have been lost with a broker).
+    stale_queued_s: float = 300.0
+    #: A job running longer than this (its worker alive but stuck) is put back in the queue.
+    job_time_limit_s: float = 300.0
+
+    # Local stack (`inferq up`)
+    port: int = 8080
+    api_nodes: int = 1
+    workers: int = 1
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``INFERQ_<FIELD>`` variables; ``overrides`` win over both."""
+        environ = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            raw = environ.get(PREFIX + field.name.upper())
+            if raw is not None and raw != "":
+                values[field.name] = _parse(field.name, hints[field.name], raw)
+        values.update(overrides)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` when a combination of values cannot work."""
+        if self.env not in ("development", "production", "test"):
+            raise ConfigError(
+                f"INFERQ_ENV must be development, production or test, not {self.env!r}"
+            )
+        if self.env == "production" and not (self.database_url and self.broker_url):
+            raise ConfigError("production needs INFERQ_DATABASE_URL and INFERQ_BROKER_URL")
+        for lane in self.lanes:
+            if lane not in LANES:
+                raise ConfigError(f"unknown lane {lane!r} in INFERQ_WORKER_LANES; lanes: {LANES}")
+        if self.max_attempts < 1:
+            raise ConfigError("INFERQ_MAX_ATTEMPTS must be at least 1")
+
+    @property
+    def lanes(self) -> tuple[str, ...]:
+        """The lanes this process's workers consume."""
+        return tuple(lane.strip() for lane in self.worker_lanes.split(",") if lane.strip())
+
+    @property
+    def effective_redis_url(self) -> str:
+        """Redis for status, signals and caches: its own URL, else the broker's when Redis."""
+        if self.redis_url:
+            return self.redis_url
+        if self.broker_url and self.broker_url.startswith(("redis://", "rediss://")):
+            return self.broker_url
+        raise ConfigError("set INFERQ_REDIS_URL (the broker is not Redis)")
+
+    def require_database_url(self) -> str:
+        """The database URL, or a clear error when it is not configured."""
+        if not self.database_url:
+            raise ConfigError(
+                "INFERQ_DATABASE_URL is not set (`inferq up` sets it for its processes)"
+            )
+        return self.database_url
+
+    def require_broker_url(self) -> str:
+        """The broker URL, or a clear error when it is not configured."""
+        if not self.broker_url:
+            raise ConfigError(
+                "INFERQ_BROKER_URL is not set (`inferq up` sets it for its processes)"
+            )
+        return self.broker_url
+
+    def to_env(self) -> dict[str, str]:
+        """The ``INFERQ_*`` variables that rebuild these settings in a child process."""
+        env = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value is not None:
+                env[PREFIX + field.name.upper()] = str(value)
+        return env
+
+
+def _parse(name: str, kind: Any, raw: str) -> Any:
+    text = str(kind)
+    try:
+        if kind is bool or text == "bool":
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if kind is Path:
+            return Path(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{PREFIX}{name.upper()}={raw!r} is not a valid {kind.__name__}") from exc
+    return raw

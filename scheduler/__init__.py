@@ -1,0 +1,1 @@
+"""Scheduler: Celery beat, the reconciler, experiment checks and the autoscaler."""

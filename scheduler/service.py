@@ -1,0 +1,55 @@
+"""The scheduler process: Celery beat for periodic tasks, and the reconciler loop beside it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from db.engine import make_engine, make_session_factory
+from inferq.queues import make_celery
+from inferq.settings import Settings
+from inferq.status import make_redis
+from scheduler.reconciler import Reconciler
+
+log = logging.getLogger(__name__)
+
+
+def reconcile_forever(reconciler: Reconciler, interval_s: float, stop: threading.Event) -> None:
+    """Run reconciler passes every ``interval_s`` until ``stop``; a failed pass is logged."""
+    while not stop.wait(interval_s):
+        try:
+            reconciler.run_once()
+        except Exception:
+            log.exception("reconciler pass failed")
+
+
+def make_reconciler(settings: Settings) -> Reconciler:
+    """A reconciler on the configured database, Redis and broker."""
+    engine = make_engine(
+        settings.require_database_url(), pool_size=1, application_name="inferq-scheduler"
+    )
+    return Reconciler(
+        settings, make_session_factory(engine), make_redis(settings), make_celery(settings)
+    )
+
+
+def run_scheduler(settings: Settings) -> None:
+    """Run beat in the foreground with the reconciler in a daemon thread."""
+    reconciler = make_reconciler(settings)
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=reconcile_forever,
+        args=(reconciler, settings.reconcile_interval_s, stop),
+        name="inferq-reconciler",
+        daemon=True,
+    )
+    thread.start()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    beat = reconciler.app.Beat(
+        loglevel=settings.log_level,
+        schedule=str(settings.home / "beat-schedule"),
+    )
+    try:
+        beat.run()
+    finally:
+        stop.set()

@@ -1,0 +1,129 @@
+"""Session-wide services: a database per run, a Redis/queue namespace per run, trained digits."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from inferq.settings import LANES, Settings
+from tests.services import (
+    CI,
+    Services,
+    create_database,
+    delete_amqp_queues,
+    find_services,
+    wipe_redis,
+)
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    found = find_services(tmp_path_factory.mktemp("embedded"))
+    yield found
+    found.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(services: Services) -> Iterator[str]:
+    from db.migrate import upgrade
+
+    url, drop = create_database(services.postgres_url)
+    upgrade(url)
+    yield url
+    drop()
+
+
+@pytest.fixture(scope="session")
+def namespace(services: Services) -> Iterator[str]:
+    name = f"iqt{uuid.uuid4().hex[:8]}"
+    yield name
+    wipe_redis(services.redis_url, name)
+
+
+@pytest.fixture(scope="session")
+def settings(
+    database_url: str, services: Services, namespace: str, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
+    """Settings of this test run; short timeouts so recovery paths run within a test."""
+    return Settings(
+        env="test",
+        home=tmp_path_factory.mktemp("home"),
+        database_url=database_url,
+        broker_url=services.redis_url,
+        redis_url=services.redis_url,
+        namespace=namespace,
+        log_level="INFO",
+        visibility_timeout_s=8,
+        heartbeat_interval_s=0.5,
+        heartbeat_ttl_s=3.0,
+        reconcile_interval_s=1.0,
+        stale_queued_s=60.0,
+        model_cache_s=0.0,
+        auth_cache_s=0.0,
+    )
+
+
+@pytest.fixture(scope="session")
+def amqp_settings(settings: Settings, services: Services) -> Iterator[Settings]:
+    """The same run on RabbitMQ (its own queue names); skipped locally without a server."""
+    if services.amqp_url is None:
+        if CI:
+            pytest.fail("CI: RabbitMQ does not answer on 127.0.0.1:5672")
+        pytest.skip("no RabbitMQ server on 127.0.0.1:5672")
+    amqp = dataclasses.replace(
+        settings, broker_url=services.amqp_url, namespace=settings.namespace + "amqp"
+    )
+    yield amqp
+    delete_amqp_queues(services.amqp_url, amqp.namespace, LANES)
+
+
+@pytest.fixture(scope="session")
+def digits_version(settings: Settings) -> int:
+    """digits trained into this run's database (once per session)."""
+    from inferq.cli.models_cmds import train_model
+
+    return train_model(settings, "digits", if_missing=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Keys:
+    """API keys of two tenants, plus a read-only one and an expired and a revoked one."""
+
+    alice: str
+    bob: str
+    alice_read_only: str
+    alice_submit_only: str
+    expired: str
+    revoked: str
+
+
+@pytest.fixture(scope="session")
+def keys(settings: Settings) -> Keys:
+    import datetime as dt
+
+    from db.keys import create_key, ensure_tenant, revoke_key
+    from inferq.cli.common import db_session
+
+    with db_session(settings) as session:
+        alice, bob = ensure_tenant(session, "alice"), ensure_tenant(session, "bob")
+        past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)
+        revoked, revoked_row = create_key(session, alice, ["submit", "read"])
+        made = Keys(
+            alice=create_key(session, alice, ["submit", "read"])[0],
+            bob=create_key(session, bob, ["submit", "read"])[0],
+            alice_read_only=create_key(session, alice, ["read"])[0],
+            alice_submit_only=create_key(session, alice, ["submit"])[0],
+            expired=create_key(session, alice, ["submit", "read"], expires_at=past)[0],
+            revoked=revoked,
+        )
+        revoke_key(session, revoked_row.prefix)
+    return made
+
+
+@pytest.fixture(scope="session")
+def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")

@@ -1,0 +1,59 @@
+"""An in-process API app on the real Postgres and Redis of the session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from api.app import create_app
+from inferq.settings import Settings
+from tests.conftest import Keys
+
+
+@pytest.fixture
+def app(settings: Settings, digits_version: int) -> Flask:
+    return create_app(settings)
+
+
+@pytest.fixture
+def http(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+class Caller:
+    """A test client that sends one tenant's key."""
+
+    def __init__(self, http: FlaskClient, key: str) -> None:
+        self.http = http
+        self.key = key
+
+    def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}", **(extra or {})}
+
+    def post(self, path: str, body: Any = None, **kwargs: Any) -> Any:
+        return self.http.post(
+            path, json=body, headers=self.headers(kwargs.pop("headers", None)), **kwargs
+        )
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.http.get(path, headers=self.headers(kwargs.pop("headers", None)), **kwargs)
+
+
+@pytest.fixture
+def alice(http: FlaskClient, keys: Keys) -> Caller:
+    return Caller(http, keys.alice)
+
+
+@pytest.fixture
+def bob(http: FlaskClient, keys: Keys) -> Caller:
+    return Caller(http, keys.bob)
+
+
+@pytest.fixture
+def no_worker() -> Iterator[None]:
+    """Marks tests that rely on no worker consuming this run's queues (jobs stay queued)."""
+    yield

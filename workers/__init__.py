@@ -1,0 +1,1 @@
+"""Workers: Celery tasks, the model runtime, built-in model handlers."""

@@ -1,0 +1,143 @@
+"""Running a batch of jobs: claim in one statement, predict per version, store in one commit.
+
+A redelivered message is harmless: the claim only takes jobs that are still queued, and the
+result write only touches jobs this worker still owns.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from db.jobs import ClaimedJob, JobResult, claim_jobs, requeue_jobs, store_results
+from inferq.errors import ArtifactError, InputError
+from inferq.handlers import ModelHandler
+from inferq.queues import publish_predict
+from inferq.status import announce
+from workers.context import WorkerContext
+
+log = logging.getLogger(__name__)
+
+
+def parse_ids(raw: Sequence[Any]) -> list[uuid.UUID]:
+    """The valid UUIDs among ``raw``; a malformed message must not crash the worker."""
+    ids = []
+    for value in raw:
+        try:
+            ids.append(uuid.UUID(str(value)))
+        except ValueError:
+            log.warning("dropping malformed job id", extra={"job_id": repr(value)[:64]})
+    return ids
+
+
+def run_batch(ctx: WorkerContext, raw_ids: Sequence[Any]) -> list[JobResult]:
+    """Claim, predict and store ``raw_ids``; returns the results written."""
+    ids = parse_ids(raw_ids)
+    if not ids:
+        return []
+    with ctx.sessions.begin() as session:
+        claimed = claim_jobs(session, ids, ctx.name)
+    if not claimed:
+        return []
+    try:
+        exhausted = [job for job in claimed if job.attempts > ctx.settings.max_attempts]
+        runnable = [job for job in claimed if job.attempts <= ctx.settings.max_attempts]
+        results = [_exhausted(job) for job in exhausted] + predict_claimed(ctx, runnable)
+        with ctx.sessions.begin() as session:
+            stored = store_results(session, results, ctx.name)
+    except Exception:
+        release(ctx, claimed)
+        raise
+    try:
+        announce(ctx.redis, ctx.settings, [(str(s.id), s.status) for s in stored])
+    except Exception:  # Postgres has the result; pollers still find it, only later.
+        log.exception("could not announce completions in Redis")
+    return results
+
+
+def predict_claimed(ctx: WorkerContext, claimed: Sequence[ClaimedJob]) -> list[JobResult]:
+    """Predict each version's jobs as one batch; every job gets exactly one result."""
+    by_version: dict[int, list[ClaimedJob]] = defaultdict(list)
+    for job in claimed:
+        by_version[job.version_id].append(job)
+    results: list[JobResult] = []
+    for version_id, jobs in by_version.items():
+        try:
+            handler = ctx.runtime.handler(version_id)
+        except ArtifactError as exc:
+            results.extend(_failed(job, "model-unavailable", str(exc)) for job in jobs)
+            continue
+        results.extend(predict_group(handler, jobs))
+    return results
+
+
+def predict_group(handler: ModelHandler, jobs: Sequence[ClaimedJob]) -> list[JobResult]:
+    """Prepare each input alone (bad ones fail alone), then predict the rest in one call."""
+    results: list[JobResult] = []
+    ready: list[tuple[ClaimedJob, Any]] = []
+    for job in jobs:
+        try:
+            ready.append((job, handler.prepare(job.input)))
+        except InputError as exc:
+            results.append(_failed(job, "invalid-input", str(exc)))
+    if not ready:
+        return results
+    started = time.perf_counter()
+    try:
+        outputs = handler.predict([item for _, item in ready])
+        if len(outputs) != len(ready):
+            raise RuntimeError(f"predict returned {len(outputs)} outputs for {len(ready)} inputs")
+    except Exception:
+        log.exception("batch predict failed; predicting items one by one")
+        return results + [_predict_alone(handler, job, item) for job, item in ready]
+    predict_ms = (time.perf_counter() - started) * 1000
+    for (job, _), output in zip(ready, outputs, strict=True):
+        results.append(
+            JobResult(
+                job.id, "succeeded", output=output, batch_size=len(ready), predict_ms=predict_ms
+            )
+        )
+    return results
+
+
+def _predict_alone(handler: ModelHandler, job: ClaimedJob, item: Any) -> JobResult:
+    started = time.perf_counter()
+    try:
+        (output,) = handler.predict([item])
+    except Exception as exc:
+        return _failed(job, "predict-failed", f"{type(exc).__name__}: {exc}")
+    return JobResult(
+        job.id,
+        "succeeded",
+        output=output,
+        batch_size=1,
+        predict_ms=(time.perf_counter() - started) * 1000,
+    )
+
+
+def _exhausted(job: ClaimedJob) -> JobResult:
+    # A job that keeps killing or failing its worker is a poison input: stop retrying it.
+    message = f"gave up after {job.attempts - 1} attempts; the job kept failing its worker"
+    return _failed(job, "attempts-exhausted", message)
+
+
+def _failed(job: ClaimedJob, kind: str, message: str) -> JobResult:
+    return JobResult(job.id, "failed", error={"type": kind, "message": message[:1000]})
+
+
+def release(ctx: WorkerContext, claimed: Sequence[ClaimedJob]) -> None:
+    """Give claimed jobs back after an unexpected failure, so another try can run them."""
+    try:
+        with ctx.sessions.begin() as session:
+            back = requeue_jobs(session, [job.id for job in claimed], ctx.name)
+        by_lane: dict[str, list[str]] = defaultdict(list)
+        for job_id, lane in back:
+            by_lane[lane].append(str(job_id))
+        for lane, ids in by_lane.items():
+            publish_predict(ctx.app, ctx.settings, ids, lane)
+    except Exception:  # the reconciler requeues them once their time limit passes
+        log.exception("could not release claimed jobs")

@@ -1,0 +1,43 @@
+"""What one worker process holds for its whole life: connections, models, its name."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import redis
+from celery import Celery
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.engine import make_engine, make_session_factory
+from inferq.settings import Settings
+from inferq.status import make_redis
+from workers.device import choose_device
+from workers.runtime import ModelRuntime
+
+
+@dataclasses.dataclass
+class WorkerContext:
+    """Per-process resources, built once (lazily, after any fork)."""
+
+    settings: Settings
+    name: str
+    app: Celery
+    sessions: sessionmaker[Session]
+    redis: redis.Redis
+    runtime: ModelRuntime
+
+    @classmethod
+    def create(cls, settings: Settings, name: str, app: Celery) -> WorkerContext:
+        """Connect nothing yet; pools open on first use."""
+        engine = make_engine(
+            settings.require_database_url(), pool_size=2, application_name=f"inferq-worker {name}"
+        )
+        sessions = make_session_factory(engine)
+        return cls(
+            settings=settings,
+            name=name,
+            app=app,
+            sessions=sessions,
+            redis=make_redis(settings),
+            runtime=ModelRuntime(sessions, choose_device(settings.device)),
+        )

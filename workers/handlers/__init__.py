@@ -1,0 +1,1 @@
+"""Built-in model handlers, registered under the ``inferq.models`` entry points."""

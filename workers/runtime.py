@@ -1,0 +1,56 @@
+"""The model runtime: each version's weights are loaded once per worker process and kept."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import torch
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.registry import loadable_version
+from inferq.artifacts import unpack
+from inferq.errors import ArtifactError
+from inferq.handlers import ModelHandler, handler_class
+
+log = logging.getLogger(__name__)
+
+
+class ModelRuntime:
+    """Loads model versions on first use and caches the ready handlers."""
+
+    def __init__(self, sessions: sessionmaker[Session], device: torch.device) -> None:
+        self._sessions = sessions
+        self.device = device
+        self._handlers: dict[int, ModelHandler] = {}
+        self._lock = threading.Lock()
+
+    def handler(self, version_id: int) -> ModelHandler:
+        """The loaded handler serving ``version_id``."""
+        handler = self._handlers.get(version_id)
+        if handler is None:
+            with self._lock:
+                handler = self._handlers.get(version_id) or self._load(version_id)
+                self._handlers[version_id] = handler
+        return handler
+
+    def _load(self, version_id: int) -> ModelHandler:
+        started = time.perf_counter()
+        with self._sessions() as session:
+            version = loadable_version(session, version_id)
+        if version is None:
+            raise ArtifactError(f"model version {version_id} does not exist")
+        tensors, metadata = unpack(version.artifact, version.sha256)
+        handler = handler_class(version.handler)(self.device, version.config)
+        handler.load(tensors, metadata)
+        log.info(
+            "loaded model version",
+            extra={
+                "model": version.model_name,
+                "version": version.version,
+                "device": str(self.device),
+                "load_ms": round((time.perf_counter() - started) * 1000, 1),
+            },
+        )
+        return handler

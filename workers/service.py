@@ -1,0 +1,52 @@
+"""Running a worker process: the Celery worker, its tasks, its heartbeat."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from celery import signals
+
+from inferq.queues import make_celery, queue_name
+from inferq.settings import Settings
+from workers.context import WorkerContext
+from workers.heartbeat import Heartbeat
+from workers.tasks import register_all
+
+
+def run_worker(settings: Settings, name: str | None = None, concurrency: int = 1) -> None:
+    """Consume the configured lanes until stopped (SIGTERM: finish running work, then exit).
+
+    One process runs one model replica (``solo`` pool): batching and the device are per
+    process, and on a GPU host one worker process per GPU is the intended shape.
+    """
+    name = name or f"worker-{socket.gethostname()}"
+    hostname = name if "@" in name else f"{name}@{socket.gethostname()}"
+    app = make_celery(settings)
+    holder: dict[str, Any] = {}
+
+    def context() -> WorkerContext:
+        if "ctx" not in holder:
+            holder["ctx"] = WorkerContext.create(settings, hostname, app)
+        return holder["ctx"]  # type: ignore[no-any-return]
+
+    register_all(app, context)
+    # Beat before consuming: a job is never claimed by a worker the reconciler thinks dead.
+    heartbeat = Heartbeat(context().redis, settings, hostname)
+    heartbeat.start()
+
+    @signals.worker_shutdown.connect(weak=False)
+    def _shutdown(**_: Any) -> None:
+        heartbeat.stop()
+
+    queues = ",".join(queue_name(settings, lane) for lane in settings.lanes)
+    argv = [
+        "worker",
+        f"--hostname={hostname}",
+        f"--queues={queues}",
+        "--pool=solo" if concurrency == 1 else f"--concurrency={concurrency}",
+        f"--loglevel={settings.log_level}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    app.worker_main(argv)

@@ -1,0 +1,15 @@
+"""Celery tasks, one module per domain; ``register_all`` binds them to an app."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from celery import Celery
+
+from workers.context import WorkerContext
+from workers.tasks import predict
+
+
+def register_all(app: Celery, context: Callable[[], WorkerContext]) -> None:
+    """Register every worker task on ``app``; ``context`` gives the process's resources."""
+    predict.register(app, context)
