@@ -5,7 +5,7 @@ InferqError
 ├── ModelError                  a model cannot be loaded or run
 │   ├── ArtifactError           weights missing, corrupt or of the wrong digest
 │   └── InputError              one input the model cannot use (fails that job)
-└── Problem                     an HTTP problem (RFC 9457), raised by the API, raised again by the client
+└── Problem                     an HTTP problem (RFC 9457): raised by the API and by the client
     ├── BadRequest              400
     ├── Unauthorized            401
     ├── Forbidden               403

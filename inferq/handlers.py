@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Mapping, Sequence
+from importlib import import_module
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -83,14 +84,21 @@ class ModelHandler(abc.ABC):
 
 
 def handler_class(name: str) -> type[ModelHandler]:
-    """The handler class registered under ``name`` in the ``inferq.models`` entry points."""
-    for entry in entry_points(group=ENTRY_POINT_GROUP):
-        if entry.name == name:
-            cls = entry.load()
-            if not (isinstance(cls, type) and issubclass(cls, ModelHandler)):
-                raise ModelError(f"entry point {entry.value} is not a ModelHandler")
-            return cls
-    raise ModelError(f"no model handler named {name!r} (entry point group {ENTRY_POINT_GROUP})")
+    """The handler registered as ``name`` in the ``inferq.models`` entry points.
+
+    ``name`` may also be a ``module:Class`` path, for handlers that are not packaged.
+    """
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        cls = getattr(import_module(module), attr, None)
+    else:
+        found = [e for e in entry_points(group=ENTRY_POINT_GROUP) if e.name == name]
+        if not found:
+            raise ModelError(f"no model handler named {name!r} (entry point group {ENTRY_POINT_GROUP})")
+        cls = found[0].load()
+    if not (isinstance(cls, type) and issubclass(cls, ModelHandler)):
+        raise ModelError(f"{name!r} is not a ModelHandler")
+    return cls
 
 
 def handler_names() -> list[str]:

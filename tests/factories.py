@@ -38,3 +38,27 @@ def png_of(pixels: list[float], size: int = 32, ink_dark: bool = True) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+def register_fixture_model(settings: Any, name: str, handler: str, config: dict[str, Any]) -> None:
+    """Serve ``name`` by a fixture handler (``module:Class``) with digits' active weights."""
+    from db.registry import add_version, ensure_model, get_model, loadable_version
+    from inferq.cli.common import db_session
+    from workers.handlers.digits import INPUT_SCHEMA
+
+    with db_session(settings) as session:
+        digits = get_model(session, "digits")
+        assert digits is not None and digits.active_version_id is not None
+        weights = loadable_version(session, digits.active_version_id)
+        assert weights is not None
+        model = ensure_model(session, name, handler, INPUT_SCHEMA, config)
+        if model.active_version_id is None:
+            add_version(
+                session,
+                model,
+                artifact=weights.artifact,
+                sha256=weights.sha256,
+                metrics={},
+                created_by="tests",
+                activate=True,
+            )

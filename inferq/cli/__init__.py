@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import click
 
-from inferq.cli import client_cmds, db_cmds, keys_cmds, models_cmds, service_cmds
-
-try:  # TEMP until stack_cmds lands
-    from inferq.cli import stack_cmds
-except ImportError:
-    stack_cmds = None  # type: ignore[assignment]
+from inferq.cli import client_cmds, db_cmds, keys_cmds, models_cmds, service_cmds, stack_cmds
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -18,7 +13,5 @@ def main() -> None:
 
 
 for module in (stack_cmds, service_cmds, db_cmds, keys_cmds, models_cmds, client_cmds):
-    if module is None:
-        continue
     for command in module.COMMANDS:
         main.add_command(command)

@@ -1,0 +1,72 @@
+"""The system as real processes: API node(s), workers and the scheduler, on real services."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from inferq.client import Client
+from inferq.settings import Settings
+from tests.conftest import Keys
+from tests.processes import ServiceProcess, free_port, wait_for_http, wait_for_log
+
+
+@dataclasses.dataclass
+class Stack:
+    """A running system; tests may kill and start workers."""
+
+    settings: Settings
+    url: str
+    logs: Path
+    api: ServiceProcess
+    scheduler: ServiceProcess
+    workers: list[ServiceProcess] = dataclasses.field(default_factory=list)
+
+    def start_worker(self, name: str) -> ServiceProcess:
+        worker = ServiceProcess(name, ["worker", "--name", name], self.settings, self.logs)
+        wait_for_log(worker, " ready.", timeout=90)
+        self.workers.append(worker)
+        return worker
+
+    def client(self, key: str) -> Client:
+        return Client(self.url, key, timeout_s=30)
+
+    def stop(self) -> None:
+        for proc in [*self.workers, self.scheduler, self.api]:
+            proc.stop()
+
+
+def start_stack(settings: Settings, logs: Path, workers: int) -> Stack:
+    port = free_port()
+    api = ServiceProcess("api", ["api", "--port", str(port)], settings, logs)
+    scheduler = ServiceProcess("scheduler", ["beat"], settings, logs)
+    stack = Stack(settings, f"http://127.0.0.1:{port}", logs, api, scheduler)
+    try:
+        wait_for_http(stack.url + "/readyz", api)
+        for i in range(workers):
+            stack.start_worker(f"w{i + 1}-{settings.namespace}")
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+@pytest.fixture
+def redis_stack(
+    settings: Settings, digits_version: int, keys: Keys, tmp_path: Path
+) -> Iterator[Stack]:
+    stack = start_stack(settings, tmp_path, workers=2)
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture
+def amqp_stack(
+    amqp_settings: Settings, digits_version: int, keys: Keys, tmp_path: Path
+) -> Iterator[Stack]:
+    stack = start_stack(amqp_settings, tmp_path, workers=2)
+    yield stack
+    stack.stop()

@@ -1,0 +1,62 @@
+"""Submit → queue → worker → Postgres → long-poll, over HTTP, with real processes."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from inferq.client import Client
+from tests.conftest import Keys
+from tests.e2e.conftest import Stack
+from tests.factories import holdout
+
+pytestmark = pytest.mark.e2e
+
+JOBS = 300
+
+
+def submit_and_collect(
+    client: Client, pairs: list[tuple[dict[str, Any], int]]
+) -> list[dict[str, Any]]:
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        submitted = list(pool.map(lambda pair: client.submit("digits", pair[0]), pairs))
+        return list(pool.map(lambda job: client.wait(job["id"], timeout_s=180), submitted))
+
+
+def check_run(stack: Stack, keys: Keys) -> None:
+    # Given 300 digits from the holdout set
+    pairs = holdout(JOBS)
+    # When they are submitted over HTTP and long-polled
+    finished = submit_and_collect(stack.client(keys.alice), pairs)
+    # Then every one succeeded, on a real worker, and the labels are right
+    assert [job["status"] for job in finished] == ["succeeded"] * JOBS
+    assert all(job["worker"] and job["worker"].startswith("w") for job in finished)
+    correct = sum(
+        job["output"]["label"] == label for job, (_, label) in zip(finished, pairs, strict=True)
+    )
+    accuracy = correct / JOBS
+    print(f"\n{stack.settings.broker_url.split(':')[0]}: accuracy {accuracy:.3f} over {JOBS} jobs")
+    assert accuracy >= 0.95
+    assert all(len(job["output"]["probabilities"]) == 10 for job in finished)
+    assert all(
+        job["metrics"]["predict_ms"] is not None and job["metrics"]["queue_ms"] >= 0
+        for job in finished
+    )
+
+
+def test_300_jobs_on_redis(redis_stack: Stack, keys: Keys) -> None:
+    check_run(redis_stack, keys)
+
+
+@pytest.mark.rabbitmq
+def test_300_jobs_on_rabbitmq(amqp_stack: Stack, keys: Keys) -> None:
+    check_run(amqp_stack, keys)
+
+
+def test_prefer_wait_answers_200_with_the_result(redis_stack: Stack, keys: Keys) -> None:
+    pixels, label = holdout(1)[0]
+    job = redis_stack.client(keys.alice).submit("digits", pixels, wait=20)
+    assert job["status"] == "succeeded"
+    assert job["output"]["label"] == label

@@ -1,0 +1,131 @@
+"""``inferq up`` on a bare machine: embedded services, a job through the stack, a clean ``down``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.processes import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+INFERQ = [sys.executable, "-m", "inferq"]
+UP_TIMEOUT_S = 240.0  # the first start trains digits
+
+
+def bare_env(home: Path) -> dict[str, str]:
+    """The environment of a machine where nothing of inferq is configured but its home."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERQ_")}
+    return {**env, "INFERQ_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+
+
+def wait_until_up(up: subprocess.Popen[bytes], stderr: Path) -> None:
+    deadline = time.monotonic() + UP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if "inferq is up at" in stderr.read_text(errors="replace"):
+            return
+        if up.poll() is not None:
+            pytest.fail(f"inferq up exited with {up.returncode}:\n{tail(stderr)}")
+        time.sleep(0.5)
+    pytest.fail(f"inferq up not ready after {UP_TIMEOUT_S:.0f} s:\n{tail(stderr)}")
+
+
+def tail(path: Path, chars: int = 4000) -> str:
+    return path.read_text(errors="replace")[-chars:] if path.exists() else "(no output)"
+
+
+def stack_processes(up: subprocess.Popen[bytes], home: Path) -> list[psutil.Process]:
+    """Everything ``up`` started: its descendants, and the postmaster, which pg_ctl detached."""
+    found = psutil.Process(up.pid).children(recursive=True)
+    postmaster = int((home / "postgres" / "postmaster.pid").read_text().splitlines()[0])
+    return [*found, psutil.Process(postmaster)]
+
+
+def still_running(processes: list[psutil.Process]) -> list[str]:
+    alive = []
+    for process in processes:
+        try:
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(f"{process.pid} {' '.join(process.cmdline())}")
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path]]:
+    home = tmp_path / "home"
+    stderr = tmp_path / "up.stderr"
+    with stderr.open("wb") as err:
+        process = subprocess.Popen(
+            [*INFERQ, "up", "--port", str(free_port())],
+            cwd=ROOT,
+            env=bare_env(home),
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=err,
+            start_new_session=True,
+        )
+    yield process, home, stderr
+    if process.poll() is None:  # the test failed half-way: leave nothing behind
+        left = stack_processes(process, home) if (home / "postgres").exists() else []
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(120)
+        except subprocess.TimeoutExpired:
+            for leftover in [psutil.Process(process.pid), *left]:
+                leftover.kill()
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(600)
+def test_up_serves_a_digit_and_down_leaves_nothing_running(up: tuple) -> None:
+    from sklearn.datasets import load_digits
+
+    process, home, stderr = up
+    env = bare_env(home)
+
+    # Given `inferq up` on a machine with no database or broker configured
+    wait_until_up(process, stderr)
+    started = stack_processes(process, home)
+    assert {"supervisord", "redis-server", "postgres"} <= names(started)
+
+    # When a client submits a digit and waits for the answer
+    pixels = [int(v) for v in load_digits().data[0]]
+    submit = subprocess.run(
+        [*INFERQ, "submit", "--model", "digits", "--input", json.dumps({"pixels": pixels}),
+         "--wait", "--timeout", "60"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+    # Then the job succeeded with a label
+    assert submit.returncode == 0, submit.stderr
+    job = json.loads(submit.stdout)
+    assert job["status"] == "succeeded", job
+    label = job["output"]["label"]
+    assert isinstance(label, int) and 0 <= label <= 9
+
+    # When `inferq down` runs, then `up` exits cleanly and nothing it started is left
+    down = subprocess.run(
+        [*INFERQ, "down"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=150
+    )
+    assert down.returncode == 0, down.stderr
+    assert process.wait(30) == 0, tail(stderr)
+    assert still_running(started) == []
+    assert not (home / "up.json").exists()
+
+
+def names(processes: list[psutil.Process]) -> set[str]:
+    found = set()
+    for process in processes:
+        text = " ".join([process.name(), *process.cmdline()])
+        found |= {name for name in ("supervisord", "redis-server", "postgres") if name in text}
+    return found

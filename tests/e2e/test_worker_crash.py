@@ -1,0 +1,98 @@
+"""A worker killed with SIGKILL while it holds jobs loses none: they finish on another."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from inferq.settings import Settings
+from tests.conftest import Keys
+from tests.e2e.conftest import Stack, start_stack
+from tests.factories import holdout, register_fixture_model
+
+pytestmark = pytest.mark.e2e
+
+JOBS = 40
+
+
+def running_on(settings: Settings, worker: str) -> int:
+    engine = create_engine(settings.database_url or "")
+    with engine.connect() as conn:
+        count = conn.scalar(
+            text("SELECT count(*) FROM jobs WHERE status = 'running' AND worker LIKE :w"),
+            {"w": worker + "@%"},
+        )
+    engine.dispose()
+    return int(count or 0)
+
+
+def crash_and_recover(stack: Stack, keys: Keys) -> None:
+    settings = stack.settings
+    register_fixture_model(
+        settings, "slow-digits", "tests.fixture_models.slow:SlowDigits", {"delay_s": 0.4}
+    )
+    victim = stack.start_worker(f"victim-{settings.namespace}")
+    client = stack.client(keys.alice)
+    pairs = holdout(JOBS)
+
+    # Given a worker busy with a backlog of slow jobs (one running, more prefetched)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        jobs = list(pool.map(lambda pair: client.submit("slow-digits", pair[0]), pairs))
+    deadline = time.monotonic() + 30
+    while running_on(settings, f"victim-{settings.namespace}") == 0:
+        assert time.monotonic() < deadline, "the victim never started a job"
+        time.sleep(0.05)
+
+    # When it is killed outright, and another worker starts
+    victim.kill()
+    survivor = stack.start_worker(f"survivor-{settings.namespace}")
+
+    # Then every job finishes, exactly once, and none is lost
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        finished = list(pool.map(lambda job: client.wait(job["id"], timeout_s=120), jobs))
+    statuses = [job["status"] for job in finished]
+    assert statuses == ["succeeded"] * JOBS, statuses
+    by_survivor = [job for job in finished if job["worker"].startswith(survivor.name)]
+    retried = [job for job in finished if job["attempts"] > 1]
+    print(
+        f"\n{len(by_survivor)} of {JOBS} jobs finished on the survivor; {len(retried)} were retried"
+    )
+    assert by_survivor, "the survivor should have finished the victim's jobs"
+    assert retried, "the job running at the kill should have been retried"
+    correct = sum(
+        job["output"]["label"] == label for job, (_, label) in zip(finished, pairs, strict=True)
+    )
+    assert correct >= 0.9 * JOBS
+    assert not victim.alive()
+
+
+@pytest.fixture
+def lone_stack(
+    settings: Settings, digits_version: int, keys: Keys, tmp_path: Path
+) -> Iterator[Stack]:
+    stack = start_stack(settings, tmp_path, workers=0)
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture
+def lone_amqp_stack(
+    amqp_settings: Settings, digits_version: int, keys: Keys, tmp_path: Path
+) -> Iterator[Stack]:
+    stack = start_stack(amqp_settings, tmp_path, workers=0)
+    yield stack
+    stack.stop()
+
+
+def test_sigkill_loses_no_job_on_redis(lone_stack: Stack, keys: Keys) -> None:
+    crash_and_recover(lone_stack, keys)
+
+
+@pytest.mark.rabbitmq
+def test_sigkill_loses_no_job_on_rabbitmq(lone_amqp_stack: Stack, keys: Keys) -> None:
+    crash_and_recover(lone_amqp_stack, keys)

@@ -1,0 +1,75 @@
+"""Models, health and readiness, and the schema the migrations build."""
+
+from __future__ import annotations
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from flask.testing import FlaskClient
+from sqlalchemy import create_engine
+
+from db.models import Base
+from inferq.settings import Settings
+from tests.integration.conftest import Caller
+
+
+def test_migrations_build_exactly_the_models(settings: Settings) -> None:
+    engine = create_engine(settings.database_url or "")
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    engine.dispose()
+    assert diff == []
+
+
+def test_models_lists_digits_with_its_active_version(alice: Caller, digits_version: int) -> None:
+    body = alice.get("/v1/models").get_json()
+    digits = next(m for m in body["models"] if m["name"] == "digits")
+    assert digits["active_version"] == digits_version
+    active = next(v for v in digits["versions"] if v["version"] == digits_version)
+    assert active["status"] == "active"
+    assert active["metrics"]["holdout_accuracy"] >= 0.95
+    assert len(active["sha256"]) == 64
+    assert digits["input_schema"]["properties"]["pixels"]["maxItems"] == 64
+    assert alice.get("/v1/models/digits").get_json()["name"] == "digits"
+    assert alice.get("/v1/models/nope").status_code == 404
+
+
+def test_health_and_readiness(http: FlaskClient) -> None:
+    assert http.get("/healthz").get_json() == {"status": "ok"}
+    ready = http.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.get_json()["checks"] == {"database": "ok", "redis": "ok", "broker": "ok"}
+
+
+def test_readiness_fails_when_the_database_is_unreachable(settings: Settings, digits_version: int) -> None:
+    import dataclasses
+
+    from api.app import create_app
+
+    broken = dataclasses.replace(settings, database_url="postgresql+psycopg2://nobody@127.0.0.1:1/none")
+    response = create_app(broken).test_client().get("/readyz")
+    assert response.status_code == 503
+    assert response.get_json()["checks"]["database"].startswith("unavailable")
+
+
+def test_a_queued_job_shows_its_position(alice: Caller) -> None:
+    first = alice.post("/v1/jobs", {"model": "digits", "input": {"pixels": [1] * 64}}).get_json()
+    second = alice.post("/v1/jobs", {"model": "digits", "input": {"pixels": [2] * 64}}).get_json()
+    assert first["status"] == second["status"] == "queued"
+    a = alice.get(f"/v1/jobs/{first['id']}").get_json()
+    b = alice.get(f"/v1/jobs/{second['id']}").get_json()
+    assert b["position"] == a["position"] + 1
+
+
+def test_feedback_is_stored_for_a_finished_job(alice: Caller) -> None:
+    job = alice.post("/v1/jobs", {"model": "digits", "input": {"pixels": [0] * 64}}).get_json()
+    assert alice.post(f"/v1/jobs/{job['id']}/feedback", {"label": 3}).status_code == 409  # not finished
+    alice.post(f"/v1/jobs/{job['id']}/cancel")
+    response = alice.post(f"/v1/jobs/{job['id']}/feedback", {"label": 3, "correct": False, "score": 0.5, "comment": "meh"})
+    assert response.status_code == 201
+    assert response.get_json()["label"] == 3
+
+
+def test_request_ids_are_echoed(alice: Caller) -> None:
+    response = alice.get("/v1/models", headers={"X-Request-ID": "abc-123"})
+    assert response.headers["X-Request-ID"] == "abc-123"
+    assert len(alice.get("/v1/models").headers["X-Request-ID"]) == 32

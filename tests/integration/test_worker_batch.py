@@ -1,0 +1,160 @@
+"""The worker's batch path on real Postgres and Redis, run in-process."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import select
+
+from api import jobs_service
+from db.jobs import JobResult, claim_jobs, requeue_jobs, store_results
+from db.models import Job
+from inferq.messages import Completion
+from inferq.queues import make_celery
+from inferq.settings import Settings
+from inferq.status import completion_channel, status_key
+from tests.factories import holdout, pixels
+from tests.integration.conftest import Caller
+from workers.batch import run_batch
+from workers.context import WorkerContext
+
+
+@pytest.fixture
+def ctx(settings: Settings, digits_version: int) -> Iterator[WorkerContext]:
+    context = WorkerContext.create(
+        settings, f"inproc-{uuid.uuid4().hex[:6]}@test", make_celery(settings)
+    )
+    yield context
+    context.redis.close()
+
+
+def submit(alice: Caller, body: dict[str, Any]) -> str:
+    response = alice.post("/v1/jobs", {"model": "digits", "input": body})
+    assert response.status_code == 202, response.get_json()
+    return str(response.get_json()["id"])
+
+
+def row(ctx: WorkerContext, job_id: str) -> Job:
+    with ctx.sessions() as session:
+        return session.scalars(select(Job).where(Job.id == uuid.UUID(job_id))).one()
+
+
+def test_a_batch_is_claimed_predicted_and_stored(alice: Caller, ctx: WorkerContext) -> None:
+    pairs = holdout(8)
+    ids = [submit(alice, p) for p, _ in pairs]
+    results = run_batch(ctx, ids)
+    assert [r.status for r in results] == ["succeeded"] * 8
+    for job_id, (_, label) in zip(ids, pairs, strict=True):
+        job = row(ctx, job_id)
+        assert job.status == "succeeded" and job.worker == ctx.name and job.attempts == 1
+        assert job.batch_size == 8 and job.output is not None and job.output["label"] == label
+        assert ctx.redis.get(status_key(ctx.settings, job_id)) == b"succeeded"
+
+
+def test_a_redelivered_message_changes_nothing(alice: Caller, ctx: WorkerContext) -> None:
+    job_id = submit(alice, holdout(1)[0][0])
+    run_batch(ctx, [job_id])
+    first = row(ctx, job_id)
+    assert run_batch(ctx, [job_id]) == []
+    again = row(ctx, job_id)
+    assert (again.status, again.completed_at, again.attempts, again.output) == (
+        first.status,
+        first.completed_at,
+        first.attempts,
+        first.output,
+    )
+
+
+def test_a_bad_item_fails_alone(alice: Caller, ctx: WorkerContext) -> None:
+    good = [submit(alice, p) for p, _ in holdout(3)]
+    # passes the API's cheap check (PNG signature) but is not a decodable image
+    bad = submit(alice, {"image": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB"})
+    results = {str(r.id): r for r in run_batch(ctx, [*good, bad])}
+    assert [results[g].status for g in good] == ["succeeded"] * 3
+    assert results[bad].status == "failed"
+    failed = row(ctx, bad)
+    assert failed.status == "failed" and failed.error is not None
+    assert failed.error["type"] == "invalid-input"
+
+
+def test_a_job_canceled_while_running_is_discarded(alice: Caller, ctx: WorkerContext) -> None:
+    job_id = submit(alice, pixels(3.0))
+    with ctx.sessions.begin() as session:
+        claim_jobs(session, [job_id], "someone-else@test")
+    canceled = alice.post(f"/v1/jobs/{job_id}/cancel").get_json()
+    assert canceled["status"] == "running" and canceled["cancel_requested"] is True
+    # the owner finishes it: the result is discarded, the job ends canceled
+    with ctx.sessions.begin() as session:
+        result = JobResult(uuid.UUID(job_id), "succeeded", output={"label": 1})
+        stored = store_results(session, [result], "someone-else@test")
+    assert [s.status for s in stored] == ["canceled"]
+    job = row(ctx, job_id)
+    assert job.status == "canceled" and job.output is None
+
+
+def test_a_canceled_queued_job_never_runs(alice: Caller, ctx: WorkerContext) -> None:
+    job_id = submit(alice, pixels(2.0))
+    assert alice.post(f"/v1/jobs/{job_id}/cancel").get_json()["status"] == "canceled"
+    assert run_batch(ctx, [job_id]) == []
+    job = row(ctx, job_id)
+    assert job.status == "canceled" and job.started_at is None and job.attempts == 0
+    # canceling again is harmless; canceling a finished job is a conflict
+    assert alice.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    done = submit(alice, pixels(2.0))
+    run_batch(ctx, [done])
+    assert alice.post(f"/v1/jobs/{done}/cancel").status_code == 409
+
+
+def test_a_job_that_keeps_failing_its_worker_is_failed_after_max_attempts(
+    alice: Caller, ctx: WorkerContext
+) -> None:
+    job_id = submit(alice, pixels(4.0))
+    for attempt in range(ctx.settings.max_attempts):  # each claim is a worker that then died
+        with ctx.sessions.begin() as session:
+            assert claim_jobs(session, [job_id], f"dead-{attempt}@test")
+            requeue_jobs(session, [uuid.UUID(job_id)], f"dead-{attempt}@test")
+    (result,) = run_batch(ctx, [job_id])
+    assert result.status == "failed" and result.error is not None
+    assert result.error["type"] == "attempts-exhausted"
+    assert row(ctx, job_id).attempts == ctx.settings.max_attempts + 1
+
+
+def test_malformed_ids_in_a_message_are_dropped(ctx: WorkerContext) -> None:
+    assert run_batch(ctx, ["not-a-uuid", 42, None]) == []
+
+
+def test_completions_are_published_once_per_batch(alice: Caller, ctx: WorkerContext) -> None:
+    ids = [submit(alice, p) for p, _ in holdout(5)]
+    listener = redis.Redis.from_url(ctx.settings.effective_redis_url).pubsub(
+        ignore_subscribe_messages=True
+    )
+    listener.subscribe(completion_channel(ctx.settings))
+    listener.get_message(timeout=1)
+    run_batch(ctx, ids)
+    messages = []
+    while (message := listener.get_message(timeout=1)) is not None:
+        messages.append(message)
+    listener.close()
+    assert len(messages) == 1
+    assert set(Completion.decode(messages[0]["data"]).job_ids) == set(ids)
+
+
+def test_long_poll_wakes_on_completion(alice: Caller, ctx: WorkerContext) -> None:
+    job_id = submit(alice, holdout(1)[0][0])
+    timer = threading.Timer(0.5, run_batch, args=(ctx, [job_id]))
+    started = time.monotonic()
+    timer.start()
+    response = alice.get(f"/v1/jobs/{job_id}?wait=20")
+    elapsed = time.monotonic() - started
+    timer.join()
+    body = response.get_json()
+    assert body["status"] == "succeeded"
+    # woken by the signal, not by the 20 s timeout (generous: it is a signal, not a sleep)
+    assert elapsed < 10, elapsed
+    assert jobs_service.query_wait("5", 30) == 5
