@@ -19,6 +19,7 @@ from db.jobs import (
 )
 from db.models import TERMINAL_STATUSES
 from db.registry import ServingInfo, serving_info
+from inferq import cache
 from inferq.errors import BadRequest, InvalidInput, NotFound, ServiceUnavailable
 from inferq.queues import publish_predict
 
@@ -77,6 +78,11 @@ def model_for(st: ApiState, name: str) -> ServingInfo:
 def accept(st: ApiState, tenant_id: uuid.UUID, info: ServingInfo, body: dict[str, Any]) -> JobView:
     """Commit the job; it is durable from here on, whatever happens to the broker."""
     assert info.active_version_id is not None and info.active_version is not None
+    cached = None
+    if info.active_sha256 and info.config.get("cache", True):
+        cached = cache.lookup(
+            st.redis, st.settings, info.active_version_id, info.active_sha256, body["input"]
+        )
     with st.sessions.begin() as session:
         row = create_job(
             session,
@@ -86,6 +92,7 @@ def accept(st: ApiState, tenant_id: uuid.UUID, info: ServingInfo, body: dict[str
             lane=body.get("lane", "online"),
             input=body["input"],
             user=body.get("user"),
+            cached_output=cached,
         )
     return JobView(row, info.name, info.active_version)
 

@@ -61,8 +61,10 @@ def create_job(
     lane: str,
     input: dict[str, Any],
     user: str | None = None,
+    cached_output: dict[str, Any] | None = None,
 ) -> Job:
-    """Insert a queued job; ``published_at`` is set now because the caller publishes next."""
+    """Insert a queued job (``published_at`` now: the caller publishes next), or, with a
+    ``cached_output``, a job already succeeded from the result cache."""
     job = Job(
         id=uuid.uuid4(),
         tenant_id=tenant_id,
@@ -74,6 +76,9 @@ def create_job(
         user=user,
         published_at=func.now(),
     )
+    if cached_output is not None:
+        job.status, job.output, job.cached = "succeeded", cached_output, True
+        job.published_at, job.started_at, job.completed_at = None, func.now(), func.now()
     session.add(job)
     session.flush()
     session.refresh(job)

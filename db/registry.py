@@ -21,6 +21,8 @@ class ServingInfo:
     label_schema: dict[str, Any] | None
     active_version_id: int | None
     active_version: int | None
+    active_sha256: str | None
+    config: dict[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +116,8 @@ def serving_info(session: Session, name: str) -> ServingInfo | None:
             Model.label_schema,
             Model.active_version_id,
             ModelVersion.version,
+            ModelVersion.sha256,
+            Model.config,
         )
         .outerjoin(ModelVersion, ModelVersion.id == Model.active_version_id)
         .where(Model.name == name)

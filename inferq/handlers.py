@@ -94,7 +94,7 @@ def handler_class(name: str) -> type[ModelHandler]:
     else:
         found = [e for e in entry_points(group=ENTRY_POINT_GROUP) if e.name == name]
         if not found:
-            raise ModelError(f"no model handler named {name!r} (entry point group {ENTRY_POINT_GROUP})")
+            raise ModelError(f"no model handler named {name!r} (entry points {ENTRY_POINT_GROUP})")
         cls = found[0].load()
     if not (isinstance(cls, type) and issubclass(cls, ModelHandler)):
         raise ModelError(f"{name!r} is not a ModelHandler")

@@ -65,7 +65,7 @@ def make_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         # One worker process buffers up to this many messages: enough to fill a batch.
-        worker_prefetch_multiplier=settings.worker_prefetch,
+        worker_prefetch_multiplier=max(settings.worker_prefetch, settings.max_batch_size),
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_hijack_root_logger=False,
         worker_enable_remote_control=False,

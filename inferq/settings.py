@@ -45,7 +45,13 @@ class Settings:
 
     # Workers
     worker_lanes: str = "online"
-    worker_prefetch: int = 16
+    #: Dynamic batching (Triton's max_queue_delay): a worker runs what it has buffered once
+    #: it holds max_batch_size messages or max_batch_delay_ms has passed. Models may set a
+    #: smaller ``max_batch_size`` in their config; batch size 1 turns batching off.
+    max_batch_size: int = 64
+    max_batch_delay_ms: float = 2.0
+    #: Messages a worker process may hold unacked; at least a batch, so batches can fill.
+    worker_prefetch: int = 128
     device: str = "auto"
     max_attempts: int = 3
     #: Redis transport only: an unacked message goes back to its queue after this long.
@@ -56,6 +62,8 @@ class Settings:
     heartbeat_interval_s: float = 2.0
     heartbeat_ttl_s: float = 10.0
     status_ttl_s: int = 86_400
+    #: How long a result stays in the cache; 0 turns the cache off.
+    cache_ttl_s: int = 3600
 
     # Scheduler
     reconcile_interval_s: float = 5.0
@@ -96,6 +104,8 @@ class Settings:
         for lane in self.lanes:
             if lane not in LANES:
                 raise ConfigError(f"unknown lane {lane!r} in INFERQ_WORKER_LANES; lanes: {LANES}")
+        if self.max_batch_size < 1 or self.max_batch_delay_ms < 0:
+            raise ConfigError("need INFERQ_MAX_BATCH_SIZE >= 1 and INFERQ_MAX_BATCH_DELAY_MS >= 0")
         if self.max_attempts < 1:
             raise ConfigError("INFERQ_MAX_ATTEMPTS must be at least 1")
 

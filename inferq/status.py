@@ -35,14 +35,23 @@ def make_redis(settings: Settings) -> redis.Redis:
     )
 
 
-def announce(client: redis.Redis, settings: Settings, finished: Iterable[tuple[str, str]]) -> None:
-    """Store each ``(job_id, status)`` and publish the batch: one round trip (a pipeline)."""
+def announce(
+    client: redis.Redis,
+    settings: Settings,
+    finished: Iterable[tuple[str, str]],
+    cache: Iterable[tuple[str, str]] = (),
+) -> None:
+    """Store each ``(job_id, status)``, fill the result cache with ``(key, output JSON)``
+    and publish the batch's ids: one round trip (a pipeline)."""
     finished = list(finished)
     if not finished:
         return
     pipe = client.pipeline(transaction=False)
     for job_id, status in finished:
         pipe.set(status_key(settings, job_id), status, ex=settings.status_ttl_s)
+    if settings.cache_ttl_s > 0:
+        for key, output in cache:
+            pipe.set(key, output, ex=settings.cache_ttl_s)
     pipe.publish(completion_channel(settings), Completion(tuple(j for j, _ in finished)).encode())
     pipe.execute()
 

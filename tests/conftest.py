@@ -63,6 +63,9 @@ def settings(
         reconcile_interval_s=1.0,
         stale_queued_s=60.0,
         model_cache_s=0.0,
+        # Off by default so tests that reuse holdout inputs exercise workers; the cache has
+        # its own tests with it on.
+        cache_ttl_s=0,
         auth_cache_s=0.0,
     )
 

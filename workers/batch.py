@@ -6,6 +6,7 @@ result write only touches jobs this worker still owns.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -13,7 +14,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from db.jobs import ClaimedJob, JobResult, claim_jobs, requeue_jobs, store_results
+from db.jobs import ClaimedJob, JobResult, StoredResult, claim_jobs, requeue_jobs, store_results
+from inferq.cache import cache_key
 from inferq.errors import ArtifactError, InputError
 from inferq.handlers import ModelHandler
 from inferq.queues import publish_predict
@@ -53,10 +55,30 @@ def run_batch(ctx: WorkerContext, raw_ids: Sequence[Any]) -> list[JobResult]:
         release(ctx, claimed)
         raise
     try:
-        announce(ctx.redis, ctx.settings, [(str(s.id), s.status) for s in stored])
+        finished = [(str(s.id), s.status) for s in stored]
+        announce(ctx.redis, ctx.settings, finished, cache_entries(ctx, claimed, results, stored))
     except Exception:  # Postgres has the result; pollers still find it, only later.
         log.exception("could not announce completions in Redis")
     return results
+
+
+def cache_entries(
+    ctx: WorkerContext,
+    claimed: Sequence[ClaimedJob],
+    results: Sequence[JobResult],
+    stored: Sequence[StoredResult],
+) -> list[tuple[str, str]]:
+    """``(cache key, output JSON)`` for each job that succeeded and was stored as such."""
+    succeeded = {s.id for s in stored if s.status == "succeeded"}
+    jobs = {job.id: job for job in claimed}
+    entries = []
+    for result in results:
+        job = jobs[result.id]
+        digest = ctx.runtime.digest(job.version_id)
+        if result.id in succeeded and digest and result.output is not None:
+            key = cache_key(ctx.settings, job.version_id, digest, job.input)
+            entries.append((key, json.dumps(result.output)))
+    return entries
 
 
 def predict_claimed(ctx: WorkerContext, claimed: Sequence[ClaimedJob]) -> list[JobResult]:
@@ -71,7 +93,9 @@ def predict_claimed(ctx: WorkerContext, claimed: Sequence[ClaimedJob]) -> list[J
         except ArtifactError as exc:
             results.extend(_failed(job, "model-unavailable", str(exc)) for job in jobs)
             continue
-        results.extend(predict_group(handler, jobs))
+        size = max(1, int(handler.config.get("max_batch_size") or len(jobs)))
+        for start in range(0, len(jobs), size):
+            results.extend(predict_group(handler, jobs[start : start + size]))
     return results
 
 

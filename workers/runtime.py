@@ -24,6 +24,7 @@ class ModelRuntime:
         self._sessions = sessions
         self.device = device
         self._handlers: dict[int, ModelHandler] = {}
+        self._digests: dict[int, str] = {}
         self._lock = threading.Lock()
 
     def handler(self, version_id: int) -> ModelHandler:
@@ -35,6 +36,10 @@ class ModelRuntime:
                 self._handlers[version_id] = handler
         return handler
 
+    def digest(self, version_id: int) -> str | None:
+        """The SHA-256 of a loaded version's artifact (the result cache is keyed by it)."""
+        return self._digests.get(version_id)
+
     def _load(self, version_id: int) -> ModelHandler:
         started = time.perf_counter()
         with self._sessions() as session:
@@ -42,6 +47,7 @@ class ModelRuntime:
         if version is None:
             raise ArtifactError(f"model version {version_id} does not exist")
         tensors, metadata = unpack(version.artifact, version.sha256)
+        self._digests[version_id] = version.sha256
         handler = handler_class(version.handler)(self.device, version.config)
         handler.load(tensors, metadata)
         log.info(

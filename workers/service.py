@@ -30,7 +30,7 @@ def run_worker(settings: Settings, name: str | None = None, concurrency: int = 1
             holder["ctx"] = WorkerContext.create(settings, hostname, app)
         return holder["ctx"]  # type: ignore[no-any-return]
 
-    register_all(app, context)
+    register_all(app, settings, context)
     # Beat before consuming: a job is never claimed by a worker the reconciler thinks dead.
     heartbeat = Heartbeat(context().redis, settings, hostname)
     heartbeat.start()

@@ -66,10 +66,11 @@ def submit() -> Response:
     wait = svc.prefer_wait(request.headers.get("Prefer"), st.settings.max_wait_s)
     view = svc.accept(st, current_principal().tenant_id, info, body)
     job_id = str(view.job.id)
-    with st.waiter.expect(job_id) if wait else nullcontext() as signal:
-        svc.publish(st, view)
-        if wait:
-            view = svc.wait_until_terminal(st, view, wait, signal)
+    if not view.job.cached:
+        with st.waiter.expect(job_id) if wait else nullcontext() as signal:
+            svc.publish(st, view)
+            if wait:
+                view = svc.wait_until_terminal(st, view, wait, signal)
     done = view.job.status in TERMINAL_STATUSES
     response = jsonify(render.job(view))
     response.status_code = 200 if done else 202

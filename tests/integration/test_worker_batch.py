@@ -19,6 +19,7 @@ from inferq.messages import Completion
 from inferq.queues import make_celery
 from inferq.settings import Settings
 from inferq.status import completion_channel, status_key
+from tests.conftest import Keys
 from tests.factories import holdout, pixels
 from tests.integration.conftest import Caller
 from workers.batch import run_batch
@@ -158,3 +159,33 @@ def test_long_poll_wakes_on_completion(alice: Caller, ctx: WorkerContext) -> Non
     # woken by the signal, not by the 20 s timeout (generous: it is a signal, not a sleep)
     assert elapsed < 10, elapsed
     assert jobs_service.query_wait("5", 30) == 5
+
+
+def test_the_cache_answers_a_repeated_input_without_a_worker(
+    settings: Settings, digits_version: int, keys: Keys
+) -> None:
+    import dataclasses
+
+    from api.app import create_app
+
+    cached_settings = dataclasses.replace(settings, cache_ttl_s=60)
+    alice = Caller(create_app(cached_settings).test_client(), keys.alice)
+    ctx = WorkerContext.create(cached_settings, "cache-filler@test", make_celery(cached_settings))
+    # Given an input a worker has answered once
+    body = {"pixels": [float(v) for v in range(64)][::-1]}
+    body["pixels"] = [min(16.0, v / 4) for v in body["pixels"]]
+    first = submit(alice, body)
+    run_batch(ctx, [first])
+    original = row(ctx, first)
+    # When the same input (as integers this time) is submitted again
+    again = alice.post("/v1/jobs", {"model": "digits", "input": {"pixels": [int(v) if v.is_integer() else v for v in body["pixels"]]}})
+    # Then it is answered at once from the cache: 200, succeeded, never queued for a worker
+    assert again.status_code == 200
+    job = again.get_json()
+    assert job["status"] == "succeeded" and job["cached"] is True
+    assert job["output"] == original.output
+    assert job["worker"] is None and job["attempts"] == 0
+    assert run_batch(ctx, [job["id"]]) == []  # nothing for a worker to claim
+    # and a different input is not
+    other = alice.post("/v1/jobs", {"model": "digits", "input": {"pixels": [1.0] * 64}})
+    assert other.status_code == 202 and other.get_json()["cached"] is False

@@ -6,10 +6,11 @@ from collections.abc import Callable
 
 from celery import Celery
 
+from inferq.settings import Settings
 from workers.context import WorkerContext
 from workers.tasks import predict
 
 
-def register_all(app: Celery, context: Callable[[], WorkerContext]) -> None:
+def register_all(app: Celery, settings: Settings, context: Callable[[], WorkerContext]) -> None:
     """Register every worker task on ``app``; ``context`` gives the process's resources."""
-    predict.register(app, context)
+    predict.register(app, settings, context)

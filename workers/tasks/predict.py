@@ -1,20 +1,55 @@
-"""The predict task: a message carries job ids; the jobs themselves live in Postgres."""
+"""The predict task: messages carry job ids; the jobs themselves live in Postgres.
+
+Messages are buffered by ``celery-batches`` (the maintained library for this) and handed
+over as one batch when ``max_batch_size`` have arrived or ``max_batch_delay_ms`` has passed,
+so one claim, one ``predict`` call per model version and one commit serve many jobs. The
+library acks the whole buffer after the function returns (``acks_late``) and swallows its
+exceptions, so ``run_batch`` settles every job itself: success, per-item failure, or release
+back to the queue.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from celery import Celery
+from celery_batches import Batches, SimpleRequest
 
 from inferq.messages import PREDICT_TASK
+from inferq.settings import Settings
 from workers.batch import run_batch
 from workers.context import WorkerContext
 
+log = logging.getLogger(__name__)
 
-def register(app: Celery, context: Callable[[], WorkerContext]) -> None:
-    """Register ``inferq.predict`` on ``app``."""
 
-    @app.task(name=PREDICT_TASK, ignore_result=True)
-    def predict(job_ids: list[Any]) -> None:
-        run_batch(context(), job_ids if isinstance(job_ids, list) else [])
+def job_ids_of(requests: Sequence[SimpleRequest]) -> list[Any]:
+    """Every job id in a batch of buffered messages (malformed messages contribute none)."""
+    ids: list[Any] = []
+    for request in requests:
+        args = request.args
+        if args and isinstance(args[0], list):
+            ids.extend(args[0])
+        else:
+            log.warning("dropping a predict message without a list of job ids")
+    return ids
+
+
+def register(app: Celery, settings: Settings, context: Callable[[], WorkerContext]) -> None:
+    """Register ``inferq.predict`` on ``app`` as a batching task."""
+
+    @app.task(
+        name=PREDICT_TASK,
+        base=Batches,
+        ignore_result=True,
+        flush_every=settings.max_batch_size,
+        flush_interval=settings.max_batch_delay_ms / 1000,
+    )
+    def predict(requests: Sequence[SimpleRequest]) -> None:
+        try:
+            run_batch(context(), job_ids_of(requests))
+        except Exception:
+            # The claimed jobs were released (or the reconciler will); never lose the worker.
+            log.exception("predict batch failed")
