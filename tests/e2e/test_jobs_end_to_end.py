@@ -45,6 +45,10 @@ def check_run(stack: Stack, keys: Keys) -> None:
         job["metrics"]["predict_ms"] is not None and job["metrics"]["queue_ms"] >= 0
         for job in finished
     )
+    # Under concurrent load the workers batch: some jobs ran in batches of more than one.
+    sizes = Counter(job["metrics"]["batch_size"] for job in finished)
+    print(f"batch sizes (size: jobs): {dict(sorted(sizes.items()))}")
+    assert max(sizes) > 1
 
 
 def test_300_jobs_on_redis(redis_stack: Stack, keys: Keys) -> None:

@@ -1,0 +1,65 @@
+"""``inferq up`` and ``inferq down``: the whole system on this machine, in the foreground."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+import click
+
+from inferq.cli.common import info, load_settings, reports_errors
+
+if TYPE_CHECKING:
+    from inferq.stack import StackPaths
+
+
+@click.command()
+@click.option("--port", type=int, default=None, help="Public port of the API (INFERQ_PORT, 8080).")
+@click.option("--api-nodes", type=int, default=None, help="API nodes (INFERQ_API_NODES, 1).")
+@click.option("--workers", type=int, default=None, help="Worker processes (INFERQ_WORKERS, 1).")
+@reports_errors
+def up(port: int | None, api_nodes: int | None, workers: int | None) -> None:
+    """Run inferq here until Ctrl-C or `inferq down`.
+
+    Without INFERQ_DATABASE_URL / INFERQ_BROKER_URL it starts an embedded PostgreSQL and Redis
+    under INFERQ_HOME (default ./var), which keep their data between runs.
+    """
+    from inferq import stack
+
+    settings = load_settings(port=port, api_nodes=api_nodes, workers=workers)
+    if settings.api_nodes > 1:
+        info(
+            "note: several API nodes need nginx in front, which `inferq up` lacks yet; running one"
+        )
+    paths = stack.StackPaths(settings.home.resolve())
+    url = f"http://127.0.0.1:{settings.port}"
+    sys.exit(stack.run(settings, on_ready=lambda: _say_ready(url, paths)))
+
+
+def _say_ready(url: str, paths: StackPaths) -> None:
+    info(f"\ninferq is up at {url}")
+    info(f"  API key:  {paths.api_key}")
+    info(
+        "  try:      inferq submit --model digits --input '{\"pixels\": [64 numbers 0..16]}' --wait"
+    )
+    info(f"  logs:     {paths.logs}/   status: supervisorctl -c {paths.conf} status")
+    info("  stop:     Ctrl-C here, or `inferq down`\n")
+
+
+@click.command()
+@reports_errors
+def down() -> None:
+    """Stop the `inferq up` that runs from INFERQ_HOME, and wait until it has stopped."""
+    from inferq import stack
+
+    paths = stack.StackPaths(load_settings().home.resolve())
+    running = stack.read_running(paths)
+    if running is None:
+        info(f"inferq is not running from {paths.home}")
+        return
+    info(f"stopping inferq at {running['url']} (up to {stack.DOWN_TIMEOUT_S:.0f} s)")
+    stack.down(paths.home)
+    info("inferq has stopped")
+
+
+COMMANDS = [up, down]

@@ -1,0 +1,147 @@
+"""What ``inferq up`` asks supervisord to run, and its record of a running stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from supervisor.options import ClientOptions, ServerOptions
+
+from inferq.settings import Settings
+from inferq.stack import (
+    StackError,
+    StackPaths,
+    claim,
+    down,
+    programs,
+    read_running,
+    release,
+    stop_timeout,
+    supervisord_conf,
+)
+
+LAUNCHER = ("/opt/my python/bin/python", "-m", "inferq")
+
+
+def parse(paths: StackPaths, text: str) -> ServerOptions:
+    """Read ``text`` the way supervisord itself will."""
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    paths.conf.write_text(text)
+    options = ServerOptions()
+    options.configfile = str(paths.conf)
+    options.process_config(do_usage=False)
+    return options
+
+
+def by_name(options: ServerOptions) -> dict[str, object]:
+    return {
+        process.name: process
+        for group in options.process_group_configs
+        for process in group.process_configs
+    }
+
+
+def test_the_stack_runs_workers_beat_and_one_api_node_on_the_public_port() -> None:
+    progs = programs(Settings(port=9123, workers=3), launcher=LAUNCHER)
+
+    assert [p.name for p in progs] == ["worker-1", "worker-2", "worker-3", "beat", "api"]
+    api = progs[-1]
+    assert api.argv == (*LAUNCHER, "api", "--host", "127.0.0.1", "--port", "9123")
+    assert progs[1].argv == (*LAUNCHER, "worker", "--name", "worker-2")
+    assert [p.name for p in progs if p.argv[len(LAUNCHER)] == "beat"] == ["beat"]
+
+
+def test_supervisord_reads_back_every_program_as_written(tmp_path: Path) -> None:
+    # A home with a space and a percent sign: both need care in supervisord's config language.
+    paths = StackPaths(tmp_path / "my 100% home")
+    progs = programs(Settings(workers=2), launcher=LAUNCHER)
+
+    processes = by_name(parse(paths, supervisord_conf(paths, progs)))
+
+    assert sorted(processes) == ["api", "beat", "worker-1", "worker-2"]
+    for program in progs:
+        process = processes[program.name]
+        assert shlex.split(process.command) == list(program.argv)
+        assert process.stdout_logfile == str(paths.logs / f"{program.name}.log")
+        assert process.redirect_stderr
+        assert process.killasgroup
+        assert process.stopwaitsecs == program.stopwaitsecs
+        assert process.autorestart is not False
+
+
+def test_workers_stop_warmly_and_together(tmp_path: Path) -> None:
+    paths = StackPaths(tmp_path)
+    progs = programs(Settings(workers=2), launcher=LAUNCHER)
+
+    options = parse(paths, supervisord_conf(paths, progs))
+
+    groups = {group.name: group for group in options.process_group_configs}
+    workers = groups["workers"]
+    assert [p.name for p in workers.process_configs] == ["worker-1", "worker-2"]
+    # Only the Celery parent gets SIGTERM (its warm shutdown lets jobs finish), 30 s to do it.
+    assert all(not p.stopasgroup and p.stopwaitsecs == 30 for p in workers.process_configs)
+    # supervisord stops the highest priority first: the API stops taking work before workers go.
+    assert groups["api"].priority > groups["beat"].priority > workers.priority
+
+
+def test_supervisorctl_finds_the_control_socket_in_home(tmp_path: Path) -> None:
+    paths = StackPaths(tmp_path / "home")
+    parse(paths, supervisord_conf(paths, programs(Settings(), launcher=LAUNCHER)))
+
+    client = ClientOptions()
+    client.configfile = str(paths.conf)
+    client.process_config(do_usage=False)
+
+    assert client.serverurl == f"unix://{paths.home / 'supervisor.sock'}"
+
+
+def test_a_home_too_deep_for_a_unix_socket_puts_the_socket_in_tmp(tmp_path: Path) -> None:
+    paths = StackPaths(tmp_path / ("deep" * 30))
+
+    assert len(str(paths.socket)) < 100
+    assert paths.socket != StackPaths(tmp_path / ("other" * 30)).socket
+
+
+def test_stop_timeout_adds_up_groups_because_supervisord_stops_them_in_turn() -> None:
+    progs = programs(Settings(workers=4), launcher=LAUNCHER)
+
+    assert stop_timeout(progs, margin=0) == 10 + 5 + 30
+
+
+def test_a_second_up_on_the_same_home_is_refused(tmp_path: Path) -> None:
+    # Given this process has claimed the home
+    paths = StackPaths(tmp_path)
+    claim(paths, 8080)
+    assert read_running(paths)["url"] == "http://127.0.0.1:8080"
+
+    # When another claim comes, it is refused; once released, the home is free again
+    with pytest.raises(StackError, match="already running"):
+        claim(paths, 8081)
+    release(paths)
+    assert not paths.up_json.exists()
+    assert read_running(paths) is None
+
+
+def test_the_record_of_a_dead_up_counts_as_nothing_running(tmp_path: Path) -> None:
+    paths = StackPaths(tmp_path)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    record = {"url": "http://127.0.0.1:1", "pid": int(dead.stdout), "create_time": 0.0}
+    paths.up_json.write_text(json.dumps(record))
+
+    assert read_running(paths) is None
+    assert down(tmp_path) is None
+    assert not paths.up_json.exists()
+
+
+def test_a_reused_pid_is_not_taken_for_the_up_that_wrote_the_record(tmp_path: Path) -> None:
+    paths = StackPaths(tmp_path)
+    record = {"url": "http://127.0.0.1:1", "pid": os.getpid(), "create_time": 12.0}
+    paths.up_json.write_text(json.dumps(record))
+
+    assert read_running(paths) is None
