@@ -15,7 +15,9 @@ from tests.integration.conftest import Caller
 def test_migrations_build_exactly_the_models(settings: Settings) -> None:
     engine = create_engine(settings.database_url or "")
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+        diff = compare_metadata(
+            MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
+        )
     engine.dispose()
     assert diff == []
 
@@ -40,12 +42,16 @@ def test_health_and_readiness(http: FlaskClient) -> None:
     assert ready.get_json()["checks"] == {"database": "ok", "redis": "ok", "broker": "ok"}
 
 
-def test_readiness_fails_when_the_database_is_unreachable(settings: Settings, digits_version: int) -> None:
+def test_readiness_fails_when_the_database_is_unreachable(
+    settings: Settings, digits_version: int
+) -> None:
     import dataclasses
 
     from api.app import create_app
 
-    broken = dataclasses.replace(settings, database_url="postgresql+psycopg2://nobody@127.0.0.1:1/none")
+    broken = dataclasses.replace(
+        settings, database_url="postgresql+psycopg2://nobody@127.0.0.1:1/none"
+    )
     response = create_app(broken).test_client().get("/readyz")
     assert response.status_code == 503
     assert response.get_json()["checks"]["database"].startswith("unavailable")
@@ -62,9 +68,14 @@ def test_a_queued_job_shows_its_position(alice: Caller) -> None:
 
 def test_feedback_is_stored_for_a_finished_job(alice: Caller) -> None:
     job = alice.post("/v1/jobs", {"model": "digits", "input": {"pixels": [0] * 64}}).get_json()
-    assert alice.post(f"/v1/jobs/{job['id']}/feedback", {"label": 3}).status_code == 409  # not finished
+    assert (
+        alice.post(f"/v1/jobs/{job['id']}/feedback", {"label": 3}).status_code == 409
+    )  # not finished
     alice.post(f"/v1/jobs/{job['id']}/cancel")
-    response = alice.post(f"/v1/jobs/{job['id']}/feedback", {"label": 3, "correct": False, "score": 0.5, "comment": "meh"})
+    response = alice.post(
+        f"/v1/jobs/{job['id']}/feedback",
+        {"label": 3, "correct": False, "score": 0.5, "comment": "meh"},
+    )
     assert response.status_code == 201
     assert response.get_json()["label"] == 3
 

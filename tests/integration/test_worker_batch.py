@@ -178,7 +178,13 @@ def test_the_cache_answers_a_repeated_input_without_a_worker(
     run_batch(ctx, [first])
     original = row(ctx, first)
     # When the same input (as integers this time) is submitted again
-    again = alice.post("/v1/jobs", {"model": "digits", "input": {"pixels": [int(v) if v.is_integer() else v for v in body["pixels"]]}})
+    again = alice.post(
+        "/v1/jobs",
+        {
+            "model": "digits",
+            "input": {"pixels": [int(v) if v.is_integer() else v for v in body["pixels"]]},
+        },
+    )
     # Then it is answered at once from the cache: 200, succeeded, never queued for a worker
     assert again.status_code == 200
     job = again.get_json()
