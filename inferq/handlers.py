@@ -13,6 +13,7 @@ safetensors artifact, predicts a whole batch in one call, and may train a new ve
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 from collections.abc import Mapping, Sequence
 from importlib import import_module
@@ -63,6 +64,25 @@ class ModelHandler(abc.ABC):
     @abc.abstractmethod
     def load(self, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
         """Build the model from its weights; runs once per worker process and version."""
+
+    def inference(self) -> contextlib.ExitStack:
+        """``inference_mode`` plus the model's autocast (config ``autocast``: bf16 or fp16)."""
+        import torch
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+            str(self.config.get("autocast"))
+        )
+        if dtype is not None:
+            stack.enter_context(torch.autocast(device_type=self.device.type, dtype=dtype))
+        return stack
+
+    def to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        """Move a host batch to the model's device: pinned memory and an async copy on CUDA."""
+        if self.device.type == "cuda":
+            return batch.pin_memory().to(self.device, non_blocking=True)
+        return batch.to(self.device)
 
     def prepare(self, item: Mapping[str, Any]) -> Any:
         """Turn one validated input into what :meth:`predict` takes; raise ``InputError``."""

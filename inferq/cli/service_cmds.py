@@ -24,12 +24,13 @@ def api(host: str, port: int | None) -> None:
 @click.command()
 @click.option("--name", default=None, help="Worker name (unique per host).")
 @click.option("--lanes", default=None, help="Comma-separated lanes (default: INFERQ_WORKER_LANES).")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: INFERQ_DEVICE).")
 @reports_errors
-def worker(name: str | None, lanes: str | None) -> None:
-    """Run a worker process: one model replica consuming the lanes."""
+def worker(name: str | None, lanes: str | None, device: str | None) -> None:
+    """Run a worker process: one model replica consuming the lanes (one per GPU)."""
     from workers.service import run_worker
 
-    settings = load_settings(worker_lanes=lanes)
+    settings = load_settings(worker_lanes=lanes, device=device)
     configure(settings.log_level)
     run_worker(settings, name)
 

@@ -123,9 +123,9 @@ class DigitsHandler(ModelHandler):
         return torch.tensor(pixels, dtype=torch.float32).reshape(1, 8, 8) / 16.0
 
     def predict(self, batch: Sequence[torch.Tensor]) -> list[dict[str, Any]]:
-        x = torch.stack(list(batch)).to(self.device, non_blocking=True)
-        with torch.inference_mode():
-            probabilities = torch.softmax(self.net(x), dim=1).cpu()
+        x = self.to_device(torch.stack(list(batch)))
+        with self.inference():
+            probabilities = torch.softmax(self.net(x).float(), dim=1).cpu()
         return [
             {"label": int(p.argmax()), "probabilities": [round(float(v), 6) for v in p]}
             for p in probabilities

