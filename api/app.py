@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
 from flask import Flask, Response, g, request
@@ -17,6 +18,7 @@ from inferq.settings import Settings
 from inferq.status import completion_channel, make_redis
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("inferq.api.access")
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -29,6 +31,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         settings.require_database_url(),
         pool_size=settings.api_threads // 2 + 2,
         application_name="inferq-api",
+        pre_ping=False,
     )
     ApiState(
         settings=settings,
@@ -50,8 +53,23 @@ def create_app(settings: Settings | None = None) -> Flask:
 def _request_id() -> None:
     incoming = request.headers.get("X-Request-ID", "")
     g.request_id = incoming[:128] if incoming.isprintable() and incoming else uuid.uuid4().hex
+    g.started = time.perf_counter()
 
 
 def _echo_request_id(response: Response) -> Response:
     response.headers["X-Request-ID"] = g.get("request_id", "")
+    elapsed_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+    # One structured line per request: with nginx's access log, the request id ties a client's
+    # call to the node that served it.
+    access_log.info(
+        "request",
+        extra={
+            "request_id": g.get("request_id", ""),
+            "method": request.method,
+            "path": request.path,
+            "status": response.status_code,
+            "duration_ms": round(elapsed_ms, 2),
+            "remote_addr": request.remote_addr,
+        },
+    )
     return response

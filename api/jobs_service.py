@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 from api.state import ApiState
+from db.engine import retry_on_disconnect
 from db.jobs import (
     JobView,
     completion_rate,
@@ -17,7 +18,7 @@ from db.jobs import (
     mark_unpublished,
     queue_position,
 )
-from db.models import TERMINAL_STATUSES
+from db.models import TERMINAL_STATUSES, Job
 from db.registry import ServingInfo, serving_info
 from inferq import cache
 from inferq.errors import BadRequest, InvalidInput, NotFound, ServiceUnavailable
@@ -83,18 +84,21 @@ def accept(st: ApiState, tenant_id: uuid.UUID, info: ServingInfo, body: dict[str
         cached = cache.lookup(
             st.redis, st.settings, info.active_version_id, info.active_sha256, body["input"]
         )
-    with st.sessions.begin() as session:
-        row = create_job(
-            session,
-            tenant_id=tenant_id,
-            model_id=info.model_id,
-            version_id=info.active_version_id,
-            lane=body.get("lane", "online"),
-            input=body["input"],
-            user=body.get("user"),
-            cached_output=cached,
-        )
-    return JobView(row, info.name, info.active_version)
+
+    def insert() -> Job:
+        with st.sessions.begin() as session:
+            return create_job(
+                session,
+                tenant_id=tenant_id,
+                model_id=info.model_id,
+                version_id=info.active_version_id,
+                lane=body.get("lane", "online"),
+                input=body["input"],
+                user=body.get("user"),
+                cached_output=cached,
+            )
+
+    return JobView(retry_on_disconnect(insert), info.name, info.active_version)
 
 
 def publish(st: ApiState, view: JobView) -> None:
@@ -113,8 +117,12 @@ def publish(st: ApiState, view: JobView) -> None:
 
 def load(st: ApiState, job_id: uuid.UUID, tenant_id: uuid.UUID) -> JobView:
     """The tenant's job, or 404 (also for another tenant's job)."""
-    with st.sessions() as session:
-        view = get_job_view(session, job_id, tenant_id)
+
+    def read() -> JobView | None:
+        with st.sessions() as session:
+            return get_job_view(session, job_id, tenant_id)
+
+    view = retry_on_disconnect(read)
     if view is None:
         raise NotFound(f"No job {job_id}.")
     return view

@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import redis
 
@@ -20,22 +21,30 @@ from inferq.messages import Completion
 log = logging.getLogger(__name__)
 
 
+class Signal(threading.Event):
+    """An event that also carries the finished job's fields when the worker sent them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.payload: Mapping[str, Any] | None = None
+
+
 class CompletionWaiter:
     """Maps job ids to the events of requests waiting for them."""
 
     def __init__(self, client_factory: Callable[[], redis.Redis], channel: str) -> None:
         self._client_factory = client_factory
         self._channel = channel
-        self._events: dict[str, set[threading.Event]] = {}
+        self._events: dict[str, set[Signal]] = {}
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._subscribed = threading.Event()
 
     @contextmanager
-    def expect(self, job_id: str) -> Iterator[threading.Event]:
+    def expect(self, job_id: str) -> Iterator[Signal]:
         """Register interest in ``job_id`` before reading its state, so no signal is missed."""
         self._ensure_listening()
-        event = threading.Event()
+        event = Signal()
         with self._lock:
             self._events.setdefault(job_id, set()).add(event)
         try:
@@ -48,11 +57,12 @@ class CompletionWaiter:
                     if not waiting:
                         del self._events[job_id]
 
-    def notify(self, job_ids: Iterator[str] | tuple[str, ...]) -> None:
-        """Wake the requests waiting for ``job_ids``."""
+    def notify(self, done: Completion) -> None:
+        """Wake the requests waiting for the jobs of ``done``, handing them the jobs' fields."""
         with self._lock:
-            events = [e for job_id in job_ids for e in self._events.get(job_id, ())]
-        for event in events:
+            woken = [(job_id, e) for job_id in done.job_ids for e in self._events.get(job_id, ())]
+        for job_id, event in woken:
+            event.payload = done.jobs.get(job_id)
             event.set()
 
     def _wake_all(self) -> None:
@@ -95,6 +105,6 @@ class CompletionWaiter:
             while True:
                 message = pubsub.get_message(timeout=1.0)
                 if message and message.get("type") == "message":
-                    self.notify(Completion.decode(message["data"]).job_ids)
+                    self.notify(Completion.decode(message["data"]))
         finally:
             pubsub.close()

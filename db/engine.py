@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 from sqlalchemy import Engine, create_engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+T = TypeVar("T")
 
-def make_engine(url: str, *, pool_size: int = 5, application_name: str = "inferq") -> Engine:
-    """An engine with pre-ping: a restarted Postgres costs one retry, not an error."""
+
+def make_engine(
+    url: str, *, pool_size: int = 5, application_name: str = "inferq", pre_ping: bool = True
+) -> Engine:
+    """An engine for ``url``.
+
+    With ``pre_ping`` every checkout costs a round trip, and a restarted Postgres costs
+    nothing; hot paths turn it off and retry once on a dropped connection instead
+    (:func:`retry_on_disconnect`).
+    """
     connect_args = {"application_name": application_name} if url.startswith("postgresql") else {}
     return create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         pool_recycle=1800,
         connect_args=connect_args,
     )
@@ -25,6 +36,17 @@ def make_engine(url: str, *, pool_size: int = 5, application_name: str = "inferq
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions that keep loaded values after commit (results are read after writing them)."""
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def retry_on_disconnect(operation: Callable[[], T]) -> T:
+    """Run ``operation``; if it failed because the connection was dropped (the pool has
+    then discarded it), run it once more on a fresh one."""
+    try:
+        return operation()
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        return operation()
 
 
 @contextmanager

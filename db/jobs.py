@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from db.models import Job
@@ -50,6 +50,7 @@ class StoredResult:
     id: uuid.UUID
     status: str
     tenant_id: uuid.UUID
+    completed_at: dt.datetime | None = None
 
 
 def create_job(
@@ -65,23 +66,22 @@ def create_job(
 ) -> Job:
     """Insert a queued job (``published_at`` now: the caller publishes next), or, with a
     ``cached_output``, a job already succeeded from the result cache."""
-    job = Job(
-        id=uuid.uuid4(),
-        tenant_id=tenant_id,
-        model_id=model_id,
-        version_id=version_id,
-        lane=lane,
-        status="queued",
-        input=input,
-        user=user,
-        published_at=func.now(),
-    )
+    values: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "tenant_id": tenant_id,
+        "model_id": model_id,
+        "version_id": version_id,
+        "lane": lane,
+        "status": "queued",
+        "input": input,
+        "user": user,
+        "published_at": func.now(),
+    }
     if cached_output is not None:
-        job.status, job.output, job.cached = "succeeded", cached_output, True
-        job.published_at, job.started_at, job.completed_at = None, func.now(), func.now()
-    session.add(job)
-    session.flush()
-    session.refresh(job)
+        values.update(status="succeeded", output=cached_output, cached=True, published_at=None)
+        values.update(started_at=func.now(), completed_at=func.now())
+    # One round trip: the row comes back with its server defaults (created_at…).
+    job = session.scalars(insert(Job).values(**values).returning(Job)).one()
     return job
 
 
@@ -198,7 +198,7 @@ _STORE = text(
       FROM jsonb_to_recordset(CAST(:results AS jsonb))
            AS r(id uuid, status text, output jsonb, error jsonb, batch_size int, predict_ms float8)
      WHERE jobs.id = r.id AND jobs.status = 'running' AND jobs.worker = :worker
- RETURNING jobs.id, jobs.status, jobs.tenant_id
+ RETURNING jobs.id, jobs.status, jobs.tenant_id, jobs.completed_at
     """
 )
 
@@ -222,7 +222,7 @@ def fail_jobs(
         update(Job)
         .where(Job.id.in_(list(job_ids)), Job.status.in_(("queued", "running")))
         .values(status="failed", error=error, completed_at=func.clock_timestamp())
-        .returning(Job.id, Job.status, Job.tenant_id)
+        .returning(Job.id, Job.status, Job.tenant_id, Job.completed_at)
     )
     return [StoredResult(*row) for row in rows]
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 PREDICT_TASK = "inferq.predict"
 RECONCILE_TASK = "inferq.reconcile"
@@ -25,24 +26,39 @@ class PredictRequest:
         return [list(self.job_ids)]
 
 
+#: Above this size a completion carries ids only, and waiters read the jobs from Postgres.
+MAX_COMPLETION_BYTES = 256 * 1024
+
+
 @dataclasses.dataclass(frozen=True)
 class Completion:
-    """Published on the completion channel when jobs reach a terminal status."""
+    """Published on the completion channel when jobs reach a terminal status.
+
+    ``jobs`` holds each job's final fields (status, output, timings…) so a waiting request
+    can answer without reading the job back from Postgres.
+    """
 
     job_ids: tuple[str, ...]
+    jobs: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
     def encode(self) -> str:
-        """Wire form: a JSON list of ids."""
-        return json.dumps(list(self.job_ids))
+        """Wire form: ``{"ids": [...], "jobs": {id: fields}}`` (fields dropped when large)."""
+        text = json.dumps({"ids": list(self.job_ids), "jobs": self.jobs}, default=str)
+        if len(text) > MAX_COMPLETION_BYTES:
+            text = json.dumps({"ids": list(self.job_ids), "jobs": {}})
+        return text
 
     @classmethod
     def decode(cls, data: bytes | str) -> Completion:
         """Parse the wire form; anything malformed yields an empty completion."""
         try:
-            ids = json.loads(data)
+            body = json.loads(data)
         except (TypeError, ValueError):
             return cls(())
-        return cls(tuple(str(i) for i in ids) if isinstance(ids, list) else ())
+        if not isinstance(body, dict) or not isinstance(body.get("ids"), list):
+            return cls(())
+        jobs = body.get("jobs")
+        return cls(tuple(str(i) for i in body["ids"]), jobs if isinstance(jobs, dict) else {})
 
 
 def chunks(ids: Sequence[str], size: int) -> list[tuple[str, ...]]:

@@ -36,7 +36,8 @@ class Settings:
     max_body_bytes: int = 1_048_576
     max_wait_s: float = 30.0
     api_threads: int = 32
-    api_processes: int = 1
+    #: gunicorn worker processes per API node (threads share one GIL; processes do not).
+    api_processes: int = 2
     publish_timeout_s: float = 2.0
     #: How long an API process trusts what it read about a model or a key (a revoked key
     #: or a promoted version takes effect within this many seconds).
@@ -49,10 +50,12 @@ class Settings:
     #: it holds max_batch_size messages or max_batch_delay_ms has passed. Models may set a
     #: smaller ``max_batch_size`` in their config; batch size 1 turns batching off.
     max_batch_size: int = 64
-    max_batch_delay_ms: float = 2.0
+    max_batch_delay_ms: float = 5.0
     #: Messages a worker process may hold unacked; at least a batch, so batches can fill.
     worker_prefetch: int = 128
     device: str = "auto"
+    #: torch intra-op threads per worker process; 0 picks one per two cores.
+    torch_threads: int = 0
     max_attempts: int = 3
     #: Redis transport only: an unacked message goes back to its queue after this long.
     #: Must exceed the longest a message waits in a worker's prefetch buffer plus the
@@ -72,6 +75,13 @@ class Settings:
     stale_queued_s: float = 300.0
     #: A job running longer than this (its worker alive but stuck) is put back in the queue.
     job_time_limit_s: float = 300.0
+
+    # nginx in front of the API nodes (`inferq up`, compose): requests per second and burst
+    # allowed per client address before it answers 429 with Retry-After.
+    rate_limit_rps: int = 100
+    rate_limit_burst: int = 200
+    #: The nginx binary for `inferq up`: "auto" (PATH, then /usr/sbin), a path, or "off".
+    nginx: str = "auto"
 
     # Local stack (`inferq up`)
     port: int = 8080
@@ -108,6 +118,8 @@ class Settings:
             raise ConfigError("need INFERQ_MAX_BATCH_SIZE >= 1 and INFERQ_MAX_BATCH_DELAY_MS >= 0")
         if self.max_attempts < 1:
             raise ConfigError("INFERQ_MAX_ATTEMPTS must be at least 1")
+        if self.rate_limit_rps < 1 or self.rate_limit_burst < 0:
+            raise ConfigError("need INFERQ_RATE_LIMIT_RPS >= 1 and INFERQ_RATE_LIMIT_BURST >= 0")
 
     @property
     def lanes(self) -> tuple[str, ...]:

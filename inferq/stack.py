@@ -1,7 +1,8 @@
 """The local stack behind ``inferq up``: embedded services, one-time setup, and supervisord.
 
-This module decides what runs and drives the stack's life. supervisord runs the API, workers
-and beat: it restarts what crashes, keeps a log per program and stops them in order.
+This module decides what runs and drives the stack's life: nginx on the public port in front of
+the API nodes (one node on the public port without nginx), workers, and beat, all under
+supervisord (:mod:`inferq.supervise`).
 """
 
 from __future__ import annotations
@@ -9,14 +10,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 import os
-import shlex
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -25,18 +23,24 @@ from typing import Any
 
 import psutil
 
+from inferq import nginx
 from inferq.cli.common import info
-from inferq.embedded import EmbeddedService, reachable, start_missing, stop_stale
+from inferq.embedded import EmbeddedService, free_port, reachable, start_missing, stop_stale
 from inferq.errors import InferqError
 from inferq.settings import Settings
+from inferq.supervise import (
+    Program,
+    SupervisorPaths,
+    start_supervisor,
+    stop_supervisor,
+    stop_timeout,
+)
 
 #: How supervisord runs our commands: this interpreter, so children import the same inferq.
 LAUNCHER = (sys.executable, "-m", "inferq")
 READY_TIMEOUT_S = 60.0
 DOWN_TIMEOUT_S = 90.0
 DEV_SCOPES = ("submit", "read", "admin")
-#: Longest unix socket path the kernel takes (sun_path is 108 bytes with its NUL).
-MAX_SOCKET_PATH = 107
 
 
 class StackError(InferqError):
@@ -48,51 +52,76 @@ class Stopped(BaseException):
 
 
 @dataclasses.dataclass(frozen=True)
-class StackPaths:
+class StackPaths(SupervisorPaths):
     """Where the stack keeps its state, all under one absolute ``home``."""
 
-    home: Path
-
-    conf = property(lambda self: self.home / "supervisord.conf")
-    pidfile = property(lambda self: self.home / "supervisord.pid")
-    logs = property(lambda self: self.home / "logs")
     up_json = property(lambda self: self.home / "up.json")
     api_key = property(lambda self: self.home / "dev-api-key")
-
-    @property
-    def socket(self) -> Path:
-        """supervisord's control socket: in home unless that path is too long for a socket."""
-        path = self.home / "supervisor.sock"
-        if len(str(path)) <= MAX_SOCKET_PATH:
-            return path
-        digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:12]
-        return Path(tempfile.gettempdir()) / f"inferq-{digest}.sock"
+    nginx_paths = property(lambda self: nginx.NginxPaths(self.home))
 
 
 @dataclasses.dataclass(frozen=True)
-class Program:
-    """One long-running process that supervisord keeps up."""
+class Front:
+    """nginx on the public port in front of API nodes on loopback ports."""
 
-    name: str
-    argv: tuple[str, ...]
-    #: supervisord starts low numbers first and stops high numbers first.
-    priority: int
-    stopwaitsecs: int
-    stopasgroup: bool = True
-    group: str | None = None
+    nginx_argv: tuple[str, ...]
+    node_ports: tuple[int, ...]
 
 
-def programs(settings: Settings, launcher: Sequence[str] = LAUNCHER) -> list[Program]:
+def plan_front(settings: Settings, paths: StackPaths) -> Front | None:
+    """nginx in front of ``settings.api_nodes`` nodes on free ports; None (and why) without it."""
+    if settings.api_nodes < 1:
+        raise StackError("--api-nodes must be at least 1")
+    binary = nginx.find_nginx(settings.nginx)
+    missing = _why_no_nginx(settings, binary)
+    if binary is None or missing:
+        asked = f" (not the {settings.api_nodes} asked for)" if settings.api_nodes > 1 else ""
+        info(f"note: {missing}: serving one API node{asked} directly on port {settings.port}")
+        return None
+    ports = tuple(free_port() for _ in range(settings.api_nodes))
+    return Front(nginx.command(binary, paths.nginx_paths), ports)
+
+
+def _why_no_nginx(settings: Settings, binary: str | None) -> str:
+    if settings.nginx == "off":
+        return "nginx is off (INFERQ_NGINX=off)"
+    if binary is None:
+        return "nginx is not installed (apt-get install nginx)"
+    if not nginx.TEMPLATE.exists():
+        return f"the nginx template {nginx.TEMPLATE} is missing from this install"
+    return ""
+
+
+def programs(
+    settings: Settings, launcher: Sequence[str] = LAUNCHER, front: Front | None = None
+) -> list[Program]:
     """Everything the stack runs: workers first, then beat, then the API that accepts work."""
     launcher = tuple(launcher)
     beat = Program("beat", (*launcher, "beat"), priority=200, stopwaitsecs=5)
-    return [*worker_programs(settings, launcher), beat, *api_programs(settings, launcher)]
+    return [*worker_programs(settings, launcher), beat, *api_programs(settings, launcher, front)]
 
 
-def api_programs(settings: Settings, launcher: tuple[str, ...]) -> list[Program]:
-    """The API: one node on the public port (nginx in front of several nodes comes later)."""
-    argv = (*launcher, "api", "--host", "127.0.0.1", "--port", str(settings.port))
-    return [Program("api", argv, priority=300, stopwaitsecs=10)]
+def api_programs(
+    settings: Settings, launcher: tuple[str, ...], front: Front | None = None
+) -> list[Program]:
+    """The API: nodes on loopback ports behind nginx on the public port, or one node on it."""
+    if front is None:
+        argv = (*launcher, "api", "--host", "127.0.0.1", "--port", str(settings.port))
+        return [Program("api", argv, priority=300, stopwaitsecs=10)]
+    nodes = [
+        Program(
+            f"api-{i}",
+            (*launcher, "api", "--host", "127.0.0.1", "--port", str(port)),
+            priority=300,
+            stopwaitsecs=10,
+            group="api",
+        )
+        for i, port in enumerate(front.node_ports, start=1)
+    ]
+    # Stopped first, and gracefully (SIGQUIT): it stops accepting, then lets open requests
+    # finish, for up to worker_shutdown_timeout, while the nodes behind it still answer.
+    proxy = Program("nginx", front.nginx_argv, priority=400, stopwaitsecs=15, stopsignal="QUIT")
+    return [*nodes, proxy]
 
 
 def worker_programs(settings: Settings, launcher: tuple[str, ...]) -> list[Program]:
@@ -113,81 +142,6 @@ def worker_programs(settings: Settings, launcher: tuple[str, ...]) -> list[Progr
     ]
 
 
-def stop_timeout(progs: Sequence[Program], margin: float = 5.0) -> float:
-    """How long supervisord may take to stop ``progs``: it stops one group after another."""
-    longest: dict[str, int] = {}
-    for program in progs:
-        key = program.group or program.name
-        longest[key] = max(longest.get(key, 0), program.stopwaitsecs)
-    return sum(longest.values()) + margin
-
-
-def supervisord_conf(paths: StackPaths, progs: Sequence[Program]) -> str:
-    """The text of ``supervisord.conf`` for ``progs``, with state and logs under ``paths``.
-
-    Programs inherit supervisord's environment, set by ``inferq up``, rather than get an
-    ``environment=`` line: supervisord's parser of it cannot quote every value a URL may hold.
-    """
-    sections = [_main_sections(paths)]
-    sections += [_program_section(paths, program) for program in progs]
-    sections += _group_sections(progs)
-    return "\n\n".join(sections) + "\n"
-
-
-def _main_sections(paths: StackPaths) -> str:
-    # Naming root when we are root stops supervisord's CRIT about running as root, by choice.
-    user = "user=root\n" if os.getuid() == 0 else ""
-    return f"""\
-[unix_http_server]
-file={_esc(paths.socket)}
-chmod=0700
-
-[supervisord]
-{user}nodaemon=true
-logfile={_esc(paths.logs / "supervisord.log")}
-pidfile={_esc(paths.pidfile)}
-childlogdir={_esc(paths.logs)}
-loglevel=info
-
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-[supervisorctl]
-serverurl=unix://{_esc(paths.socket)}"""
-
-
-def _program_section(paths: StackPaths, program: Program) -> str:
-    command = " ".join(shlex.quote(arg) for arg in program.argv)
-    return f"""\
-[program:{program.name}]
-command={_esc(command)}
-priority={program.priority}
-autorestart=true
-startsecs=2
-startretries=5
-stopsignal=TERM
-stopwaitsecs={program.stopwaitsecs}
-stopasgroup={str(program.stopasgroup).lower()}
-killasgroup=true
-redirect_stderr=true
-stdout_logfile={_esc(_esc(paths.logs / f"{program.name}.log"))}"""
-
-
-def _group_sections(progs: Sequence[Program]) -> list[str]:
-    groups = {p.group: [q for q in progs if q.group == p.group] for p in progs if p.group}
-    return [
-        f"[group:{name}]\nprograms={','.join(p.name for p in members)}\n"
-        f"priority={members[0].priority}"
-        for name, members in groups.items()
-    ]
-
-
-def _esc(value: object) -> str:
-    # supervisord expands %(name)s in values, so a literal percent sign is written twice. It
-    # expands a program's log file names twice over, hence _esc(_esc(...)) for those.
-    return str(value).replace("%", "%%")
-
-
 def run(settings: Settings, on_ready: Callable[[], None] = lambda: None) -> int:
     """Run the whole stack in the foreground until SIGINT, SIGTERM or ``inferq down``.
 
@@ -199,18 +153,24 @@ def run(settings: Settings, on_ready: Callable[[], None] = lambda: None) -> int:
     claim(paths, settings.port)
     services: list[EmbeddedService] = []
     supervisor: subprocess.Popen[bytes] | None = None
-    progs = programs(settings)
+    front = plan_front(settings, paths)
+    progs = programs(settings, front=front)
     _on_stop_signals(_raise_stopped)
     try:
-        # claim() found no live `inferq up` here, so a supervisord still running from this home
-        # was left behind by one that crashed.
+        # claim() found no live `inferq up` here, so a supervisord or nginx still running from
+        # this home was left behind by one that crashed.
         stop_stale(paths.pidfile, "supervisord", timeout=stop_timeout(progs))
+        stop_stale(paths.nginx_paths.pidfile, "nginx")
         if reachable("127.0.0.1", settings.port):  # else we would take its /readyz for our API's
             raise StackError(f"port {settings.port} is taken; choose another with --port")
         settings = dataclasses.replace(settings, home=paths.home)
+        if front is not None:
+            prepare_nginx(settings, paths, front)
+        else:  # a config left by an earlier run would say nginx runs
+            paths.nginx_paths.conf.unlink(missing_ok=True)
         settings = start_missing(settings, paths.home, services, announce=info)
         prepare(settings, paths)
-        supervisor = start_supervisor(settings, paths, progs)
+        supervisor = start_supervisor(paths, progs, {**os.environ, **settings.to_env()})
         return serve(f"http://127.0.0.1:{settings.port}", paths, supervisor, on_ready)
     except Stopped:
         return 0
@@ -218,6 +178,14 @@ def run(settings: Settings, on_ready: Callable[[], None] = lambda: None) -> int:
         # The shutdown is bounded; a second Ctrl-C must not cut it short and orphan processes.
         _on_stop_signals(signal.SIG_IGN)
         shutdown(supervisor, services, paths, stop_timeout(progs))
+
+
+def prepare_nginx(settings: Settings, paths: StackPaths, front: Front) -> None:
+    """Write nginx's config for the nodes of ``front`` and have nginx check it."""
+    nginx.write_config(settings, paths.nginx_paths, front.node_ports)
+    nginx.check_config(front.nginx_argv[0], paths.nginx_paths)
+    ports = ", ".join(str(port) for port in front.node_ports)
+    info(f"nginx on port {settings.port} in front of API nodes on 127.0.0.1 ports {ports}")
 
 
 def prepare(settings: Settings, paths: StackPaths) -> None:
@@ -248,23 +216,6 @@ def ensure_dev_key(settings: Settings, path: Path) -> None:
     info(f"created a development API key (tenant dev, scopes {', '.join(DEV_SCOPES)}) in {path}")
 
 
-def start_supervisor(
-    settings: Settings, paths: StackPaths, progs: Sequence[Program]
-) -> subprocess.Popen[bytes]:
-    """Write ``supervisord.conf`` and start supervisord on it in the foreground."""
-    paths.logs.mkdir(exist_ok=True)
-    paths.conf.write_text(supervisord_conf(paths, progs))
-    argv = [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(paths.conf)]
-    # Its own session, like the embedded servers: on Ctrl-C we stop it, in order.
-    return subprocess.Popen(
-        argv,
-        env={**os.environ, **settings.to_env()},
-        stdin=subprocess.DEVNULL,
-        stdout=sys.stderr.fileno(),
-        start_new_session=True,
-    )
-
-
 def serve(
     url: str, paths: StackPaths, supervisor: subprocess.Popen[bytes], on_ready: Callable[[], None]
 ) -> int:
@@ -286,7 +237,7 @@ def wait_ready(url: str, supervisor: subprocess.Popen[bytes], paths: StackPaths)
         with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/readyz", timeout=2):
             return
         time.sleep(0.5)
-    log = paths.logs / "api.log"
+    log = paths.logs / "supervisord.log"
     raise StackError(f"the API at {url} was not ready after {READY_TIMEOUT_S:.0f} s; see {log}")
 
 
@@ -299,26 +250,13 @@ def shutdown(
     """Stop supervisord (and with it every program), then the embedded servers, newest first."""
     if supervisor is not None and supervisor.poll() is None:
         info(f"stopping inferq (up to {timeout:.0f} s while workers finish their jobs)")
-        _stop_supervisor(supervisor, timeout)
+        stop_supervisor(supervisor, timeout)
     for service in reversed(services):
         try:
             service.stop()
         except Exception as exc:  # one stuck server must not keep the others running
             info(f"warning: could not stop embedded {service.name}: {exc}")
     release(paths)
-
-
-def _stop_supervisor(supervisor: subprocess.Popen[bytes], timeout: float) -> None:
-    supervisor.terminate()
-    try:
-        supervisor.wait(timeout)
-    except subprocess.TimeoutExpired:
-        # Killed, supervisord would orphan its programs: take them down with it.
-        with contextlib.suppress(psutil.Error):
-            for child in psutil.Process(supervisor.pid).children(recursive=True):
-                child.kill()
-        supervisor.kill()
-        supervisor.wait()
 
 
 def _raise_stopped(signum: int, frame: object) -> None:

@@ -7,7 +7,8 @@ once instead of polling the database.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import redis
 
@@ -40,6 +41,7 @@ def announce(
     settings: Settings,
     finished: Iterable[tuple[str, str]],
     cache: Iterable[tuple[str, str]] = (),
+    details: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> None:
     """Store each ``(job_id, status)``, fill the result cache with ``(key, output JSON)``
     and publish the batch's ids: one round trip (a pipeline)."""
@@ -52,7 +54,8 @@ def announce(
     if settings.cache_ttl_s > 0:
         for key, output in cache:
             pipe.set(key, output, ex=settings.cache_ttl_s)
-    pipe.publish(completion_channel(settings), Completion(tuple(j for j, _ in finished)).encode())
+    done = Completion(tuple(j for j, _ in finished), details or {})
+    pipe.publish(completion_channel(settings), done.encode())
     pipe.execute()
 
 

@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from db.engine import retry_on_disconnect
 from db.jobs import ClaimedJob, JobResult, StoredResult, claim_jobs, requeue_jobs, store_results
 from inferq.cache import cache_key
 from inferq.errors import ArtifactError, InputError
@@ -41,25 +42,62 @@ def run_batch(ctx: WorkerContext, raw_ids: Sequence[Any]) -> list[JobResult]:
     ids = parse_ids(raw_ids)
     if not ids:
         return []
-    with ctx.sessions.begin() as session:
-        claimed = claim_jobs(session, ids, ctx.name)
+    claimed = retry_on_disconnect(lambda: _claim(ctx, ids))
     if not claimed:
         return []
     try:
         exhausted = [job for job in claimed if job.attempts > ctx.settings.max_attempts]
         runnable = [job for job in claimed if job.attempts <= ctx.settings.max_attempts]
         results = [_exhausted(job) for job in exhausted] + predict_claimed(ctx, runnable)
-        with ctx.sessions.begin() as session:
-            stored = store_results(session, results, ctx.name)
+        stored = retry_on_disconnect(lambda: _store(ctx, results))
     except Exception:
         release(ctx, claimed)
         raise
     try:
         finished = [(str(s.id), s.status) for s in stored]
-        announce(ctx.redis, ctx.settings, finished, cache_entries(ctx, claimed, results, stored))
+        details = final_fields(ctx, claimed, results, stored)
+        announce(
+            ctx.redis, ctx.settings, finished, cache_entries(ctx, claimed, results, stored), details
+        )
     except Exception:  # Postgres has the result; pollers still find it, only later.
         log.exception("could not announce completions in Redis")
     return results
+
+
+def _claim(ctx: WorkerContext, ids: Sequence[uuid.UUID]) -> list[ClaimedJob]:
+    with ctx.sessions.begin() as session:
+        return claim_jobs(session, ids, ctx.name)
+
+
+def _store(ctx: WorkerContext, results: Sequence[JobResult]) -> list[StoredResult]:
+    with ctx.sessions.begin() as session:
+        return store_results(session, results, ctx.name)
+
+
+def final_fields(
+    ctx: WorkerContext,
+    claimed: Sequence[ClaimedJob],
+    results: Sequence[JobResult],
+    stored: Sequence[StoredResult],
+) -> dict[str, dict[str, Any]]:
+    """What changed on each stored job, so waiting requests answer without a database read."""
+    jobs = {job.id: job for job in claimed}
+    by_id = {r.id: r for r in results}
+    fields = {}
+    for row in stored:
+        job, result = jobs[row.id], by_id[row.id]
+        fields[str(row.id)] = {
+            "status": row.status,
+            "output": result.output if row.status == "succeeded" else None,
+            "error": result.error,
+            "worker": ctx.name,
+            "attempts": job.attempts,
+            "batch_size": result.batch_size,
+            "predict_ms": result.predict_ms,
+            "started_at": job.started_at.isoformat(),
+            "completed_at": row.completed_at.isoformat() if row.completed_at else None,
+        }
+    return fields
 
 
 def cache_entries(

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.engine import make_engine, make_session_factory
 from inferq.settings import Settings
 from inferq.status import make_redis
-from workers.device import choose_device
+from workers.device import choose_device, configure_threads
 from workers.runtime import ModelRuntime
 
 
@@ -30,9 +30,13 @@ class WorkerContext:
     def create(cls, settings: Settings, name: str, app: Celery) -> WorkerContext:
         """Connect nothing yet; pools open on first use."""
         engine = make_engine(
-            settings.require_database_url(), pool_size=2, application_name=f"inferq-worker {name}"
+            settings.require_database_url(),
+            pool_size=2,
+            application_name=f"inferq-worker {name}",
+            pre_ping=False,  # the batch path retries once on a dropped connection instead
         )
         sessions = make_session_factory(engine)
+        configure_threads(settings.torch_threads)
         return cls(
             settings=settings,
             name=name,

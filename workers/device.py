@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from inferq.errors import ConfigError
+
+
+def configure_threads(threads: int) -> None:
+    """Intra-op threads per worker process (0: one per two cores).
+
+    Small batches gain nothing from more threads, and idle OpenMP threads spin: on a host
+    shared with the API and Postgres, scale out with worker processes instead.
+    """
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) // 2))
 
 
 def choose_device(setting: str) -> torch.device:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from inferq.cli import client_cmds, db_cmds, keys_cmds, models_cmds, service_cmds, stack_cmds
+from inferq.cli import (
+    bench_cmds,
+    client_cmds,
+    db_cmds,
+    keys_cmds,
+    models_cmds,
+    service_cmds,
+    stack_cmds,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -12,6 +20,6 @@ def main() -> None:
     """inferq: asynchronous serving for PyTorch models."""
 
 
-for module in (stack_cmds, service_cmds, db_cmds, keys_cmds, models_cmds, client_cmds):
+for module in (stack_cmds, service_cmds, db_cmds, keys_cmds, models_cmds, client_cmds, bench_cmds):
     for command in module.COMMANDS:
         main.add_command(command)

@@ -67,10 +67,13 @@ def models() -> None:
 @click.argument("name")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-activate", is_flag=True, help="Register as a candidate without serving it.")
+@click.option("--if-missing", is_flag=True, help="Do nothing when NAME has an active version.")
 @reports_errors
-def train(name: str, seed: int, no_activate: bool) -> None:
+def train(name: str, seed: int, no_activate: bool, if_missing: bool) -> None:
     """Train NAME and store the result as a new version (printed on stdout)."""
-    version = train_model(load_settings(), name, activate=not no_activate, seed=seed)
+    version = train_model(
+        load_settings(), name, activate=not no_activate, seed=seed, if_missing=if_missing
+    )
     click.echo(version)
 
 

@@ -15,22 +15,27 @@ if TYPE_CHECKING:
 
 @click.command()
 @click.option("--port", type=int, default=None, help="Public port of the API (INFERQ_PORT, 8080).")
-@click.option("--api-nodes", type=int, default=None, help="API nodes (INFERQ_API_NODES, 1).")
-@click.option("--workers", type=int, default=None, help="Worker processes (INFERQ_WORKERS, 1).")
+@click.option(
+    "--api-nodes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="API nodes behind nginx (INFERQ_API_NODES, 1).",
+)
+@click.option(
+    "--workers", type=click.IntRange(min=0), default=None, help="Workers (INFERQ_WORKERS, 1)."
+)
 @reports_errors
 def up(port: int | None, api_nodes: int | None, workers: int | None) -> None:
     """Run inferq here until Ctrl-C or `inferq down`.
 
-    Without INFERQ_DATABASE_URL / INFERQ_BROKER_URL it starts an embedded PostgreSQL and Redis
-    under INFERQ_HOME (default ./var), which keep their data between runs.
+    nginx, when installed, listens on the public port in front of the API nodes; without it
+    one node serves that port directly. Without INFERQ_DATABASE_URL / INFERQ_BROKER_URL it
+    starts an embedded PostgreSQL and Redis under INFERQ_HOME (default ./var), which keep
+    their data between runs.
     """
     from inferq import stack
 
     settings = load_settings(port=port, api_nodes=api_nodes, workers=workers)
-    if settings.api_nodes > 1:
-        info(
-            "note: several API nodes need nginx in front, which `inferq up` lacks yet; running one"
-        )
     paths = stack.StackPaths(settings.home.resolve())
     url = f"http://127.0.0.1:{settings.port}"
     sys.exit(stack.run(settings, on_ready=lambda: _say_ready(url, paths)))
@@ -43,6 +48,10 @@ def _say_ready(url: str, paths: StackPaths) -> None:
         "  try:      inferq submit --model digits --input '{\"pixels\": [64 numbers 0..16]}' --wait"
     )
     info(f"  logs:     {paths.logs}/   status: supervisorctl -c {paths.conf} status")
+    if paths.nginx_paths.conf.exists():
+        info(
+            f"  nginx:    {paths.nginx_paths.conf} (JSON access log {paths.nginx_paths.access_log})"
+        )
     info("  stop:     Ctrl-C here, or `inferq down`\n")
 
 

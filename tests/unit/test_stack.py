@@ -21,9 +21,8 @@ from inferq.stack import (
     programs,
     read_running,
     release,
-    stop_timeout,
-    supervisord_conf,
 )
+from inferq.supervise import stop_timeout, supervisord_conf
 
 LAUNCHER = ("/opt/my python/bin/python", "-m", "inferq")
 

@@ -1,0 +1,1 @@
+"""``inferq bench``: load generation and measurement against a running system."""

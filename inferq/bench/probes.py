@@ -1,0 +1,86 @@
+"""What a run cost: Postgres commits, Redis commands and CPU time, as before/after deltas."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import psutil
+import redis
+from sqlalchemy import create_engine, text
+
+
+@dataclasses.dataclass(frozen=True)
+class Reading:
+    """Counters at one moment."""
+
+    pg_commits: int | None
+    redis_commands: int | None
+    cpu_busy_s: float
+    bench_cpu_s: float
+
+
+def _pg_commits(database_url: str | None) -> int | None:
+    if not database_url:
+        return None
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_stat_clear_snapshot()"))
+            commits = conn.scalar(
+                text("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+            )
+            return int(commits or 0)
+    finally:
+        engine.dispose()
+
+
+def _redis_commands(redis_url: str | None) -> int | None:
+    if not redis_url:
+        return None
+    client = redis.Redis.from_url(redis_url)
+    try:
+        stats = client.info("commandstats")
+        return sum(int(v["calls"]) for v in stats.values())
+    finally:
+        client.close()
+
+
+def _busy(times: psutil._common.scputimes) -> float:  # type: ignore[name-defined]
+    return float(
+        times.user
+        + times.system
+        + getattr(times, "nice", 0)
+        + getattr(times, "irq", 0)
+        + getattr(times, "softirq", 0)
+    )
+
+
+def read(database_url: str | None, redis_url: str | None, *, settle_s: float = 0.0) -> Reading:
+    """Read the counters (after ``settle_s``: Postgres publishes its stats about once a second)."""
+    time.sleep(settle_s)
+    own = psutil.Process().cpu_times()
+    return Reading(
+        pg_commits=_pg_commits(database_url),
+        redis_commands=_redis_commands(redis_url),
+        cpu_busy_s=_busy(psutil.cpu_times()),
+        bench_cpu_s=own.user + own.system,
+    )
+
+
+def per_job(before: Reading, after: Reading, jobs: int) -> dict[str, float | None]:
+    """The deltas divided by ``jobs`` (the probe's own commit and commands are negligible)."""
+    jobs = max(jobs, 1)
+
+    def delta(a: int | None, b: int | None) -> float | None:
+        return None if a is None or b is None else round((b - a) / jobs, 4)
+
+    bench_cpu = after.bench_cpu_s - before.bench_cpu_s
+    return {
+        "postgres_commits_per_job": delta(before.pg_commits, after.pg_commits),
+        "redis_commands_per_job": delta(before.redis_commands, after.redis_commands),
+        "cpu_s_per_job_services": round(
+            (after.cpu_busy_s - before.cpu_busy_s - bench_cpu) / jobs, 6
+        ),
+        "cpu_s_per_job_bench_client": round(bench_cpu / jobs, 6),
+    }

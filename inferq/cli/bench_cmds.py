@@ -1,0 +1,152 @@
+"""``inferq bench``: measure a running system through its front door (nginx when present)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from inferq.cli.client_cmds import make_client
+from inferq.cli.common import info, load_settings, reports_errors
+
+
+def _progress(total_s: float) -> tuple[Any, Any]:
+    from tqdm import tqdm
+
+    bar = tqdm(unit="job", desc="bench", dynamic_ncols=True, mininterval=0.5)
+    return bar, lambda: bar.update(1)
+
+
+def _service_urls() -> tuple[str | None, str | None]:
+    settings = load_settings()
+    record: dict[str, Any] = {}
+    up = Path(settings.home) / "up.json"
+    if up.exists():
+        record = json.loads(up.read_text())
+    redis_url = settings.redis_url or (
+        settings.broker_url if (settings.broker_url or "").startswith("redis") else None
+    )
+    return settings.database_url or record.get("database_url"), redis_url or record.get("redis_url")
+
+
+@click.command()
+@click.option("--model", default="digits", show_default=True)
+@click.option(
+    "--concurrency", type=int, default=64, show_default=True, help="Closed loop: clients."
+)
+@click.option(
+    "--rate", type=float, default=None, help="Open loop: jobs/s (overrides --concurrency)."
+)
+@click.option("--duration", type=float, default=20.0, show_default=True, help="Seconds of load.")
+@click.option("--mode", type=click.Choice(["wait", "poll"]), default="wait", show_default=True)
+@click.option("--baseline", is_flag=True, help="Also measure in-process and a trivial endpoint.")
+@click.option("--inputs", "inputs_path", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--output", type=click.Path(path_type=Path), default=None, help="Write the JSON report here."
+)
+@reports_errors
+def bench(
+    model: str,
+    concurrency: int,
+    rate: float | None,
+    duration: float,
+    mode: str,
+    baseline: bool,
+    inputs_path: Path | None,
+    output: Path | None,
+) -> None:
+    """Load a running system and report throughput, latency and cost per job (JSON on stdout)."""
+    from inferq.bench import load, probes
+    from inferq.bench.inputs import inputs_for
+    from inferq.bench.stats import histogram, summary
+
+    client = make_client()
+    database_url, redis_url = _service_urls()
+    target = load.Target(
+        client.base_url,
+        client.session.headers["Authorization"].split()[1],
+        model,
+        inputs_for(model, inputs_path),
+        mode,
+    )
+    report: dict[str, Any] = {
+        "model": model,
+        "mode": mode,
+        "url": target.url,
+        "duration_s": duration,
+    }
+    info(f"warming up {model} for 3 s…")
+    asyncio.run(load.closed_loop(target, min(concurrency, 8), 3.0, lambda: None))
+    bar, tick = _progress(duration)
+    before = probes.read(database_url, redis_url)
+    started = time.perf_counter()
+    if rate:
+        report["rate"] = rate
+        samples = asyncio.run(load.open_loop(target, rate, duration, tick))
+    else:
+        report["concurrency"] = concurrency
+        samples = asyncio.run(load.closed_loop(target, concurrency, duration, tick))
+    elapsed = time.perf_counter() - started
+    bar.close()
+    after = probes.read(database_url, redis_url, settle_s=1.5)
+    good = [s for s in samples if s.ok]
+    report.update(
+        jobs=len(samples),
+        failed=len(samples) - len(good),
+        errors=sorted({s.status for s in samples if not s.ok}),
+        throughput_jobs_s=round(len(good) / elapsed, 1),
+        client_latency_ms=summary([s.latency_ms for s in good]),
+        server_total_ms=summary([s.total_ms for s in good if s.total_ms is not None]),
+        server_queue_ms=summary([s.queue_ms for s in good if s.queue_ms is not None]),
+        server_predict_ms=summary([s.predict_ms for s in good if s.predict_ms is not None]),
+        overhead_ms=summary(
+            [
+                s.total_ms - s.predict_ms
+                for s in good
+                if s.total_ms is not None and s.predict_ms is not None
+            ]
+        ),
+        batch_size_histogram=histogram([s.batch_size for s in good]),
+        cache_hits=sum(s.cached for s in good),
+        **probes.per_job(before, after, len(good)),
+    )
+    if baseline:
+        report["baseline"] = _baseline(model, target, concurrency, inputs_path)
+        report["ratios"] = _ratios(report)
+    text = json.dumps(report, indent=2)
+    if output:
+        output.write_text(text + "\n")
+    click.echo(text)
+
+
+def _baseline(
+    model: str, target: Any, concurrency: int, inputs_path: Path | None
+) -> dict[str, Any]:
+    from inferq.bench import load
+    from inferq.bench.baseline import in_process_throughput
+    from inferq.bench.inputs import inputs_for
+
+    info("baseline: trivial endpoint through the same front door…")
+    trivial = asyncio.run(load.trivial_rps(target.url, concurrency, 8.0))
+    info("baseline: the model in-process at batch sizes 1..128…")
+    in_process = in_process_throughput(load_settings(), model, inputs_for(model, inputs_path))
+    return {"trivial_endpoint_rps": round(trivial, 1), "in_process_inputs_s": in_process}
+
+
+def _ratios(report: dict[str, Any]) -> dict[str, float]:
+    base = report["baseline"]
+    best = max(base["in_process_inputs_s"].values())
+    return {
+        "jobs_per_trivial_request": round(
+            report["throughput_jobs_s"] / base["trivial_endpoint_rps"], 3
+        ),
+        "end_to_end_per_in_process_best": round(report["throughput_jobs_s"] / best, 3),
+        "in_process_batching_gain": round(best / base["in_process_inputs_s"]["1"], 2),
+    }
+
+
+COMMANDS = [bench]

@@ -1,0 +1,204 @@
+"""docker-compose.yml and deploy/Dockerfile: what `docker-compose config` checks, and what it cannot."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from inferq.nginx import placeholders
+from tests.services import CI
+from tests.unit.deploy_checks import (
+    ROOT,
+    check_invocation,
+    inferq_invocations,
+    unknown_settings,
+)
+
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+TEMPLATE = ROOT / "nginx" / "inferq.conf.template"
+SECRETS = {
+    "POSTGRES_PASSWORD": "pg-secret",
+    "RABBITMQ_PASSWORD": "mq",
+    "GRAFANA_ADMIN_PASSWORD": "gf",
+}
+PROFILES = ["rabbitmq", "gpu", "autoscaler", "monitoring"]
+#: One-shot services: they exit, so "healthy" means "completed successfully".
+ONE_SHOT = {"migrate"}
+
+
+def docker_compose() -> str:
+    found = shutil.which("docker-compose")
+    if found is None:
+        if CI:
+            pytest.fail("CI: docker-compose is not installed (.ci/run installs it)")
+        pytest.skip("docker-compose is not installed (apt-get install docker-compose)")
+    return found
+
+
+def compose_config(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("INFERQ_", "COMPOSE_"))}
+    return subprocess.run(
+        [docker_compose(), "-f", str(COMPOSE), *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+
+
+def rendered(*profiles: str) -> dict[str, Any]:
+    """The file as compose reads it: anchors merged, variables filled, profiles chosen."""
+    flags = [arg for profile in profiles for arg in ("--profile", profile)]
+    result = compose_config(SECRETS, *flags, "config")
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def services() -> dict[str, Any]:
+    return rendered(*PROFILES)["services"]  # type: ignore[no-any-return]
+
+
+def test_docker_compose_accepts_the_file_with_every_profile() -> None:
+    for profiles in ([], PROFILES):
+        flags = [arg for profile in profiles for arg in ("--profile", profile)]
+        result = compose_config(SECRETS, *flags, "config", "-q")
+        assert result.returncode == 0, result.stderr
+
+
+def test_each_required_secret_is_refused_when_missing_with_its_name() -> None:
+    for name in SECRETS:
+        result = compose_config({k: v for k, v in SECRETS.items() if k != name}, "config", "-q")
+        assert result.returncode != 0
+        assert f"set {name}" in result.stderr
+
+
+def test_a_plain_up_runs_the_core_and_profiles_add_the_rest(services: dict[str, Any]) -> None:
+    core = {name for name, service in services.items() if not service.get("profiles")}
+    assert core == {"postgres", "redis", "migrate", "api", "nginx", "worker", "beat"}
+    profiled = {name: service["profiles"] for name, service in services.items() if name not in core}
+    assert profiled == {
+        "rabbitmq": ["rabbitmq"],
+        "worker-gpu": ["gpu"],
+        "autoscaler": ["autoscaler"],
+        "prometheus": ["monitoring"],
+        "grafana": ["monitoring"],
+        "alertmanager": ["monitoring"],
+    }
+
+
+def test_every_command_names_a_real_entry_point(services: dict[str, Any]) -> None:
+    commands = 0
+    for name, service in services.items():
+        if not str(service.get("image", "")).startswith("inferq:"):
+            continue
+        # `inferq autoscaler` may be pending only in the service that runs it (issue 5).
+        pending_ok = "autoscaler" in service.get("profiles", [])
+        for args in inferq_invocations(service["command"]):
+            assert check_invocation(args, pending_ok) is None, (name, args)
+            commands += 1
+    assert commands >= 7
+
+
+def test_every_inferq_variable_is_a_setting() -> None:
+    for path in (COMPOSE, DOCKERFILE, ROOT / "deploy" / "compose.env.example"):
+        assert unknown_settings(path.read_text()) == set(), path
+
+
+def test_api_and_workers_can_scale(services: dict[str, Any]) -> None:
+    for name in ("api", "worker", "worker-gpu"):
+        assert "container_name" not in services[name], name
+        assert "ports" not in services[name], name
+    # nginx is the one way in
+    published = {name for name, service in services.items() if service.get("ports")}
+    assert published == {"nginx", "grafana"}
+
+
+def test_beat_and_the_autoscaler_run_exactly_once(services: dict[str, Any]) -> None:
+    for name in ("beat", "autoscaler"):
+        # a fixed container name makes `--scale beat=2` fail
+        assert services[name]["container_name"], name
+        assert services[name].get("deploy", {}).get("replicas", 1) == 1
+
+
+def test_every_service_has_a_healthcheck_and_waits_for_healthy_dependencies(
+    services: dict[str, Any],
+) -> None:
+    for name, service in services.items():
+        if name in ONE_SHOT:
+            # `disable: true`, which compose writes as the test NONE
+            assert service["restart"] == "no" and service["healthcheck"]["test"] == ["NONE"]
+        else:
+            assert service["healthcheck"]["test"], name
+        for dependency, condition in service.get("depends_on", {}).items():
+            expected = (
+                "service_completed_successfully" if dependency in ONE_SHOT else "service_healthy"
+            )
+            assert condition == {"condition": expected}, (name, dependency)
+    for name in ("api", "worker", "beat"):
+        assert services[name]["depends_on"]["migrate"]["condition"] == (
+            "service_completed_successfully"
+        )
+
+
+def test_the_healthcheck_script_the_image_carries_is_the_one_services_call(
+    services: dict[str, Any],
+) -> None:
+    dockerfile = DOCKERFILE.read_text()
+    assert "COPY deploy/healthcheck.py /opt/inferq/healthcheck.py" in dockerfile
+    calls = [s["healthcheck"]["test"] for s in services.values() if "healthcheck.py" in str(s)]
+    assert {tuple(test[2:4]) for test in calls} >= {("/opt/inferq/healthcheck.py", "worker")}
+    assert all(test[:3] == ["CMD", "python", "/opt/inferq/healthcheck.py"] for test in calls)
+
+
+def test_gpu_workers_reserve_an_nvidia_device_each(services: dict[str, Any]) -> None:
+    gpu = services["worker-gpu"]
+    assert gpu["profiles"] == ["gpu"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert gpu["environment"]["INFERQ_DEVICE"] == "cuda"
+    assert "cu" in gpu["build"]["args"]["TORCH_INDEX_URL"].rsplit("/", 1)[1]
+    # the plain worker runs CPU torch
+    assert "args" not in services["worker"]["build"]
+
+
+def test_nginx_renders_the_shared_template_and_re_resolves_the_api(
+    services: dict[str, Any],
+) -> None:
+    nginx = services["nginx"]
+    source, target, mode = nginx["volumes"][0].split(":")
+    assert (Path(source), target) == (TEMPLATE, "/etc/nginx/templates/default.conf.template")
+    assert mode == "ro"
+    env = nginx["environment"]
+    # every placeholder has a value (envsubst leaves an unset one as it is, and nginx fails)
+    assert placeholders(TEMPLATE.read_text()) <= set(env)
+    assert "resolve" in env["NGINX_UPSTREAM_SERVERS"].split()
+    assert env["NGINX_RESOLVER"].startswith("resolver 127.0.0.11 ")
+    # upstream "resolve" needs nginx >= 1.27.3
+    version = tuple(int(p) for p in re.findall(r"\d+", nginx["image"].rsplit(":", 1)[1])[:2])
+    assert version >= (1, 28) or version == (1, 27)
+    # the same body limit as the API, and longer timeouts than the longest long-poll
+    assert env["INFERQ_MAX_BODY_BYTES"] == services["api"]["environment"]["INFERQ_MAX_BODY_BYTES"]
+    max_wait = float(services["api"]["environment"]["INFERQ_MAX_WAIT_S"])
+    assert float(env["NGINX_PROXY_TIMEOUT_S"]) > max_wait
+
+
+def test_the_image_runs_as_a_user_with_cpu_torch_by_default() -> None:
+    dockerfile = DOCKERFILE.read_text()
+    final_stage = dockerfile.rsplit("\nFROM ", 1)[1]
+    user = re.search(r"^USER (\S+)", final_stage, re.M)
+    assert user is not None and user.group(1).split(":")[0] not in ("root", "0")
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in dockerfile
+    # every path the image copies exists here
+    for source in re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, re.M):
+        for part in source.split():
+            assert (ROOT / part).exists(), part
