@@ -56,6 +56,22 @@ def query_wait(raw: str | None, max_wait_s: float) -> float:
     return min(seconds, max_wait_s)
 
 
+MAX_CANCEL_AFTER_S = 86_400.0
+
+
+def cancel_after(header: str | None) -> float | None:
+    """Seconds from ``Cancel-After: N``: a job not started by then fails as ``expired``."""
+    if header is None:
+        return None
+    try:
+        seconds = float(header)
+    except ValueError:
+        raise BadRequest("Cancel-After must be a number of seconds.") from None
+    if not 0 < seconds <= MAX_CANCEL_AFTER_S:
+        raise BadRequest(f"Cancel-After must be more than 0 and at most {MAX_CANCEL_AFTER_S:g} s.")
+    return seconds
+
+
 def model_for(st: ApiState, name: str) -> ServingInfo:
     """The model a job names, or a 422 naming the known ones."""
 
@@ -76,7 +92,13 @@ def model_for(st: ApiState, name: str) -> ServingInfo:
     return info
 
 
-def accept(st: ApiState, tenant_id: uuid.UUID, info: ServingInfo, body: dict[str, Any]) -> JobView:
+def accept(
+    st: ApiState,
+    tenant_id: uuid.UUID,
+    info: ServingInfo,
+    body: dict[str, Any],
+    expires_in_s: float | None = None,
+) -> JobView:
     """Commit the job; it is durable from here on, whatever happens to the broker."""
     assert info.active_version_id is not None and info.active_version is not None
     cached = None
@@ -96,6 +118,7 @@ def accept(st: ApiState, tenant_id: uuid.UUID, info: ServingInfo, body: dict[str
                 input=body["input"],
                 user=body.get("user"),
                 cached_output=cached,
+                expires_in_s=expires_in_s,
             )
 
     return JobView(retry_on_disconnect(insert), info.name, info.active_version)

@@ -37,6 +37,7 @@ def job(view: JobView, position: int | None = None, eta_s: float | None = None) 
         "created_at": _iso(row.created_at),
         "started_at": _iso(row.started_at),
         "completed_at": _iso(row.completed_at),
+        "expires_at": _iso(row.expires_at),
         "metrics": {
             "queue_ms": _ms(row.started_at, row.created_at),
             "predict_ms": None if row.predict_ms is None else round(row.predict_ms, 3),

@@ -63,6 +63,7 @@ def create_job(
     input: dict[str, Any],
     user: str | None = None,
     cached_output: dict[str, Any] | None = None,
+    expires_in_s: float | None = None,
 ) -> Job:
     """Insert a queued job (``published_at`` now: the caller publishes next), or, with a
     ``cached_output``, a job already succeeded from the result cache."""
@@ -77,6 +78,8 @@ def create_job(
         "user": user,
         "published_at": func.now(),
     }
+    if expires_in_s is not None:
+        values["expires_at"] = func.now() + dt.timedelta(seconds=expires_in_s)
     if cached_output is not None:
         values.update(status="succeeded", output=cached_output, cached=True, published_at=None)
         values.update(started_at=func.now(), completed_at=func.now())
@@ -173,6 +176,7 @@ _CLAIM = text(
        SET status = 'running', started_at = clock_timestamp(), worker = :worker,
            attempts = attempts + 1
      WHERE id = ANY(CAST(:ids AS uuid[])) AND status = 'queued'
+       AND (expires_at IS NULL OR expires_at > clock_timestamp())
  RETURNING id, version_id, input, created_at, started_at, attempts
     """
 )
@@ -257,6 +261,23 @@ def overdue_jobs(session: Session, limit_s: float) -> set[uuid.UUID]:
     return set(
         session.scalars(select(Job.id).where(Job.status == "running", Job.started_at < cutoff))
     )
+
+
+_EXPIRE = text(
+    """
+    UPDATE jobs
+       SET status = 'failed', completed_at = clock_timestamp(),
+           error = jsonb_build_object('type', 'expired',
+                                      'message', 'not started before its Cancel-After deadline')
+     WHERE status = 'queued' AND expires_at <= clock_timestamp()
+ RETURNING id, status, tenant_id, completed_at
+    """
+)
+
+
+def expire_jobs(session: Session) -> list[StoredResult]:
+    """Fail every queued job whose deadline passed before a worker started it."""
+    return [StoredResult(*row) for row in session.execute(_EXPIRE)]
 
 
 _STALE = text(

@@ -18,12 +18,22 @@ def make_celery(settings: Settings) -> Celery:
     """A Celery app configured for inferq; connects to nothing until used."""
     app = Celery(settings.namespace, set_as_current=False)
     exchange = Exchange(settings.namespace, type="direct", durable=True)
+    broker_url = settings.broker_url or ""
+    amqp = broker_url.startswith(("amqp://", "amqps://", "pyamqp://"))
     queues = [
-        Queue(queue_name(settings, lane), exchange, routing_key=lane, durable=True)
+        Queue(
+            queue_name(settings, lane),
+            exchange,
+            routing_key=lane,
+            durable=True,
+            queue_arguments=quorum_arguments(settings) if amqp else None,
+        )
         for lane in LANES
     ]
     transport_options: dict[str, object] = {}
-    broker_url = settings.broker_url or ""
+    if amqp:
+        # Publisher confirms: a publish returns only once RabbitMQ has the message.
+        transport_options = {"confirm_publish": True}
     if broker_url.startswith(("redis://", "rediss://")):
         transport_options = {
             # See Settings.visibility_timeout_s. Claims are guarded, so an early
@@ -66,7 +76,14 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         # One worker process buffers up to this many messages: enough to fill a batch.
         worker_prefetch_multiplier=max(settings.worker_prefetch, settings.max_batch_size),
+        # When the broker connection drops, messages being worked on go back to the queue
+        # (their acks can no longer be delivered); cancel the batch rather than finish work
+        # whose ack would be lost. Results are guarded, so a batch that did finish and is run
+        # again changes nothing.
         worker_cancel_long_running_tasks_on_connection_loss=True,
+        # Scale-down and deploys send SIGTERM: stop consuming, finish the running batch, then
+        # exit; buffered messages are returned to the broker as the channel closes.
+        worker_soft_shutdown_timeout=10.0,
         worker_hijack_root_logger=False,
         worker_enable_remote_control=False,
         worker_send_task_events=False,
@@ -76,6 +93,32 @@ def make_celery(settings: Settings) -> Celery:
         enable_utc=True,
     )
     return app
+
+
+def dead_letter_queue(settings: Settings) -> Queue:
+    """Where RabbitMQ puts messages redelivered too often (kept for inspection, never run)."""
+    dead = Exchange(f"{settings.namespace}.dead", type="fanout", durable=True)
+    return Queue(f"{settings.namespace}.dead", dead, durable=True)
+
+
+def quorum_arguments(settings: Settings) -> dict[str, object]:
+    """RabbitMQ queue arguments: replicated quorum queues with a delivery limit.
+
+    A message that keeps killing its consumer is dead-lettered after a few redeliveries
+    (the job itself fails cleanly earlier, when its attempts run out). Consumers ack within
+    a batch, far below RabbitMQ's ``consumer_timeout`` (30 min by default).
+    """
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": settings.max_attempts + 2,
+        "x-dead-letter-exchange": f"{settings.namespace}.dead",
+    }
+
+
+def declare_dead_letters(app: Celery, settings: Settings) -> None:
+    """Declare the dead-letter exchange and queue (RabbitMQ only; idempotent)."""
+    with app.connection_for_write() as connection:
+        dead_letter_queue(settings)(connection.default_channel).declare()
 
 
 def publish_predict(app: Celery, settings: Settings, job_ids: list[str], lane: str) -> None:

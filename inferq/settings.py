@@ -64,6 +64,9 @@ class Settings:
     visibility_timeout_s: int = 300
     heartbeat_interval_s: float = 2.0
     heartbeat_ttl_s: float = 10.0
+    #: A worker whose consumer loop has not run for this long (outside a batch) exits to be
+    #: replaced: it silently stopped consuming (lost broker connection that never recovered).
+    stall_exit_s: float = 60.0
     status_ttl_s: int = 86_400
     #: How long a result stays in the cache; 0 turns the cache off.
     cache_ttl_s: int = 3600

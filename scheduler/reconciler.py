@@ -18,10 +18,17 @@ import redis
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.jobs import mark_unpublished, overdue_jobs, requeue_jobs, running_workers, take_unpublished
+from db.jobs import (
+    expire_jobs,
+    mark_unpublished,
+    overdue_jobs,
+    requeue_jobs,
+    running_workers,
+    take_unpublished,
+)
 from inferq.queues import publish_predict
 from inferq.settings import Settings
-from inferq.status import live_workers
+from inferq.status import announce, live_workers
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +41,7 @@ class ReconcileReport:
 
     requeued: int = 0
     republished: int = 0
+    expired: int = 0
 
 
 @dataclasses.dataclass
@@ -49,9 +57,14 @@ class Reconciler:
         """One pass; safe to run from several processes at once."""
         requeued = self._requeue_lost()
         with self.sessions.begin() as session:
+            expired = expire_jobs(session)
             stale = take_unpublished(session, self.settings.stale_queued_s)
+        if expired:
+            announce(self.redis, self.settings, [(str(job.id), job.status) for job in expired])
         self._publish(stale)
-        report = ReconcileReport(requeued=len(requeued), republished=len(stale))
+        report = ReconcileReport(
+            requeued=len(requeued), republished=len(stale), expired=len(expired)
+        )
         if report.requeued or report.republished:
             log.info("reconciled", extra=dataclasses.asdict(report))
         return report

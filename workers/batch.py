@@ -39,6 +39,11 @@ def parse_ids(raw: Sequence[Any]) -> list[uuid.UUID]:
 
 def run_batch(ctx: WorkerContext, raw_ids: Sequence[Any]) -> list[JobResult]:
     """Claim, predict and store ``raw_ids``; returns the results written."""
+    with ctx.liveness.busy():
+        return _run_batch(ctx, raw_ids)
+
+
+def _run_batch(ctx: WorkerContext, raw_ids: Sequence[Any]) -> list[JobResult]:
     ids = parse_ids(raw_ids)
     if not ids:
         return []

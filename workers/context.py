@@ -12,6 +12,7 @@ from db.engine import make_engine, make_session_factory
 from inferq.settings import Settings
 from inferq.status import make_redis
 from workers.device import choose_device, configure_threads
+from workers.liveness import Liveness
 from workers.runtime import ModelRuntime
 
 
@@ -25,6 +26,7 @@ class WorkerContext:
     sessions: sessionmaker[Session]
     redis: redis.Redis
     runtime: ModelRuntime
+    liveness: Liveness = dataclasses.field(default_factory=Liveness)
 
     @classmethod
     def create(cls, settings: Settings, name: str, app: Celery) -> WorkerContext:

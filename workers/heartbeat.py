@@ -15,6 +15,7 @@ import redis
 
 from inferq.settings import Settings
 from inferq.status import worker_key
+from workers.liveness import Liveness
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,10 @@ log = logging.getLogger(__name__)
 class Heartbeat:
     """A daemon thread that refreshes this worker's key every ``heartbeat_interval_s``."""
 
-    def __init__(self, client: redis.Redis, settings: Settings, name: str) -> None:
+    def __init__(
+        self, client: redis.Redis, settings: Settings, name: str, liveness: Liveness | None = None
+    ) -> None:
+        self._liveness = liveness
         self._client = client
         self._settings = settings
         self._key = worker_key(settings, name)
@@ -44,7 +48,14 @@ class Heartbeat:
         """Refresh the key; a Redis outage is logged and retried on the next beat."""
         try:
             ttl_ms = int(self._settings.heartbeat_ttl_s * 1000)
-            self._client.set(self._key, json.dumps({**self._info, "at": time.time()}), px=ttl_ms)
+            stalled = self._liveness.stalled_for() if self._liveness else 0.0
+            beat = {
+                **self._info,
+                "at": time.time(),
+                "consuming": stalled < 5,
+                "stalled_s": round(stalled, 1),
+            }
+            self._client.set(self._key, json.dumps(beat), px=ttl_ms)
         except redis.RedisError:
             log.warning("heartbeat failed", exc_info=True)
 
@@ -59,3 +70,14 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._stop.wait(self._settings.heartbeat_interval_s):
             self.beat()
+            if self._liveness and self._liveness.stalled_for() > self._settings.stall_exit_s:
+                self._give_up()
+
+    def _give_up(self) -> None:
+        # Stop beating so the reconciler requeues our running jobs; the broker returns our
+        # unacked messages when the connection drops with the process.
+        log.error(
+            "worker stopped consuming; exiting so it is replaced", extra={"worker": self._key}
+        )
+        self.stop()
+        os._exit(3)

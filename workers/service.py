@@ -7,10 +7,11 @@ from typing import Any
 
 from celery import signals
 
-from inferq.queues import make_celery, queue_name
+from inferq.queues import declare_dead_letters, make_celery, queue_name
 from inferq.settings import Settings
 from workers.context import WorkerContext
 from workers.heartbeat import Heartbeat
+from workers.liveness import loop_marker
 from workers.tasks import register_all
 
 
@@ -31,14 +32,17 @@ def run_worker(settings: Settings, name: str | None = None, concurrency: int = 1
         return holder["ctx"]  # type: ignore[no-any-return]
 
     register_all(app, settings, context)
+    app.steps["consumer"].add(loop_marker(context().liveness))
     # Beat before consuming: a job is never claimed by a worker the reconciler thinks dead.
-    heartbeat = Heartbeat(context().redis, settings, hostname)
+    heartbeat = Heartbeat(context().redis, settings, hostname, context().liveness)
     heartbeat.start()
 
     @signals.worker_shutdown.connect(weak=False)
     def _shutdown(**_: Any) -> None:
         heartbeat.stop()
 
+    if (settings.broker_url or "").startswith(("amqp", "pyamqp")):
+        declare_dead_letters(app, settings)
     queues = ",".join(queue_name(settings, lane) for lane in settings.lanes)
     argv = [
         "worker",

@@ -64,7 +64,8 @@ def submit() -> Response:
     info = svc.model_for(st, body["model"])
     check(info.input_schema, body["input"], "/input")
     wait = svc.prefer_wait(request.headers.get("Prefer"), st.settings.max_wait_s)
-    view = svc.accept(st, current_principal().tenant_id, info, body)
+    expires_in = svc.cancel_after(request.headers.get("Cancel-After"))
+    view = svc.accept(st, current_principal().tenant_id, info, body, expires_in)
     job_id = str(view.job.id)
     if not view.job.cached:
         with st.waiter.expect(job_id) if wait else nullcontext() as signal:

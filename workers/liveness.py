@@ -1,0 +1,66 @@
+"""Is this worker really consuming? Its event loop marks itself alive every second.
+
+A worker whose broker connection dropped and never came back, or whose loop is stuck
+outside a batch, stops marking. The heartbeat reports it, and after ``stall_exit_s`` the
+worker exits so its supervisor (supervisord, Docker, Kubernetes) replaces it; the
+reconciler and the broker return what it held.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from celery import bootsteps
+
+
+class Liveness:
+    """The last time the consumer loop ran, and whether a batch is running now."""
+
+    def __init__(self, grace_s: float = 60.0) -> None:
+        # Until the loop first marks, count from start-up (model loading takes a while).
+        self._last_mark = time.monotonic() + grace_s
+        self._busy = 0
+        self._lock = threading.Lock()
+
+    def mark(self) -> None:
+        """Called from the consumer's event loop."""
+        self._last_mark = time.monotonic()
+
+    @contextmanager
+    def busy(self) -> Iterator[None]:
+        """A batch runs: the loop is blocked on purpose (solo pool), not stalled."""
+        with self._lock:
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy -= 1
+            self.mark()
+
+    def stalled_for(self) -> float:
+        """Seconds since the loop last ran outside a batch (0 while a batch runs)."""
+        if self._busy:
+            return 0.0
+        return max(0.0, time.monotonic() - self._last_mark)
+
+
+def loop_marker(liveness: Liveness) -> type[bootsteps.StartStopStep]:
+    """A consumer bootstep that marks ``liveness`` from the event loop every second."""
+
+    class LoopMarker(bootsteps.StartStopStep):
+        requires = {"celery.worker.consumer.tasks:Tasks"}
+
+        def start(self, consumer: Any) -> None:
+            self._timer = consumer.timer.call_repeatedly(1.0, liveness.mark)
+
+        def stop(self, consumer: Any) -> None:
+            timer = getattr(self, "_timer", None)
+            if timer is not None:
+                timer.cancel()
+
+    return LoopMarker
