@@ -6,6 +6,8 @@ INFERQ_HOME. Figures are printed (run with -s to see them).
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -23,7 +25,7 @@ from inferq.client import TERMINAL, Client
 from inferq.errors import Problem
 from inferq.settings import Settings
 from tests.conftest import Keys
-from tests.e2e.nginx_stack import UpStack, api_access_lines, nginx_binary
+from tests.e2e.nginx_stack import ROOT, UpStack, api_access_lines, nginx_binary
 from tests.factories import holdout
 
 pytestmark = pytest.mark.e2e
@@ -224,6 +226,24 @@ def test_an_oversized_body_is_a_413_problem_from_nginx(up: UpStack, keys: Keys) 
     assert answer.headers["Content-Type"] == "application/problem+json"
     assert answer.json()["type"].endswith("/payload-too-large")
     assert not any(line["status"] == 413 for line in api_access_lines(up.log("api-2")))
+
+
+def test_the_container_healthchecks_pass_on_the_running_stack(up: UpStack) -> None:
+    script = [sys.executable, str(ROOT / "deploy" / "healthcheck.py")]
+
+    def check(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*script, *args], env={**up.env, **env}, capture_output=True, text=True, timeout=60
+        )
+
+    for args in (["http", up.url + "/readyz"], ["worker"], ["deps"]):
+        result = check(*args)
+        assert result.returncode == 0, (args, result.stderr)
+    # and each says "unhealthy" when what it checks is not there
+    assert check("http", up.url + "/no-such-page").returncode == 1
+    assert check("worker", INFERQ_NAMESPACE="nobody-here").returncode == 1
+    unreachable = "postgresql+psycopg2://x@127.0.0.1:1/x"
+    assert check("deps", INFERQ_DATABASE_URL=unreachable).returncode == 1
 
 
 def test_over_the_rate_limit_inferq_up_answers_429_with_retry_after(

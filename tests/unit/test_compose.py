@@ -135,15 +135,17 @@ def test_every_service_has_a_healthcheck_and_waits_for_healthy_dependencies(
 ) -> None:
     for name, service in services.items():
         if name in ONE_SHOT:
-            # `disable: true`, which compose writes as the test NONE
-            assert service["restart"] == "no" and service["healthcheck"]["test"] == ["NONE"]
+            # `disable: true`, which Compose v1 writes as the test NONE
+            check = service["healthcheck"]
+            assert service["restart"] == "no"
+            assert check.get("disable") is True or check.get("test") == ["NONE"], name
         else:
             assert service["healthcheck"]["test"], name
         for dependency, condition in service.get("depends_on", {}).items():
             expected = (
                 "service_completed_successfully" if dependency in ONE_SHOT else "service_healthy"
             )
-            assert condition == {"condition": expected}, (name, dependency)
+            assert condition["condition"] == expected, (name, dependency)
     for name in ("api", "worker", "beat"):
         assert services[name]["depends_on"]["migrate"]["condition"] == (
             "service_completed_successfully"
@@ -175,9 +177,13 @@ def test_nginx_renders_the_shared_template_and_re_resolves_the_api(
     services: dict[str, Any],
 ) -> None:
     nginx = services["nginx"]
-    source, target, mode = nginx["volumes"][0].split(":")
-    assert (Path(source), target) == (TEMPLATE, "/etc/nginx/templates/default.conf.template")
-    assert mode == "ro"
+    volume = nginx["volumes"][0]
+    if isinstance(volume, str):  # Compose v1 writes the short form
+        source, target, mode = volume.split(":")
+        volume = {"source": source, "target": target, "read_only": mode == "ro"}
+    assert Path(volume["source"]) == TEMPLATE
+    assert volume["target"] == "/etc/nginx/templates/default.conf.template"
+    assert volume["read_only"] is True
     env = nginx["environment"]
     # every placeholder has a value (envsubst leaves an unset one as it is, and nginx fails)
     assert placeholders(TEMPLATE.read_text()) <= set(env)

@@ -1,0 +1,161 @@
+"""deploy/k8s: the manifests hang together, run real commands, and scale the right things."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from inferq.nginx import placeholders
+from inferq.queues import make_celery, queue_name
+from inferq.settings import Settings
+from tests.unit.deploy_checks import ROOT, check_invocation, inferq_invocations, unknown_settings
+
+K8S = ROOT / "deploy" / "k8s"
+TEMPLATE = ROOT / "nginx" / "inferq.conf.template"
+
+
+def load(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+@pytest.fixture(scope="module")
+def objects() -> dict[tuple[str, str], dict[str, Any]]:
+    found = {}
+    for path in sorted(K8S.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        for doc in load(path):
+            key = (doc["kind"], doc["metadata"]["name"])
+            assert key not in found, key
+            found[key] = doc
+    return found
+
+
+def deployments(objects: dict) -> dict[str, dict[str, Any]]:
+    return {name: doc for (kind, name), doc in objects.items() if kind == "Deployment"}
+
+
+def container(doc: dict[str, Any]) -> dict[str, Any]:
+    (only,) = doc["spec"]["template"]["spec"]["containers"]
+    return only  # type: ignore[no-any-return]
+
+
+def test_kustomize_applies_every_manifest_but_the_keda_alternative() -> None:
+    listed = load(K8S / "kustomization.yaml")[0]["resources"]
+    files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml", "worker-keda.yaml"}
+    assert sorted(listed) == sorted(files)
+
+
+def test_there_are_deployments_for_every_service(objects: dict) -> None:
+    assert set(deployments(objects)) == {
+        "inferq-api", "inferq-worker", "inferq-beat", "inferq-autoscaler", "inferq-nginx"
+    }  # fmt: skip
+
+
+def test_beat_and_the_autoscaler_are_one_pod_that_never_overlaps_its_successor(
+    objects: dict,
+) -> None:
+    for name in ("inferq-beat", "inferq-autoscaler"):
+        spec = deployments(objects)[name]["spec"]
+        assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}, name
+
+
+def test_services_and_deployments_select_their_own_pods(objects: dict) -> None:
+    for name, doc in deployments(objects).items():
+        labels = doc["spec"]["template"]["metadata"]["labels"]
+        assert doc["spec"]["selector"]["matchLabels"].items() <= labels.items(), name
+    pods = [d["spec"]["template"]["metadata"]["labels"] for d in deployments(objects).values()]
+    for (kind, name), doc in objects.items():
+        if kind == "Service":
+            matched = [p for p in pods if doc["spec"]["selector"].items() <= p.items()]
+            assert len(matched) == 1, name
+
+
+def test_api_pods_are_probed_on_readyz_and_healthz(objects: dict) -> None:
+    api = container(deployments(objects)["inferq-api"])
+    assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert api["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert api["ports"][0]["containerPort"] == 8000
+    # headless, so nginx sees every ready pod and balances over them itself
+    assert objects[("Service", "inferq-api")]["spec"]["clusterIP"] == "None"
+
+
+def test_workers_beat_and_autoscaler_are_probed_by_the_image_healthcheck(objects: dict) -> None:
+    expected = {
+        "inferq-worker": "worker",
+        "inferq-beat": "deps",
+        "inferq-autoscaler": "deps",
+    }
+    for name, check in expected.items():
+        probe = container(deployments(objects)[name])["livenessProbe"]["exec"]["command"]
+        assert probe == ["python", "/opt/inferq/healthcheck.py", check], name
+
+
+def test_every_command_names_a_real_entry_point_and_every_setting_exists(objects: dict) -> None:
+    commands = 0
+    for (kind, name), doc in objects.items():
+        if kind not in ("Deployment", "Job"):
+            continue
+        spec = doc["spec"]["template"]["spec"]
+        for box in spec["containers"]:
+            if box["image"] != "inferq":
+                continue
+            # `inferq autoscaler` may be pending only in its own Deployment (issue 5).
+            pending_ok = name == "inferq-autoscaler"
+            for args in inferq_invocations(box["command"]):
+                assert check_invocation(args, pending_ok) is None, (name, args)
+                commands += 1
+            sources = {next(iter(ref.values()))["name"] for ref in box["envFrom"]}
+            assert sources == {"inferq-config", "inferq-secrets"}, name
+    assert commands >= 6
+    for path in K8S.glob("*.yaml"):
+        assert unknown_settings(path.read_text()) == set(), path
+
+
+def test_pods_run_as_a_user(objects: dict) -> None:
+    for (kind, name), doc in objects.items():
+        if kind in ("Deployment", "Job"):
+            context = doc["spec"]["template"]["spec"]["securityContext"]
+            assert context["runAsNonRoot"] is True and context["runAsUser"] != 0, name
+
+
+def test_nginx_carries_the_shared_template_and_fills_every_placeholder(objects: dict) -> None:
+    template = objects[("ConfigMap", "inferq-nginx-template")]["data"]["default.conf.template"]
+    assert template == TEMPLATE.read_text(), (
+        "deploy/k8s/nginx.yaml must carry nginx/inferq.conf.template unchanged; copy it there"
+    )
+    env = {e["name"]: e for e in container(deployments(objects)["inferq-nginx"])["env"]}
+    assert placeholders(template) <= set(env)
+    assert "resolve" in env["NGINX_UPSTREAM_SERVERS"]["value"].split()
+    assert "inferq-api.inferq.svc.cluster.local:8000" in env["NGINX_UPSTREAM_SERVERS"]["value"]
+    config = objects[("ConfigMap", "inferq-config")]["data"]
+    assert float(env["NGINX_PROXY_TIMEOUT_S"]["value"]) > float(config["INFERQ_MAX_WAIT_S"])
+    assert env["INFERQ_MAX_BODY_BYTES"]["valueFrom"]["configMapKeyRef"]["name"] == "inferq-config"
+
+
+def test_keda_scales_the_workers_on_the_redis_list_of_the_online_lane(objects: dict) -> None:
+    (keda,) = load(K8S / "worker-keda.yaml")
+    assert keda["kind"] == "ScaledObject"
+    assert keda["spec"]["scaleTargetRef"]["name"] == "inferq-worker"
+    assert keda["spec"]["minReplicaCount"] >= 1
+    (trigger,) = keda["spec"]["triggers"]
+    assert trigger["type"] == "redis"
+    # The list kombu keeps the lane in: global_keyprefix "<namespace>:", then the queue name.
+    namespace = objects[("ConfigMap", "inferq-config")]["data"]["INFERQ_NAMESPACE"]
+    settings = Settings(namespace=namespace, broker_url="redis://redis:6379/0")
+    prefix = make_celery(settings).conf.broker_transport_options["global_keyprefix"]
+    assert trigger["metadata"]["listName"] == prefix + queue_name(settings, "online")
+    assert trigger["metadata"]["listName"] == "inferq:inferq.online"
+
+
+def test_the_autoscaler_may_scale_the_workers_and_nothing_else(objects: dict) -> None:
+    role = objects[("Role", "inferq-autoscaler")]
+    assert {name for rule in role["rules"] for name in rule["resourceNames"]} == {"inferq-worker"}
+    spec = deployments(objects)["inferq-autoscaler"]["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == "inferq-autoscaler"
+    binding = objects[("RoleBinding", "inferq-autoscaler")]
+    assert binding["subjects"][0]["name"] == "inferq-autoscaler"
+    assert binding["roleRef"]["name"] == "inferq-autoscaler"
