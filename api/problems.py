@@ -6,9 +6,18 @@ import json
 import logging
 
 from flask import Flask, Response, request
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from inferq.errors import PROBLEM_BASE, PROBLEMS_BY_STATUS, Problem, ServerError
+from inferq.errors import (
+    PROBLEM_BASE,
+    PROBLEMS_BY_STATUS,
+    Problem,
+    ServerError,
+    ServiceUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +58,17 @@ _DETAILS = {
 }
 
 
+def _dependency_down(exc: Exception) -> Response:
+    # Postgres or Redis unreachable is not the client's fault, and it is temporary.
+    log.warning("dependency unavailable", extra={"path": request.path, "error": type(exc).__name__})
+    return problem_response(
+        ServiceUnavailable(
+            "A backing service is unavailable; nothing was changed. Retry shortly.",
+            headers={"Retry-After": "2"},
+        )
+    )
+
+
 def _unexpected(exc: Exception) -> Response:
     # The trace goes to the log with the request id, never to the client.
     log.exception("unhandled error", extra={"path": request.path})
@@ -59,4 +79,8 @@ def init_app(app: Flask) -> None:
     """Register the handlers on ``app``."""
     app.register_error_handler(Problem, problem_response)
     app.register_error_handler(HTTPException, _from_http)
+    app.register_error_handler(OperationalError, _dependency_down)
+    app.register_error_handler(InterfaceError, _dependency_down)
+    app.register_error_handler(RedisConnectionError, _dependency_down)
+    app.register_error_handler(RedisTimeoutError, _dependency_down)
     app.register_error_handler(Exception, _unexpected)

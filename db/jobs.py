@@ -280,6 +280,25 @@ def expire_jobs(session: Session) -> list[StoredResult]:
     return [StoredResult(*row) for row in session.execute(_EXPIRE)]
 
 
+def unclaim_jobs(
+    session: Session, job_ids: Sequence[uuid.UUID], worker: str
+) -> list[tuple[uuid.UUID, str]]:
+    """Hand back jobs this worker claimed but will not run, without counting the attempt."""
+    rows = session.execute(
+        update(Job)
+        .where(Job.id.in_(list(job_ids)), Job.status == "running", Job.worker == worker)
+        .values(
+            status="queued",
+            worker=None,
+            started_at=None,
+            attempts=Job.attempts - 1,
+            published_at=func.now(),
+        )
+        .returning(Job.id, Job.lane)
+    )
+    return [(row[0], row[1]) for row in rows]
+
+
 _STALE = text(
     """
     UPDATE jobs SET published_at = now()

@@ -82,19 +82,21 @@ class Reconciler:
                         extra={"worker": worker, "jobs": len(lost)},
                     )
                     back += requeue_jobs(session, lost, worker)
-        self._publish(back)
+        # One message each: jobs whose worker died may hold a poison input; apart, the
+        # worker can isolate them (see workers.batch.isolate_suspects).
+        self._publish(back, chunk=1)
         return back
 
-    def _publish(self, jobs: Iterable[tuple[uuid.UUID, str]]) -> None:
+    def _publish(self, jobs: Iterable[tuple[uuid.UUID, str]], chunk: int = PUBLISH_CHUNK) -> None:
         by_lane: dict[str, list[str]] = defaultdict(list)
         for job_id, lane in jobs:
             by_lane[lane].append(str(job_id))
         for lane, ids in by_lane.items():
-            for start in range(0, len(ids), PUBLISH_CHUNK):
-                chunk = ids[start : start + PUBLISH_CHUNK]
+            for start in range(0, len(ids), chunk):
+                part = ids[start : start + chunk]
                 try:
-                    publish_predict(self.app, self.settings, chunk, lane)
+                    publish_predict(self.app, self.settings, part, lane)
                 except Exception:  # broker down: the next pass tries these again
-                    log.exception("could not publish; will retry", extra={"jobs": len(chunk)})
+                    log.exception("could not publish; will retry", extra={"jobs": len(part)})
                     with self.sessions.begin() as session:
-                        mark_unpublished(session, [uuid.UUID(i) for i in chunk])
+                        mark_unpublished(session, [uuid.UUID(i) for i in part])

@@ -14,8 +14,18 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
+
 from db.engine import retry_on_disconnect
-from db.jobs import ClaimedJob, JobResult, StoredResult, claim_jobs, requeue_jobs, store_results
+from db.jobs import (
+    ClaimedJob,
+    JobResult,
+    StoredResult,
+    claim_jobs,
+    requeue_jobs,
+    store_results,
+    unclaim_jobs,
+)
 from inferq.cache import cache_key
 from inferq.errors import ArtifactError, InputError
 from inferq.handlers import ModelHandler
@@ -24,6 +34,8 @@ from inferq.status import announce
 from workers.context import WorkerContext
 
 log = logging.getLogger(__name__)
+
+DB_RETRY_PAUSE_S = 1.0
 
 
 def parse_ids(raw: Sequence[Any]) -> list[uuid.UUID]:
@@ -47,7 +59,16 @@ def _run_batch(ctx: WorkerContext, raw_ids: Sequence[Any]) -> list[JobResult]:
     ids = parse_ids(raw_ids)
     if not ids:
         return []
-    claimed = retry_on_disconnect(lambda: _claim(ctx, ids))
+    try:
+        claimed = retry_on_disconnect(lambda: _claim(ctx, ids))
+    except DBAPIError:
+        # Postgres is down: nothing was claimed. Hand the ids back to the broker after a
+        # pause, so they are tried again once it returns (the job rows are safe).
+        log.warning("database unavailable; returning jobs to the queue", exc_info=True)
+        time.sleep(DB_RETRY_PAUSE_S)
+        _publish_back(ctx, [(job_id, None) for job_id in ids])
+        return []
+    claimed = isolate_suspects(ctx, claimed)
     if not claimed:
         return []
     try:
@@ -67,6 +88,25 @@ def _run_batch(ctx: WorkerContext, raw_ids: Sequence[Any]) -> list[JobResult]:
     except Exception:  # Postgres has the result; pollers still find it, only later.
         log.exception("could not announce completions in Redis")
     return results
+
+
+def isolate_suspects(ctx: WorkerContext, claimed: list[ClaimedJob]) -> list[ClaimedJob]:
+    """Run a job that was in a batch whose worker died alone, so a poison input fails by
+    itself instead of taking its batch-mates' attempts with it."""
+    suspects = [job for job in claimed if job.attempts > 1]
+    if not suspects or len(claimed) == 1:
+        return claimed
+    keep, others = suspects[0], [job.id for job in claimed if job is not suspects[0]]
+    with ctx.sessions.begin() as session:
+        back = unclaim_jobs(session, others, ctx.name)
+    _publish_back(ctx, back)
+    return [keep]
+
+
+def _publish_back(ctx: WorkerContext, jobs: Sequence[tuple[uuid.UUID, str | None]]) -> None:
+    # One message per job: each may then be claimed (and isolated) on its own.
+    for job_id, lane in jobs:
+        publish_predict(ctx.app, ctx.settings, [str(job_id)], lane or "online")
 
 
 def _claim(ctx: WorkerContext, ids: Sequence[uuid.UUID]) -> list[ClaimedJob]:

@@ -1,0 +1,103 @@
+"""Reliability rules on real Postgres and Redis: deadlines, poison isolation, outages."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import select
+
+from api.app import create_app
+from db.jobs import claim_jobs, requeue_jobs
+from db.models import Job
+from inferq.queues import make_celery
+from inferq.settings import Settings
+from scheduler.service import make_reconciler
+from tests.conftest import Keys
+from tests.factories import pixels
+from tests.integration.conftest import Caller
+from workers.batch import run_batch
+from workers.context import WorkerContext
+
+
+@pytest.fixture
+def ctx(settings: Settings, digits_version: int) -> Iterator[WorkerContext]:
+    context = WorkerContext.create(
+        settings, f"rel-{uuid.uuid4().hex[:6]}@test", make_celery(settings)
+    )
+    yield context
+    context.redis.close()
+
+
+def status_of(ctx: WorkerContext, job_id: str) -> Job:
+    with ctx.sessions() as session:
+        return session.scalars(select(Job).where(Job.id == uuid.UUID(job_id))).one()
+
+
+def test_a_job_not_started_before_cancel_after_expires(
+    alice: Caller, ctx: WorkerContext, settings: Settings
+) -> None:
+    response = alice.post(
+        "/v1/jobs", {"model": "digits", "input": pixels(5.0)}, headers={"Cancel-After": "0.2"}
+    )
+    assert response.status_code == 202
+    job = response.get_json()
+    assert job["expires_at"] is not None
+    time.sleep(0.4)
+    # no worker may start it any more, and the reconciler fails it as expired
+    assert run_batch(ctx, [job["id"]]) == []
+    report = make_reconciler(settings).run_once()
+    assert report.expired >= 1
+    row = status_of(ctx, job["id"])
+    assert row.status == "failed" and row.error == {
+        "type": "expired",
+        "message": "not started before its Cancel-After deadline",
+    }
+    assert row.started_at is None
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-3", "1e9"])
+def test_bad_cancel_after_is_400(alice: Caller, value: str) -> None:
+    response = alice.post(
+        "/v1/jobs", {"model": "digits", "input": pixels()}, headers={"Cancel-After": value}
+    )
+    assert response.status_code == 400
+    assert response.mimetype == "application/problem+json"
+
+
+def test_jobs_from_a_crashed_batch_are_retried_one_at_a_time(
+    alice: Caller, ctx: WorkerContext
+) -> None:
+    # Given three jobs that were in a batch whose worker died (attempt 1 used up)
+    ids = [
+        alice.post("/v1/jobs", {"model": "digits", "input": pixels(float(v))}).get_json()["id"]
+        for v in (1, 2, 3)
+    ]
+    with ctx.sessions.begin() as session:
+        claim_jobs(session, ids, "dead@test")
+        requeue_jobs(session, [uuid.UUID(i) for i in ids], "dead@test")
+    # When a worker receives them together
+    results = run_batch(ctx, ids)
+    # Then it runs only one of them, alone, and hands the others back without using an attempt
+    assert len(results) == 1 and results[0].batch_size == 1
+    rows = [status_of(ctx, i) for i in ids]
+    ran = [r for r in rows if r.status == "succeeded"]
+    back = [r for r in rows if r.status == "queued"]
+    assert len(ran) == 1 and ran[0].attempts == 2
+    assert len(back) == 2 and all(r.attempts == 1 and r.worker is None for r in back)
+
+
+def test_an_unreachable_database_is_503_not_500(
+    settings: Settings, digits_version: int, keys: Keys
+) -> None:
+    down = dataclasses.replace(
+        settings, database_url="postgresql+psycopg2://postgres@127.0.0.1:1/none"
+    )
+    caller = Caller(create_app(down).test_client(), keys.alice)
+    response = caller.get(f"/v1/jobs/{uuid.uuid4()}")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "2"
+    assert "Traceback" not in response.get_data(as_text=True)
