@@ -9,7 +9,7 @@ import uuid
 from flask import Flask, Response, g, request
 
 from api import problems
-from api.routes import health, jobs, models
+from api.routes import experiments, health, jobs, models
 from api.state import ApiState, TtlCache
 from api.waiters import CompletionWaiter
 from db.engine import make_engine, make_session_factory
@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         models=TtlCache(settings.model_cache_s),
     ).init_app(app)
     problems.init_app(app)
-    for blueprint in (health.bp, jobs.bp, models.bp):
+    for blueprint in (health.bp, jobs.bp, models.bp, experiments.bp):
         app.register_blueprint(blueprint)
     app.before_request(_request_id)
     app.after_request(_echo_request_id)

@@ -8,6 +8,7 @@ import time
 import uuid
 from typing import Any
 
+from api import experiments_service
 from api.state import ApiState
 from db.engine import retry_on_disconnect
 from db.jobs import (
@@ -101,10 +102,12 @@ def accept(
 ) -> JobView:
     """Commit the job; it is durable from here on, whatever happens to the broker."""
     assert info.active_version_id is not None and info.active_version is not None
+    # The active version serves the job, unless a running experiment puts it in another arm.
+    chosen = experiments_service.route(st, info, tenant_id, body.get("user"))
     cached = None
-    if info.active_sha256 and info.config.get("cache", True):
+    if chosen.sha256 and info.config.get("cache", True):
         cached = cache.lookup(
-            st.redis, st.settings, info.active_version_id, info.active_sha256, body["input"]
+            st.redis, st.settings, chosen.version_id, chosen.sha256, body["input"]
         )
 
     def insert() -> Job:
@@ -113,15 +116,17 @@ def accept(
                 session,
                 tenant_id=tenant_id,
                 model_id=info.model_id,
-                version_id=info.active_version_id,
+                version_id=chosen.version_id,
                 lane=body.get("lane", "online"),
                 input=body["input"],
                 user=body.get("user"),
                 cached_output=cached,
                 expires_in_s=expires_in_s,
+                experiment_id=chosen.experiment_id,
+                arm=chosen.arm,
             )
 
-    return JobView(retry_on_disconnect(insert), info.name, info.active_version)
+    return JobView(retry_on_disconnect(insert), info.name, chosen.version)
 
 
 def publish(st: ApiState, view: JobView) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from db.activations import ActivationView
 from db.jobs import JobView
 from db.models import Model, ModelVersion
 
@@ -46,6 +47,8 @@ def job(view: JobView, position: int | None = None, eta_s: float | None = None) 
         },
         "worker": row.worker,
     }
+    if row.experiment_id is not None:
+        body["experiment"] = {"id": str(row.experiment_id), "arm": row.arm}
     if row.status == "queued":
         body["position"] = position
         body["eta_s"] = eta_s
@@ -79,4 +82,17 @@ def model(row: Model, versions: list[ModelVersion]) -> dict[str, Any]:
         "config": row.config,
         "versions": [version(v) for v in versions],
         "created_at": _iso(row.created_at),
+    }
+
+
+def activation(row: ActivationView) -> dict[str, Any]:
+    """One entry of a model's activation history."""
+    return {
+        "version": row.version,
+        "previous_version": row.previous_version,
+        "activated_by": row.activated_by,
+        "reason": row.reason,
+        "activated_at": _iso(row.activated_at),
+        "rolled_back_at": _iso(row.rolled_back_at),
+        "rolled_back_by": row.rolled_back_by,
     }

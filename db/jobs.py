@@ -64,6 +64,8 @@ def create_job(
     user: str | None = None,
     cached_output: dict[str, Any] | None = None,
     expires_in_s: float | None = None,
+    experiment_id: uuid.UUID | None = None,
+    arm: str | None = None,
 ) -> Job:
     """Insert a queued job (``published_at`` now: the caller publishes next), or, with a
     ``cached_output``, a job already succeeded from the result cache."""
@@ -77,6 +79,8 @@ def create_job(
         "input": input,
         "user": user,
         "published_at": func.now(),
+        "experiment_id": experiment_id,
+        "arm": arm,
     }
     if expires_in_s is not None:
         values["expires_at"] = func.now() + dt.timedelta(seconds=expires_in_s)

@@ -1,4 +1,5 @@
-"""SQLAlchemy 2 models: tenants, API keys, models and versions, jobs, feedback."""
+"""SQLAlchemy 2 models: tenants, API keys, models and versions, jobs, feedback, activations,
+experiments and shadow results."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
 VERSION_STATUSES = ("candidate", "active", "retired")
+EXPERIMENT_MODES = ("ab", "shadow")
+EXPERIMENT_STATUSES = ("running", "concluded", "stopped")
 
 
 def _now() -> Mapped[dt.datetime]:
@@ -131,6 +134,11 @@ class Job(Base):
     output: Mapped[dict[str, Any] | None]
     error: Mapped[dict[str, Any] | None]
     user: Mapped[str | None] = mapped_column(String(256))
+    #: The experiment that chose this job's version, and the arm the job landed in.
+    experiment_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("experiments.id", name="fk_jobs_experiment")
+    )
+    arm: Mapped[str | None] = mapped_column(String(32))
     cached: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
@@ -159,3 +167,90 @@ class Feedback(Base):
     score: Mapped[float | None] = mapped_column(Float)
     comment: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = _now()
+
+
+class ModelActivation(Base):
+    """One time a version became a model's active one; rollback walks this history back."""
+
+    __tablename__ = "model_activations"
+    __table_args__ = (Index("ix_model_activations_model", "model_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
+    previous_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL")
+    )
+    activated_by: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(Text)
+    activated_at: Mapped[dt.datetime] = _now()
+    #: Set when a rollback undid this activation; rollback skips undone ones.
+    rolled_back_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    rolled_back_by: Mapped[str | None] = mapped_column(String(128))
+
+
+class Experiment(Base):
+    """An A/B split or a shadow run over versions of one model, and how it ended."""
+
+    __tablename__ = "experiments"
+    __table_args__ = (
+        CheckConstraint(f"mode IN {EXPERIMENT_MODES}", name="experiment_mode"),
+        CheckConstraint(f"status IN {EXPERIMENT_STATUSES}", name="experiment_status"),
+        # At most one running experiment per model: assignment must be unambiguous.
+        Index(
+            "ix_experiments_one_running",
+            "model_id",
+            unique=True,
+            postgresql_where=text("status = 'running'"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    name: Mapped[str | None] = mapped_column(String(128))
+    mode: Mapped[str] = mapped_column(String(16))
+    #: ``[{"name", "version", "version_id", "sha256", "weight", "role"}]``, in the given order.
+    arms: Mapped[list[dict[str, Any]]] = mapped_column(JSONB(none_as_null=True))
+    policy: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), server_default="running")
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = _now()
+    decided_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    decided_by: Mapped[str | None] = mapped_column(String(128))
+    #: promoted | kept | winner | guard | inconclusive | manual
+    decision: Mapped[str | None] = mapped_column(String(32))
+    winner: Mapped[str | None] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class ShadowResult(Base):
+    """A shadow arm's output for a job; stored for comparison, never shown to the client."""
+
+    __tablename__ = "shadow_results"
+    __table_args__ = (
+        CheckConstraint("status IN ('succeeded', 'failed')", name="shadow_result_status"),
+    )
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), primary_key=True)
+    experiment_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), index=True
+    )
+    arm: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    output: Mapped[dict[str, Any] | None]
+    error: Mapped[dict[str, Any] | None]
+    predict_ms: Mapped[float | None] = mapped_column(Float)
+    worker: Mapped[str | None] = mapped_column(String(256))
+    created_at: Mapped[dt.datetime] = _now()
+
+
+# Reports group an experiment's jobs by arm.
+Index(
+    "ix_jobs_experiment",
+    Job.experiment_id,
+    Job.arm,
+    postgresql_where=text("experiment_id IS NOT NULL"),
+)

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from db.models import Model, ModelVersion
+from db.models import Model, ModelActivation, ModelVersion
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,15 +94,35 @@ def add_version(
     return row
 
 
-def activate_version(session: Session, model: Model, version: ModelVersion) -> None:
-    """Make ``version`` the one new jobs of ``model`` are served by."""
+def activate_version(
+    session: Session,
+    model: Model,
+    version: ModelVersion,
+    *,
+    by: str | None = None,
+    reason: str | None = None,
+    record: bool = True,
+) -> None:
+    """Make ``version`` the one new jobs of ``model`` are served by; unless told not to,
+    record it in the activation history (what a rollback walks back)."""
     session.execute(
         update(ModelVersion)
         .where(ModelVersion.model_id == model.id, ModelVersion.status == "active")
         .values(status="retired")
     )
+    previous = model.active_version_id
     version.status = "active"
     model.active_version_id = version.id
+    if record:  # a rollback returns to an activation already in the history: no new row
+        session.add(
+            ModelActivation(
+                model_id=model.id,
+                version_id=version.id,
+                previous_version_id=previous,
+                activated_by=(by or version.created_by)[:128],
+                reason=reason,
+            )
+        )
     session.flush()
 
 

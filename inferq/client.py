@@ -79,6 +79,28 @@ class Client:
         """The models the service knows."""
         return self._call("GET", "/v1/models")["models"]  # type: ignore[no-any-return]
 
+    def promote(self, model: str, version: int, reason: str | None = None) -> dict[str, Any]:
+        """Admin: make ``version`` of ``model`` the active one."""
+        body = {"reason": reason} if reason else {}
+        return self._call("POST", f"/v1/models/{model}/versions/{version}/promote", json=body)
+
+    def rollback(self, model: str) -> dict[str, Any]:
+        """Admin: make the previously active version of ``model`` active again."""
+        return self._call("POST", f"/v1/models/{model}/rollback")
+
+    def start_experiment(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Admin: start an A/B or shadow experiment (``POST /v1/experiments``)."""
+        return self._call("POST", "/v1/experiments", json=body)
+
+    def experiment(self, experiment_id: str) -> dict[str, Any]:
+        """Admin: an experiment's live report."""
+        return self._call("GET", f"/v1/experiments/{experiment_id}")
+
+    def stop_experiment(self, experiment_id: str, reason: str | None = None) -> dict[str, Any]:
+        """Admin: end a running experiment now."""
+        body = {"reason": reason} if reason else {}
+        return self._call("POST", f"/v1/experiments/{experiment_id}/stop", json=body)
+
     def _call(self, method: str, path: str, *, wait: float = 0, **kwargs: Any) -> dict[str, Any]:
         response = self.session.request(
             method, self.base_url + path, timeout=self.timeout_s + wait, **kwargs

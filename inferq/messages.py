@@ -13,6 +13,7 @@ from typing import Any
 
 PREDICT_TASK = "inferq.predict"
 RECONCILE_TASK = "inferq.reconcile"
+SHADOW_TASK = "inferq.shadow"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +25,35 @@ class PredictRequest:
     def to_args(self) -> list[list[str]]:
         """Celery positional args."""
         return [list(self.job_ids)]
+
+
+@dataclasses.dataclass(frozen=True)
+class ShadowRequest:
+    """Run these jobs again on a shadow experiment's other arms and store the outputs.
+
+    ``arms`` pairs each shadow arm's name with its version id.
+    """
+
+    job_ids: tuple[str, ...]
+    experiment_id: str
+    arms: tuple[tuple[str, int], ...]
+
+    def to_args(self) -> list[Any]:
+        """Celery positional args."""
+        return [list(self.job_ids), self.experiment_id, [list(arm) for arm in self.arms]]
+
+    @classmethod
+    def from_args(cls, args: Sequence[Any]) -> ShadowRequest:
+        """Parse the args of a shadow message; raises ``ValueError`` when malformed."""
+        try:
+            job_ids, experiment_id, arms = args
+            return cls(
+                tuple(str(i) for i in job_ids),
+                str(experiment_id),
+                tuple((str(name), int(version_id)) for name, version_id in arms),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"malformed shadow message: {exc}") from exc
 
 
 #: Above this size a completion carries ids only, and waiters read the jobs from Postgres.

@@ -78,6 +78,8 @@ class Settings:
     stale_queued_s: float = 300.0
     #: A job running longer than this (its worker alive but stuck) is put back in the queue.
     job_time_limit_s: float = 300.0
+    #: How often the scheduler checks running experiments (guard rails, significance).
+    experiment_interval_s: float = 30.0
 
     # nginx in front of the API nodes (`inferq up`, compose): requests per second and burst
     # allowed per client address before it answers 429 with Retry-After.
@@ -121,6 +123,8 @@ class Settings:
             raise ConfigError("need INFERQ_MAX_BATCH_SIZE >= 1 and INFERQ_MAX_BATCH_DELAY_MS >= 0")
         if self.max_attempts < 1:
             raise ConfigError("INFERQ_MAX_ATTEMPTS must be at least 1")
+        if self.experiment_interval_s <= 0:
+            raise ConfigError("INFERQ_EXPERIMENT_INTERVAL_S must be more than 0")
         if self.rate_limit_rps < 1 or self.rate_limit_burst < 0:
             raise ConfigError("need INFERQ_RATE_LIMIT_RPS >= 1 and INFERQ_RATE_LIMIT_BURST >= 0")
 

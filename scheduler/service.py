@@ -1,4 +1,5 @@
-"""The scheduler process: Celery beat for periodic tasks, and the reconciler loop beside it."""
+"""The scheduler process: Celery beat for periodic tasks, and beside it the reconciler loop
+and the experiment checks."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from db.engine import make_engine, make_session_factory
 from inferq.queues import make_celery
 from inferq.settings import Settings
 from inferq.status import make_redis
+from scheduler.experiments import judge_forever
 from scheduler.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,13 @@ def run_scheduler(settings: Settings) -> None:
         daemon=True,
     )
     thread.start()
+    # Experiment decisions run here, beside the reconciler, never in a worker.
+    threading.Thread(
+        target=judge_forever,
+        args=(reconciler.sessions, settings.experiment_interval_s, stop),
+        name="inferq-experiments",
+        daemon=True,
+    ).start()
     settings.home.mkdir(parents=True, exist_ok=True)
     beat = reconciler.app.Beat(
         loglevel=settings.log_level,

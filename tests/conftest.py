@@ -130,3 +130,13 @@ def keys(settings: Settings) -> Keys:
 @pytest.fixture(scope="session")
 def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def admin_key(settings: Settings) -> str:
+    """A key of an operators' tenant with every scope, admin included."""
+    from db.keys import create_key, ensure_tenant
+    from inferq.cli.common import db_session
+
+    with db_session(settings) as session:
+        return create_key(session, ensure_tenant(session, "ops"), ["submit", "read", "admin"])[0]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
+import functools
 import io
+import uuid
 from typing import Any
 
 
@@ -62,3 +65,68 @@ def register_fixture_model(settings: Any, name: str, handler: str, config: dict[
                 created_by="tests",
                 activate=True,
             )
+
+
+@dataclasses.dataclass(frozen=True)
+class Artifact:
+    """Weights to register as a model version."""
+
+    data: bytes
+    sha256: str
+    metrics: dict[str, float]
+
+
+@functools.cache
+def digits_variants() -> dict[str, Artifact]:
+    """digits weights of known, different quality, trained once per process: ``good`` on the
+    training split, ``bad`` on the same inputs with 70% of the labels shuffled, ``broken``
+    bytes that are no safetensors (every job on them fails)."""
+    import numpy as np
+
+    from inferq.artifacts import digest, pack
+    from workers.handlers.digits import dataset, evaluate, fit
+
+    split = dataset()
+    rng = np.random.default_rng(7)
+    corrupted = split.train_y.copy()
+    chosen = rng.choice(len(corrupted), int(0.7 * len(corrupted)), replace=False)
+    corrupted[chosen] = rng.permutation(corrupted[chosen])
+    found = {}
+    for name, labels, epochs in (("good", split.train_y, 8), ("bad", corrupted, 4)):
+        net = fit(split.train_x, labels, seed=0, epochs=epochs)
+        data, sha256 = pack(net.state_dict(), {"architecture": "DigitsNet", "variant": name})
+        accuracy = evaluate(net, split.holdout_x, split.holdout_y)
+        found[name] = Artifact(data, sha256, {"holdout_accuracy": accuracy})
+    junk = b"these bytes are not safetensors"
+    found["broken"] = Artifact(junk, digest(junk), {})
+    return found
+
+
+def experiment_model(settings: Any, versions: list[Artifact], active: int) -> str:
+    """A fresh model served by the digits handler with ``versions`` (numbered from 1), of
+    which ``active`` serves; returns its name."""
+    from db.registry import add_version, ensure_model
+    from inferq.cli.common import db_session
+    from workers.handlers.digits import DigitsHandler
+
+    name = f"digits-{uuid.uuid4().hex[:8]}"
+    with db_session(settings) as session:
+        model = ensure_model(
+            session,
+            name,
+            "digits",
+            DigitsHandler.input_schema,
+            dict(DigitsHandler.default_config),
+            DigitsHandler.label_schema,
+        )
+        for number, artifact in enumerate(versions, start=1):
+            add_version(
+                session,
+                model,
+                artifact=artifact.data,
+                sha256=artifact.sha256,
+                metrics=artifact.metrics,
+                created_by="tests",
+                activate=number == active,
+            )
+    return name

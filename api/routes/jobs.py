@@ -7,8 +7,8 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
+from api import experiments_service, render
 from api import jobs_service as svc
-from api import render
 from api.auth import current_principal, require
 from api.body import json_object
 from api.state import state
@@ -72,6 +72,7 @@ def submit() -> Response:
             svc.publish(st, view)
             if wait:
                 view = svc.wait_until_terminal(st, view, wait, signal)
+    experiments_service.mirror(st, view)  # shadow mode: the other arms run on a copy
     done = view.job.status in TERMINAL_STATUSES
     response = jsonify(render.job(view))
     response.status_code = 200 if done else 202

@@ -1,14 +1,23 @@
-"""``/v1/models``: the models, their versions, metrics and the active version."""
+"""``/v1/models``: the models, their versions, metrics and the active version; promote and
+roll back (admin)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
 from api import render
 from api.auth import require
+from api.body import json_object
+from api.experiments_service import actor
 from api.state import state
+from api.validation import check
+from db.activations import history
+from db.experiments import running_experiment
 from db.registry import get_model, list_models, list_versions
 from inferq.errors import NotFound
+from inferq.promotion import promote, rollback
 
 bp = Blueprint("models", __name__, url_prefix="/v1/models")
 
@@ -28,10 +37,42 @@ def index() -> Response:
 @bp.get("/<name>")
 @require("read")
 def show(name: str) -> Response:
-    """One model with its versions."""
+    """One model with its versions, its activation history and its running experiment."""
     with state().sessions() as session:
         model = get_model(session, name)
         if model is None:
             raise NotFound(f"No model named {name[:64]!r}.")
         versions = list_versions(session, [model.id])
-    return jsonify(render.model(model, versions))
+        activations = history(session, model.id)
+        running = running_experiment(session, name)
+    body = render.model(model, versions)
+    body["history"] = [render.activation(a) for a in activations]
+    body["experiment"] = str(running.id) if running else None
+    return jsonify(body)
+
+
+REASON_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"reason": {"type": "string", "minLength": 1, "maxLength": 1000}},
+}
+
+
+@bp.post("/<name>/versions/<int:version>/promote")
+@require("admin")
+def promote_version(name: str, version: int) -> Response:
+    """Make a version active (admin); 409 while an experiment runs on the model."""
+    body = json_object(optional=True)
+    check(REASON_SCHEMA, body)
+    with state().sessions.begin() as session:
+        change = promote(session, name, version, by=actor(), reason=body.get("reason"))
+    return jsonify(change.to_dict())
+
+
+@bp.post("/<name>/rollback")
+@require("admin")
+def rollback_version(name: str) -> Response:
+    """Make the previously active version active again (admin)."""
+    with state().sessions.begin() as session:
+        change = rollback(session, name, by=actor())
+    return jsonify(change.to_dict())

@@ -8,6 +8,7 @@ from inferq.cli import (
     bench_cmds,
     client_cmds,
     db_cmds,
+    experiments_cmds,
     keys_cmds,
     models_cmds,
     service_cmds,
@@ -20,6 +21,15 @@ def main() -> None:
     """inferq: asynchronous serving for PyTorch models."""
 
 
-for module in (stack_cmds, service_cmds, db_cmds, keys_cmds, models_cmds, client_cmds, bench_cmds):
+for module in (
+    stack_cmds,
+    service_cmds,
+    db_cmds,
+    keys_cmds,
+    models_cmds,
+    experiments_cmds,
+    client_cmds,
+    bench_cmds,
+):
     for command in module.COMMANDS:
         main.add_command(command)

@@ -1,4 +1,4 @@
-"""``inferq models``: train and list models."""
+"""``inferq models``: train, list, promote and roll back models."""
 
 from __future__ import annotations
 
@@ -106,6 +106,38 @@ def list_() -> None:
             for m in rows
         ]
     click.echo(json.dumps(listing, indent=2))
+
+
+@models.command()
+@click.argument("name")
+@click.argument("version", type=int)
+@click.option("--reason", default=None, help="Why, for the activation history.")
+@reports_errors
+def promote(name: str, version: int, reason: str | None) -> None:
+    """Make VERSION of NAME the active version (refused while an experiment runs on it)."""
+    from inferq.promotion import promote as promote_version
+
+    with db_session(load_settings()) as session:
+        change = promote_version(session, name, version, by="inferq models promote", reason=reason)
+    info(
+        f"{name}: v{change.version} is active (was v{change.previous})"
+        if change.changed
+        else f"{name}: v{change.version} was already active"
+    )
+    click.echo(json.dumps(change.to_dict()))
+
+
+@models.command()
+@click.argument("name")
+@reports_errors
+def rollback(name: str) -> None:
+    """Make the version active before the current one of NAME active again."""
+    from inferq.promotion import rollback as rollback_model
+
+    with db_session(load_settings()) as session:
+        change = rollback_model(session, name, by="inferq models rollback")
+    info(f"{name}: rolled back from v{change.previous} to v{change.version}")
+    click.echo(json.dumps(change.to_dict()))
 
 
 COMMANDS = [models]
