@@ -8,7 +8,7 @@ import uuid
 
 from flask import Flask, Response, g, request
 
-from api import problems
+from api import problems, security
 from api.routes import experiments, health, jobs, models
 from api.state import ApiState, TtlCache
 from api.waiters import CompletionWaiter
@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         models=TtlCache(settings.model_cache_s),
     ).init_app(app)
     problems.init_app(app)
+    security.init_app(app)
     for blueprint in (health.bp, jobs.bp, models.bp, experiments.bp):
         app.register_blueprint(blueprint)
     app.before_request(_request_id)

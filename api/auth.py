@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from flask import g, request
 
+from api import ratelimit
 from api.state import state
 from db.keys import find_key, hash_key
 from inferq.errors import Forbidden, Unauthorized
@@ -59,11 +60,13 @@ def require(scope: str) -> Callable[[F], F]:
         @wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             principal = authenticate()
+            ratelimit.enforce(state(), principal.key_id)
             if scope not in principal.scopes:
                 raise Forbidden(f"This API key lacks the '{scope}' scope.")
             g.principal = principal
             return view(*args, **kwargs)
 
+        wrapper.required_scope = scope  # type: ignore[attr-defined]  # read by tests and docs
         return wrapper  # type: ignore[return-value]
 
     return decorate

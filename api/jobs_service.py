@@ -6,7 +6,10 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
+
+from sqlalchemy.orm import Session
 
 from api import experiments_service
 from api.state import ApiState
@@ -99,8 +102,13 @@ def accept(
     info: ServingInfo,
     body: dict[str, Any],
     expires_in_s: float | None = None,
+    on_insert: Callable[[Session, Job], None] | None = None,
 ) -> JobView:
-    """Commit the job; it is durable from here on, whatever happens to the broker."""
+    """Commit the job; it is durable from here on, whatever happens to the broker.
+
+    ``on_insert`` runs in the job's transaction (idempotency key, webhook); if it raises,
+    the job is rolled back.
+    """
     assert info.active_version_id is not None and info.active_version is not None
     # The active version serves the job, unless a running experiment puts it in another arm.
     chosen = experiments_service.route(st, info, tenant_id, body.get("user"))
@@ -112,7 +120,7 @@ def accept(
 
     def insert() -> Job:
         with st.sessions.begin() as session:
-            return create_job(
+            job = create_job(
                 session,
                 tenant_id=tenant_id,
                 model_id=info.model_id,
@@ -125,6 +133,9 @@ def accept(
                 experiment_id=chosen.experiment_id,
                 arm=chosen.arm,
             )
+            if on_insert is not None:
+                on_insert(session, job)
+            return job
 
     return JobView(retry_on_disconnect(insert), info.name, chosen.version)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import secrets
@@ -65,6 +66,41 @@ def find_key(session: Session, plaintext: str) -> ApiKey | None:
             (ApiKey.expires_at.is_(None)) | (ApiKey.expires_at > func.now()),
         )
     ).one_or_none()
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyInfo:
+    """What ``inferq keys list`` shows of a key: never its hash."""
+
+    prefix: str
+    tenant: str
+    scopes: tuple[str, ...]
+    created_at: dt.datetime
+    expires_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+
+    def state(self, now: dt.datetime) -> str:
+        """``live``, ``expired`` or ``revoked``."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return "live"
+
+
+def list_keys(session: Session, tenant: str | None = None) -> list[KeyInfo]:
+    """Every key (of ``tenant`` when given), oldest first, with its tenant's name."""
+    query = (
+        select(ApiKey, Tenant.name)
+        .join(Tenant, Tenant.id == ApiKey.tenant_id)
+        .order_by(Tenant.name, ApiKey.created_at)
+    )
+    if tenant is not None:
+        query = query.where(Tenant.name == tenant)
+    return [
+        KeyInfo(row.prefix, name, tuple(row.scopes), row.created_at, row.expires_at, row.revoked_at)
+        for row, name in session.execute(query)
+    ]
 
 
 def revoke_key(session: Session, prefix: str) -> int:

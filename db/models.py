@@ -29,6 +29,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
 VERSION_STATUSES = ("candidate", "active", "retired")
+WEBHOOK_STATUSES = ("pending", "delivered", "failed")
 EXPERIMENT_MODES = ("ab", "shadow")
 EXPERIMENT_STATUSES = ("running", "concluded", "stopped")
 
@@ -66,6 +67,18 @@ class ApiKey(Base):
     created_at: Mapped[dt.datetime] = _now()
     expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookSecret(Base):
+    """A tenant's key for signing its webhooks (HMAC-SHA256); shown to its admin keys."""
+
+    __tablename__ = "webhook_secrets"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    secret: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = _now()
 
 
 class Model(Base):
@@ -122,6 +135,8 @@ class Job(Base):
         ),
         Index("ix_jobs_completed_at", "completed_at"),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
+        # The per-tenant quota counts a tenant's queued jobs on every submit.
+        Index("ix_jobs_tenant_queued", "tenant_id", postgresql_where=text("status = 'queued'")),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
@@ -152,6 +167,54 @@ class Job(Base):
     completed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     #: A job not started by then fails as ``expired`` instead of running late (Cancel-After).
     expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class IdempotencyKey(Base):
+    """An ``Idempotency-Key`` an API key sent, the request it stood for and the job it made."""
+
+    __tablename__ = "idempotency_keys"
+
+    key_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    #: SHA-256 of the request (canonical JSON body and the headers that shape the job).
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[dt.datetime] = _now()
+
+
+class Webhook(Base):
+    """Where to tell a job's tenant that the job finished, and how that went."""
+
+    __tablename__ = "webhooks"
+    __table_args__ = (CheckConstraint(f"status IN {WEBHOOK_STATUSES}", name="webhook_status"),)
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    url: Mapped[str] = mapped_column(String(2048))
+    status: Mapped[str] = mapped_column(String(16), server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[dt.datetime] = _now()
+
+
+class WebhookDelivery(Base):
+    """One attempt to deliver a job's webhook: the delivery log."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_job", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    redelivery: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    ok: Mapped[bool] = mapped_column(Boolean)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[dt.datetime] = _now()
 
 
 class Feedback(Base):

@@ -2,6 +2,7 @@
 
 InferqError
 ├── ConfigError                 settings that cannot work
+├── UnsafeUrl                   a webhook URL the SSRF guard refuses
 ├── ModelError                  a model cannot be loaded or run
 │   ├── ArtifactError           weights missing, corrupt or of the wrong digest
 │   └── InputError              one input the model cannot use (fails that job)
@@ -32,6 +33,10 @@ class InferqError(Exception):
 
 class ConfigError(InferqError):
     """Raised when settings are missing or cannot work together."""
+
+
+class UnsafeUrl(InferqError):
+    """Raised when a webhook URL is not http(s) or leads to an address the SSRF guard refuses."""
 
 
 class ModelError(InferqError):

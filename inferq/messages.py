@@ -13,6 +13,8 @@ from typing import Any
 
 PREDICT_TASK = "inferq.predict"
 RECONCILE_TASK = "inferq.reconcile"
+#: Args ``[job_id, redelivery]``: deliver a finished job's webhook (lane ``webhooks``).
+WEBHOOK_TASK = "inferq.webhook"
 SHADOW_TASK = "inferq.shadow"
 
 

@@ -93,6 +93,31 @@ class Settings:
     api_nodes: int = 1
     workers: int = 1
 
+    # Quotas and admission control (429/503 with Retry-After instead of queueing forever)
+    #: Per API key: a token bucket in Redis refilled at this many requests per second, holding
+    #: at most ``key_rate_burst``; 0 turns it off.
+    key_rate_per_s: float = 100.0
+    key_rate_burst: int = 200
+    #: Per tenant: jobs queued at once (not yet started); 0 turns it off.
+    tenant_max_queued: int = 100_000
+    #: Per lane: queued jobs in Postgres past which new jobs are refused with 503; 0 turns it
+    #: off. ``lane_backlogs`` overrides it per lane: "online=5000,batch=200000".
+    lane_max_backlog: int = 100_000
+    lane_backlogs: str = ""
+    #: How long an API process trusts a lane's backlog count (bounds the counting cost).
+    admission_cache_s: float = 1.0
+    #: How long an Idempotency-Key is remembered (IETF draft / Stripe: 24 h).
+    idempotency_ttl_s: int = 86_400
+
+    # Webhooks
+    #: Addresses the SSRF guard lets webhooks reach although they are loopback, private,
+    #: link-local…: comma-separated IPs, CIDRs or host names ("127.0.0.1,10.1.0.0/16").
+    webhook_allowlist: str = ""
+    webhook_timeout_s: float = 5.0
+    #: Tries per delivery; the n-th retry waits ``webhook_backoff_s * 2**n`` s (at most 1 h).
+    webhook_max_attempts: int = 6
+    webhook_backoff_s: float = 5.0
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``INFERQ_<FIELD>`` variables; ``overrides`` win over both."""
@@ -127,11 +152,27 @@ class Settings:
             raise ConfigError("INFERQ_EXPERIMENT_INTERVAL_S must be more than 0")
         if self.rate_limit_rps < 1 or self.rate_limit_burst < 0:
             raise ConfigError("need INFERQ_RATE_LIMIT_RPS >= 1 and INFERQ_RATE_LIMIT_BURST >= 0")
+        if self.key_rate_per_s < 0 or (self.key_rate_per_s and self.key_rate_burst < 1):
+            raise ConfigError("need INFERQ_KEY_RATE_PER_S >= 0 and INFERQ_KEY_RATE_BURST >= 1")
+        if self.webhook_max_attempts < 1 or self.webhook_timeout_s <= 0:
+            raise ConfigError("need INFERQ_WEBHOOK_MAX_ATTEMPTS >= 1, INFERQ_WEBHOOK_TIMEOUT_S > 0")
+        self.lane_limits  # noqa: B018 (raises ConfigError when malformed)
 
     @property
     def lanes(self) -> tuple[str, ...]:
         """The lanes this process's workers consume."""
         return tuple(lane.strip() for lane in self.worker_lanes.split(",") if lane.strip())
+
+    @property
+    def lane_limits(self) -> dict[str, int]:
+        """The backlog limit of each lane (``lane_max_backlog`` unless ``lane_backlogs`` says)."""
+        limits = dict.fromkeys(LANES, self.lane_max_backlog)
+        for item in filter(None, (part.strip() for part in self.lane_backlogs.split(","))):
+            lane, _, number = item.partition("=")
+            if lane.strip() not in LANES or not number.strip().isdigit():
+                raise ConfigError(f"INFERQ_LANE_BACKLOGS: {item!r} is not lane=N; lanes: {LANES}")
+            limits[lane.strip()] = int(number)
+        return limits
 
     @property
     def effective_redis_url(self) -> str:

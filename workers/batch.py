@@ -32,6 +32,7 @@ from inferq.handlers import ModelHandler
 from inferq.queues import publish_predict
 from inferq.status import announce
 from workers.context import WorkerContext
+from workers.webhooks import dispatch_finished
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ def _run_batch(ctx: WorkerContext, raw_ids: Sequence[Any]) -> list[JobResult]:
         )
     except Exception:  # Postgres has the result; pollers still find it, only later.
         log.exception("could not announce completions in Redis")
+    dispatch_finished(ctx, stored)
     return results
 
 

@@ -11,8 +11,10 @@ from api import experiments_service, render
 from api import jobs_service as svc
 from api.auth import current_principal, require
 from api.body import json_object
+from api.intake import accept as accept_submission
 from api.state import state
 from api.validation import check
+from api.webhooks import finished as webhooks_finished
 from db.feedback import add_feedback
 from db.jobs import cancel_job, get_job_view
 from db.models import TERMINAL_STATUSES
@@ -31,6 +33,7 @@ SUBMIT_SCHEMA: dict[str, Any] = {
         "input": {"type": "object"},
         "lane": {"enum": [lane for lane in LANES if lane in ("online", "batch")]},
         "user": {"type": "string", "minLength": 1, "maxLength": 256},
+        "webhook": {"type": "string", "format": "uri", "minLength": 1, "maxLength": 2048},
     },
 }
 
@@ -65,11 +68,12 @@ def submit() -> Response:
     check(info.input_schema, body["input"], "/input")
     wait = svc.prefer_wait(request.headers.get("Prefer"), st.settings.max_wait_s)
     expires_in = svc.cancel_after(request.headers.get("Cancel-After"))
-    view = svc.accept(st, current_principal().tenant_id, info, body, expires_in)
+    view, replayed = accept_submission(st, current_principal(), info, body, expires_in)
     job_id = str(view.job.id)
     if not view.job.cached:
         with st.waiter.expect(job_id) if wait else nullcontext() as signal:
-            svc.publish(st, view)
+            if not replayed:
+                svc.publish(st, view)
             if wait:
                 view = svc.wait_until_terminal(st, view, wait, signal)
     experiments_service.mirror(st, view)  # shadow mode: the other arms run on a copy
@@ -77,6 +81,8 @@ def submit() -> Response:
     response = jsonify(render.job(view))
     response.status_code = 200 if done else 202
     response.headers["Location"] = url_for("jobs.get_job", job_id=job_id)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     if wait:
         response.headers["Preference-Applied"] = f"wait={wait:g}"
     return response
@@ -114,6 +120,7 @@ def cancel(job_id: str) -> Response:
     view = svc.load(st, ident, tenant)
     if view.job.status == "canceled":
         announce(st.redis, st.settings, [(str(ident), "canceled")])
+        webhooks_finished(st, [ident])
     return _job_response(view, 200)
 
 

@@ -46,6 +46,29 @@ def create(tenant: str, scopes: str, expires_in_days: float | None) -> None:
     click.echo(plaintext)
 
 
+@keys.command("list")
+@click.option("--tenant", default=None, help="Only this tenant's keys.")
+@click.option("--all", "show_all", is_flag=True, help="Include revoked and expired keys.")
+@reports_errors
+def list_(tenant: str | None, show_all: bool) -> None:
+    """List keys: prefix, tenant, scopes, state, expiry (never the key itself)."""
+    from db.keys import list_keys
+
+    now = dt.datetime.now(dt.timezone.utc)
+    with db_session(load_settings()) as session:
+        rows = list_keys(session, tenant)
+    click.echo(f"{'PREFIX':<12}{'TENANT':<24}{'SCOPES':<20}{'STATE':<9}{'CREATED':<21}EXPIRES")
+    for row in rows:
+        state = row.state(now)
+        if state != "live" and not show_all:
+            continue
+        expires = row.expires_at.strftime("%Y-%m-%d %H:%M") if row.expires_at else "never"
+        click.echo(
+            f"{row.prefix:<12}{row.tenant[:23]:<24}{','.join(row.scopes):<20}{state:<9}"
+            f"{row.created_at:%Y-%m-%d %H:%M}{'':<5}{expires}"
+        )
+
+
 @keys.command()
 @click.argument("prefix")
 @reports_errors

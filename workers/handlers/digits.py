@@ -97,6 +97,9 @@ def image_to_pixels(data: str) -> list[float]:
             grey = np.asarray(
                 image.convert("L").resize((8, 8), Image.Resampling.BOX), dtype=np.float32
             )
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow's own guard fires (before ours) on images past twice its pixel limit.
+        raise InputError(f"image is too large to decode: {exc}") from exc
     except (binascii.Error, UnidentifiedImageError, OSError, ValueError) as exc:
         raise InputError(f"image could not be decoded: {exc}") from exc
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])

@@ -9,9 +9,11 @@ from celery import Celery
 from inferq.settings import Settings
 from workers.context import WorkerContext
 from workers.tasks import predict, shadow
+from workers.tasks import webhooks as webhook_tasks
 
 
 def register_all(app: Celery, settings: Settings, context: Callable[[], WorkerContext]) -> None:
     """Register every worker task on ``app``; ``context`` gives the process's resources."""
     predict.register(app, settings, context)
+    webhook_tasks.register(app, settings, context)
     shadow.register(app, settings, context)

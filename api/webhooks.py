@@ -1,0 +1,62 @@
+"""The API's side of webhooks: vet the URL at submit, attach it to the job, ask a worker to
+deliver it when the API itself finishes a job (a cache hit, a cancel)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+
+from sqlalchemy.orm import Session
+
+from api.state import ApiState
+from db.models import Job
+from db.webhooks import add_webhook, jobs_with_webhooks
+from inferq.errors import InvalidInput, ServiceUnavailable, UnsafeUrl
+from inferq.ssrf import Allowlist, check_url
+from inferq.webhooks import publish_delivery
+
+log = logging.getLogger(__name__)
+
+
+def vet(st: ApiState, url: str) -> None:
+    """422 unless ``url`` is an http(s) URL the SSRF guard allows (host names are resolved
+    and checked by the worker, before each delivery)."""
+    try:
+        check_url(url, Allowlist.parse(st.settings.webhook_allowlist), resolver=None)
+    except UnsafeUrl as exc:
+        raise InvalidInput(
+            f"/webhook is refused: {exc}.", errors=[{"pointer": "/webhook", "detail": str(exc)}]
+        ) from None
+
+
+def attacher(url: str) -> Callable[[Session, Job], None]:
+    """A hook for the job's transaction that stores its webhook with it."""
+
+    def attach(session: Session, job: Job) -> None:
+        add_webhook(session, job.id, url)
+
+    return attach
+
+
+def publish(st: ApiState, job_id: uuid.UUID, redelivery: bool = False) -> None:
+    """Queue a delivery; 503 when the broker cannot take it."""
+    try:
+        publish_delivery(st.celery, st.settings, str(job_id), redelivery)
+    except Exception as exc:
+        log.warning("could not queue a webhook delivery", extra={"job_id": str(job_id)})
+        raise ServiceUnavailable(
+            "The queue is unavailable; retry shortly.", headers={"Retry-After": "2"}
+        ) from exc
+
+
+def finished(st: ApiState, job_ids: list[uuid.UUID]) -> None:
+    """Queue deliveries for jobs the API itself finished; a failure is logged, not raised
+    (the job's answer stands; ``/webhooks/redeliver`` sends it later)."""
+    try:
+        with st.sessions() as session:
+            hooked = jobs_with_webhooks(session, job_ids)
+        for job_id in hooked:
+            publish_delivery(st.celery, st.settings, str(job_id))
+    except Exception:
+        log.warning("could not queue webhook deliveries", exc_info=True)
