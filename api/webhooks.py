@@ -11,10 +11,10 @@ from sqlalchemy.orm import Session
 
 from api.state import ApiState
 from db.models import Job
-from db.webhooks import add_webhook, jobs_with_webhooks
+from db.webhooks import add_webhook
 from inferq.errors import InvalidInput, ServiceUnavailable, UnsafeUrl
 from inferq.ssrf import Allowlist, check_url
-from inferq.webhooks import publish_delivery
+from inferq.webhooks import notify_finished, publish_delivery
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +51,5 @@ def publish(st: ApiState, job_id: uuid.UUID, redelivery: bool = False) -> None:
 
 
 def finished(st: ApiState, job_ids: list[uuid.UUID]) -> None:
-    """Queue deliveries for jobs the API itself finished; a failure is logged, not raised
-    (the job's answer stands; ``/webhooks/redeliver`` sends it later)."""
-    try:
-        with st.sessions() as session:
-            hooked = jobs_with_webhooks(session, job_ids)
-        for job_id in hooked:
-            publish_delivery(st.celery, st.settings, str(job_id))
-    except Exception:
-        log.warning("could not queue webhook deliveries", exc_info=True)
+    """Queue deliveries for jobs the API itself finished (a cache hit, a cancel)."""
+    notify_finished(st.celery, st.settings, st.sessions, job_ids)

@@ -96,8 +96,8 @@ class Settings:
     # Quotas and admission control (429/503 with Retry-After instead of queueing forever)
     #: Per API key: a token bucket in Redis refilled at this many requests per second, holding
     #: at most ``key_rate_burst``; 0 turns it off.
-    key_rate_per_s: float = 100.0
-    key_rate_burst: int = 200
+    key_rate_per_s: float = 1000.0
+    key_rate_burst: int = 2000
     #: Per tenant: jobs queued at once (not yet started); 0 turns it off.
     tenant_max_queued: int = 100_000
     #: Per lane: queued jobs in Postgres past which new jobs are refused with 503; 0 turns it

@@ -15,15 +15,21 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Mapping, Sequence
 
 from celery import Celery
+from sqlalchemy.orm import Session, sessionmaker
 
+from db.webhooks import jobs_with_webhooks
 from inferq.messages import WEBHOOK_TASK
 from inferq.queues import queue_name
 from inferq.settings import Settings
+
+log = logging.getLogger(__name__)
 
 ID_HEADER = "Inferq-Webhook-Id"
 TIMESTAMP_HEADER = "Inferq-Webhook-Timestamp"
@@ -98,3 +104,23 @@ def publish_delivery(
         retry=True,
         retry_policy={"max_retries": 3, "interval_start": 0, "interval_step": 0.2},
     )
+
+
+def notify_finished(
+    app: Celery, settings: Settings, sessions: sessionmaker[Session], job_ids: Sequence[uuid.UUID]
+) -> None:
+    """Queue a delivery for each of these just-finished jobs that has a webhook.
+
+    Whoever finishes jobs calls this once per batch: the worker after storing results, the
+    API after a cache hit or a cancel, the scheduler after expiring or failing jobs. Never
+    raises: the jobs' results stand, and ``/webhooks/redeliver`` can send a webhook later.
+    """
+    if not job_ids:
+        return
+    try:
+        with sessions() as session:
+            hooked = jobs_with_webhooks(session, list(job_ids))
+        for job_id in hooked:
+            publish_delivery(app, settings, str(job_id))
+    except Exception:
+        log.exception("could not queue webhook deliveries")

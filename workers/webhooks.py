@@ -20,10 +20,10 @@ import urllib3
 
 from db.jobs import JobView, StoredResult
 from db.models import TERMINAL_STATUSES
-from db.webhooks import delivery_target, jobs_with_webhooks, record_delivery
+from db.webhooks import delivery_target, record_delivery
 from inferq.errors import UnsafeUrl
 from inferq.ssrf import Allowlist, Destination, check_url
-from inferq.webhooks import new_secret, publish_delivery, signed_headers
+from inferq.webhooks import new_secret, notify_finished, signed_headers
 from workers.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -141,14 +141,5 @@ def deliver(ctx: WorkerContext, job_id: str, try_number: int, redelivery: bool) 
 
 
 def dispatch_finished(ctx: WorkerContext, stored: Sequence[StoredResult]) -> None:
-    """Queue a delivery for each just-stored job that has a webhook; never raises (the
-    results stand, and ``/webhooks/redeliver`` can send a webhook later)."""
-    if not stored:
-        return
-    try:
-        with ctx.sessions() as session:
-            hooked = jobs_with_webhooks(session, [s.id for s in stored])
-        for job_id in hooked:
-            publish_delivery(ctx.app, ctx.settings, str(job_id))
-    except Exception:
-        log.exception("could not queue webhook deliveries")
+    """Queue deliveries for the just-stored jobs that have a webhook; never raises."""
+    notify_finished(ctx.app, ctx.settings, ctx.sessions, [s.id for s in stored])

@@ -195,3 +195,30 @@ def test_unsafe_webhooks_are_422_at_submit(
     problem = assert_problem(http.post("/v1/jobs", json=body, headers=auth(keys.alice)), 422)
     assert problem["errors"][0]["pointer"] == "/webhook"
     assert job_count(settings) == before
+
+
+def webhook_messages(settings: Settings) -> int:
+    """Messages waiting on this run's webhooks lane (Redis transport: a list per queue)."""
+    from inferq.queues import queue_name
+    from inferq.status import make_redis
+
+    client = make_redis(settings)
+    try:
+        return int(client.llen(f"{settings.namespace}:{queue_name(settings, 'webhooks')}"))
+    finally:
+        client.close()
+
+
+def test_a_job_canceled_while_queued_has_its_webhook_queued(
+    http: FlaskClient, keys: Keys, hook_settings: Settings
+) -> None:
+    body = {"model": "digits", "input": pixels(9.0), "webhook": "http://127.0.0.1:9/c"}
+    job_id = http.post("/v1/jobs", json=body, headers=auth(keys.alice)).get_json()["id"]
+    before = webhook_messages(hook_settings)
+    assert http.post(f"/v1/jobs/{job_id}/cancel", headers=auth(keys.alice)).status_code == 200
+    assert webhook_messages(hook_settings) == before + 1
+    plain = http.post(
+        "/v1/jobs", json={"model": "digits", "input": pixels(9.0)}, headers=auth(keys.alice)
+    ).get_json()["id"]
+    http.post(f"/v1/jobs/{plain}/cancel", headers=auth(keys.alice))
+    assert webhook_messages(hook_settings) == before + 1
