@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import socket
 from typing import Any
 
@@ -12,6 +13,7 @@ from inferq.settings import Settings
 from workers.context import WorkerContext
 from workers.heartbeat import Heartbeat
 from workers.liveness import loop_marker
+from workers.metrics import start as start_metrics
 from workers.tasks import register_all
 
 
@@ -23,19 +25,23 @@ def run_worker(settings: Settings, name: str | None = None, concurrency: int = 1
     """
     name = name or f"worker-{socket.gethostname()}"
     hostname = name if "@" in name else f"{name}@{socket.gethostname()}"
+    # Claims and heartbeats name this incarnation: a restarted worker reusing the name
+    # must not keep its predecessor's jobs looking alive to the reconciler.
+    identity = f"{hostname}/{secrets.token_hex(3)}"
     app = make_celery(settings)
     holder: dict[str, Any] = {}
 
     def context() -> WorkerContext:
         if "ctx" not in holder:
-            holder["ctx"] = WorkerContext.create(settings, hostname, app)
+            holder["ctx"] = WorkerContext.create(settings, identity, app)
         return holder["ctx"]  # type: ignore[no-any-return]
 
     register_all(app, settings, context)
     app.steps["consumer"].add(loop_marker(context().liveness))
     # Beat before consuming: a job is never claimed by a worker the reconciler thinks dead.
-    heartbeat = Heartbeat(context().redis, settings, hostname, context().liveness)
+    heartbeat = Heartbeat(context().redis, settings, identity, context().liveness)
     heartbeat.start()
+    start_metrics(context(), settings)
 
     @signals.worker_shutdown.connect(weak=False)
     def _shutdown(**_: Any) -> None:

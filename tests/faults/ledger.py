@@ -28,6 +28,7 @@ class Outcome:
     rerun: int
     refused: int
     recover_s: float
+    slowest: str = ""
 
     ROW = "| {scenario} | {accepted} | {succeeded} | {failed} {reasons}| {lost} | {duplicate_results} | {rerun} | {refused} | {recover_s:.1f} |"
 
@@ -64,7 +65,8 @@ def account(
                 rows = conn.execute(
                     text(
                         "SELECT id::text, status, attempts, error->>'type', "
-                        "extract(epoch FROM completed_at) FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))"
+                        "extract(epoch FROM completed_at), extract(epoch FROM created_at), worker "
+                        "FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))"
                     ),
                     {"ids": ids},
                 ).all()
@@ -87,6 +89,7 @@ def account(
     last_done = max(
         (r[4] for r in rows if r[0] in before_end and r[4] is not None), default=fault_end
     )
+    slow = max((r for r in rows if r[4] is not None), key=lambda r: r[4] - r[5], default=None)
     return Outcome(
         scenario=scenario,
         accepted=len(ids),
@@ -98,4 +101,10 @@ def account(
         rerun=sum(1 for r in rows if r[2] > 1),
         refused=refused,
         recover_s=max(0.0, float(last_done) - fault_end),
+        slowest=(
+            f"slowest job: created {float(slow[5]) - fault_end:+.1f}s, done {float(slow[4]) - fault_end:+.1f}s "
+            f"from fault end, attempts {slow[2]}, worker {slow[6]}"
+            if slow
+            else ""
+        ),
     )

@@ -106,6 +106,7 @@ def scenario(
     print(
         f"\n{outcome.row()}  refused: {dict(load.refused)}  poll errors: {dict(load.poll_errors)}"
     )
+    print(outcome.slowest)
     return outcome
 
 
