@@ -29,6 +29,7 @@ from db.jobs import (
 from inferq.queues import publish_predict
 from inferq.settings import Settings
 from inferq.status import announce, live_workers
+from inferq.webhooks import notify_finished
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class Reconciler:
             stale = take_unpublished(session, self.settings.stale_queued_s)
         if expired:
             announce(self.redis, self.settings, [(str(job.id), job.status) for job in expired])
+            notify_finished(self.app, self.settings, self.sessions, [job.id for job in expired])
         self._publish(stale)
         report = ReconcileReport(
             requeued=len(requeued), republished=len(stale), expired=len(expired)

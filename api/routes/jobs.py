@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
-from api import experiments_service, render
+from api import experiments_service, render, whereis
 from api import jobs_service as svc
 from api.auth import current_principal, require
 from api.body import json_object
@@ -51,8 +51,10 @@ FEEDBACK_SCHEMA: dict[str, Any] = {
 
 
 def _job_response(view: svc.JobView, status: int) -> Response:
-    position, eta = svc.queue_estimate(state(), view) if status == 200 else (None, None)
-    response = jsonify(render.job(view, position, eta))
+    body = render.job(view)
+    if status == 200:
+        body.update(whereis.locate(state(), view))  # position, eta_s, stuck
+    response = jsonify(body)
     response.status_code = status
     return response
 
@@ -76,7 +78,8 @@ def submit() -> Response:
                 svc.publish(st, view)
             if wait:
                 view = svc.wait_until_terminal(st, view, wait, signal)
-    experiments_service.mirror(st, view)  # shadow mode: the other arms run on a copy
+    if not replayed:
+        experiments_service.mirror(st, view)  # shadow mode: the other arms run on a copy
     done = view.job.status in TERMINAL_STATUSES
     response = jsonify(render.job(view))
     response.status_code = 200 if done else 202
