@@ -22,8 +22,10 @@ def in_process_throughput(
     # The bench is a CLI tool: it reaches into the worker runtime lazily, here only.
     from db.engine import make_engine, make_session_factory
     from db.registry import serving_info
-    from workers.device import choose_device
+    from workers.device import choose_device, configure_threads
     from workers.runtime import ModelRuntime
+
+    configure_threads(settings.torch_threads)  # as a worker process runs it
 
     engine = make_engine(
         settings.require_database_url(), pool_size=1, application_name="inferq-bench"
