@@ -45,7 +45,7 @@ def authenticate() -> Principal:
     def load() -> Principal | None:
         with st.sessions() as session:
             row = find_key(session, key)
-            return row and Principal(row.id, row.tenant_id, frozenset(row.scopes))
+            return None if row is None else Principal(row.id, row.tenant_id, frozenset(row.scopes))
 
     principal = st.principals.get(hash_key(key), load)
     if principal is None:
@@ -74,4 +74,5 @@ def require(scope: str) -> Callable[[F], F]:
 
 def current_principal() -> Principal:
     """The authenticated caller (inside a view decorated with :func:`require`)."""
-    return g.principal  # type: ignore[no-any-return]
+    principal: Principal = g.principal
+    return principal

@@ -6,6 +6,9 @@ the others keep answering, and nginx's upstream keep-alive is honoured.
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -13,7 +16,7 @@ from gunicorn.app.base import BaseApplication
 from inferq.settings import Settings
 
 
-class ApiServer(BaseApplication):  # type: ignore[misc]
+class ApiServer(BaseApplication):
     """gunicorn configured from settings instead of a config file."""
 
     def __init__(self, settings: Settings, bind: str) -> None:
@@ -31,6 +34,7 @@ class ApiServer(BaseApplication):  # type: ignore[misc]
             "errorlog": "-",
             "loglevel": settings.log_level.lower(),
             "proc_name": f"inferq-api {bind}",
+            "child_exit": _child_exit,
         }
         super().__init__()
 
@@ -46,4 +50,26 @@ class ApiServer(BaseApplication):  # type: ignore[misc]
 
 def serve(settings: Settings, host: str, port: int) -> None:
     """Run an API node in the foreground."""
+    metrics_dir(settings, port)
     ApiServer(settings, f"{host}:{port}").run()
+
+
+def metrics_dir(settings: Settings, port: int) -> Path:
+    """Give this node an empty Prometheus multiprocess directory and point
+    ``PROMETHEUS_MULTIPROC_DIR`` at it, before any process imports prometheus_client.
+
+    One directory per node (per port): values left by an earlier run, or by another node,
+    would be added to this node's.
+    """
+    path = (settings.home / "metrics" / f"api-{port}").resolve()
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    return path
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    # A dead process's live gauges (requests in progress) must stop counting.
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

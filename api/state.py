@@ -63,4 +63,5 @@ class ApiState:
 
 def state() -> ApiState:
     """The state of the app serving the current request."""
-    return current_app.extensions["inferq"]  # type: ignore[no-any-return]
+    found: ApiState = current_app.extensions["inferq"]
+    return found

@@ -110,4 +110,4 @@ def revoke_key(session: Session, prefix: str) -> int:
         .where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None))
         .values(revoked_at=func.now())
     )
-    return result.rowcount  # type: ignore[attr-defined, no-any-return]
+    return int(result.rowcount)  # type: ignore[attr-defined]

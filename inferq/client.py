@@ -11,7 +11,8 @@ Problems come back as the typed errors of :mod:`inferq.errors` (``NotFound``, ``
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import IO, Any
 
 import requests
 
@@ -19,6 +20,8 @@ from inferq.errors import Problem, ServerError, problem_from_response
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 LONG_POLL_S = 25.0
+#: How long a batch upload may take to be checked and stored after it is sent.
+BATCH_UPLOAD_WAIT_S = 600.0
 
 
 class Client:
@@ -77,7 +80,7 @@ class Client:
 
     def models(self) -> list[dict[str, Any]]:
         """The models the service knows."""
-        return self._call("GET", "/v1/models")["models"]  # type: ignore[no-any-return]
+        return list(self._call("GET", "/v1/models")["models"])
 
     def promote(self, model: str, version: int, reason: str | None = None) -> dict[str, Any]:
         """Admin: make ``version`` of ``model`` the active one."""
@@ -101,13 +104,73 @@ class Client:
         body = {"reason": reason} if reason else {}
         return self._call("POST", f"/v1/experiments/{experiment_id}/stop", json=body)
 
+    def submit_batch(self, model: str, upload: IO[bytes] | bytes) -> dict[str, Any]:
+        """Submit a batch from JSON Lines (a binary file, streamed, or bytes): one input
+        object per line. Returns the batch once every line passed and its items are queued."""
+        return self._call(
+            "POST",
+            "/v1/batches",
+            params={"model": model},
+            data=upload,
+            headers={"Content-Type": "application/x-ndjson"},
+            wait=BATCH_UPLOAD_WAIT_S,
+        )
+
+    def submit_batch_inputs(self, model: str, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        """Submit a batch as one JSON body ``{"model", "inputs"}`` (smaller batches)."""
+        body = {"model": model, "inputs": inputs}
+        return self._call("POST", "/v1/batches", json=body, wait=BATCH_UPLOAD_WAIT_S)
+
+    def batch(self, batch_id: str) -> dict[str, Any]:
+        """A batch's progress: counts by status, throughput, ETA."""
+        return self._call("GET", f"/v1/batches/{batch_id}")
+
+    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        """Cancel a batch: its queued items never run."""
+        return self._call("POST", f"/v1/batches/{batch_id}/cancel")
+
+    def wait_batch(
+        self,
+        batch_id: str,
+        timeout_s: float = 3600.0,
+        interval_s: float = 1.0,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll until the batch is no longer running; ``on_progress`` sees each reading."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            batch = self.batch(batch_id)
+            if on_progress is not None:
+                on_progress(batch)
+            if batch["status"] != "running":
+                return batch
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"batch {batch_id} still running after {timeout_s:g}s")
+            time.sleep(interval_s)
+
+    def batch_results(self, batch_id: str, out: IO[bytes], fmt: str = "jsonl") -> int:
+        """Stream a batch's results into ``out`` (JSON Lines, or ``fmt="csv"``), in input
+        order; returns the number of items written (one line each, after CSV's header)."""
+        url = f"{self.base_url}/v1/batches/{batch_id}/results"
+        with self.session.get(
+            url, params={"format": fmt}, stream=True, timeout=self.timeout_s
+        ) as response:
+            if response.status_code >= 400:
+                raise _problem(response)
+            lines = 0
+            for block in response.iter_content(chunk_size=1 << 16):
+                out.write(block)
+                lines += block.count(b"\n")
+        return lines - 1 if fmt == "csv" else lines
+
     def _call(self, method: str, path: str, *, wait: float = 0, **kwargs: Any) -> dict[str, Any]:
         response = self.session.request(
             method, self.base_url + path, timeout=self.timeout_s + wait, **kwargs
         )
         if response.status_code >= 400:
             raise _problem(response)
-        return response.json()  # type: ignore[no-any-return]
+        body: dict[str, Any] = response.json()
+        return body
 
 
 def _problem(response: requests.Response) -> Problem:

@@ -71,7 +71,7 @@ class Problem(InferqError):
         self.errors = errors
         self.headers = headers or {}
         if status is not None:
-            self.status = status
+            self.status = status  # type: ignore[misc]  # an unexpected status from a server
 
     @property
     def type(self) -> str:

@@ -34,7 +34,8 @@ def run_worker(settings: Settings, name: str | None = None, concurrency: int = 1
     def context() -> WorkerContext:
         if "ctx" not in holder:
             holder["ctx"] = WorkerContext.create(settings, identity, app)
-        return holder["ctx"]  # type: ignore[no-any-return]
+        ctx: WorkerContext = holder["ctx"]
+        return ctx
 
     register_all(app, settings, context)
     app.steps["consumer"].add(loop_marker(context().liveness))

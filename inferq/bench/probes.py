@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Any
 
 import psutil
 import redis
@@ -46,7 +47,7 @@ def _redis_commands(redis_url: str | None) -> int | None:
         client.close()
 
 
-def _busy(times: psutil._common.scputimes) -> float:  # type: ignore[name-defined]
+def _busy(times: Any) -> float:
     return float(
         times.user
         + times.system

@@ -50,7 +50,8 @@ class EmbedHandler(ModelHandler):
 
         model = SentenceTransformer(str(package_dir()), device=str(self.device))
         # The package's files give the architecture and tokenizer; the weights are ours.
-        model[0].auto_model.load_state_dict(dict(tensors), strict=False)
+        transformer: Any = model[0]
+        transformer.auto_model.load_state_dict(dict(tensors), strict=False)
         self.model = model.eval()
 
     def prepare(self, item: Mapping[str, Any]) -> str:
