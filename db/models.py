@@ -1,5 +1,5 @@
-"""SQLAlchemy 2 models: tenants, API keys, models and versions, jobs, feedback, activations,
-experiments and shadow results."""
+"""SQLAlchemy 2 models: tenants, API keys, models and versions, jobs, batches, feedback,
+activations, experiments and shadow results."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ VERSION_STATUSES = ("candidate", "active", "retired")
 WEBHOOK_STATUSES = ("pending", "delivered", "failed")
 EXPERIMENT_MODES = ("ab", "shadow")
 EXPERIMENT_STATUSES = ("running", "concluded", "stopped")
+BATCH_STATUSES = ("running", "completed", "canceled")
 
 
 def _now() -> Mapped[dt.datetime]:
@@ -167,6 +168,11 @@ class Job(Base):
     completed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     #: A job not started by then fails as ``expired`` instead of running late (Cancel-After).
     expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    #: The batch this job is an item of, and the item's place in the batch's input (from 0).
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("batches.id", ondelete="CASCADE", name="fk_jobs_batch")
+    )
+    batch_index: Mapped[int | None] = mapped_column(Integer)
 
 
 class IdempotencyKey(Base):
@@ -317,3 +323,39 @@ Index(
     Job.arm,
     postgresql_where=text("experiment_id IS NOT NULL"),
 )
+
+
+class Batch(Base):
+    """Many inputs for one model version, submitted at once; each input is a job of the batch
+    lane (``jobs.batch_id``, ``jobs.batch_index``), so workers, claims and retries apply as is."""
+
+    __tablename__ = "batches"
+    __table_args__ = (
+        CheckConstraint(f"status IN {BATCH_STATUSES}", name="batch_status"),
+        Index("ix_batches_tenant_created", "tenant_id", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    lane: Mapped[str] = mapped_column(String(16), server_default="batch")
+    #: running until every item is terminal (then completed), or canceled.
+    status: Mapped[str] = mapped_column(String(16), server_default="running")
+    #: Items in the batch, and how many of them the result cache answered at submit.
+    total: Mapped[int] = mapped_column(Integer)
+    cached: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    created_at: Mapped[dt.datetime] = _now()
+    completed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    canceled_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+# A batch's items in input order (results, progress); unique: one job per item, ever.
+Index(
+    "ix_jobs_batch_item",
+    Job.batch_id,
+    Job.batch_index,
+    unique=True,
+    postgresql_where=text("batch_id IS NOT NULL"),
+)
+
