@@ -33,9 +33,13 @@ def admit(st: ApiState, tenant_id: uuid.UUID, lane: str) -> None:
     settings = st.settings
     quota = settings.tenant_max_queued
     if quota > 0:
-        with st.sessions() as session:
-            queued = queued_jobs_of_tenant(session, tenant_id, quota)
-        if queued >= quota:
+
+        def tenant_count() -> int:
+            with st.sessions() as session:
+                return queued_jobs_of_tenant(session, tenant_id, quota)
+
+        # Shared for admission_cache_s like the lane counts: not a query on every submit.
+        if (_backlogs(st).get(("tenant", tenant_id), tenant_count) or 0) >= quota:
             raise RateLimited(
                 f"This tenant already has {quota} queued jobs, its limit; retry once some "
                 "have started.",

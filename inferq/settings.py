@@ -44,6 +44,15 @@ class Settings:
     model_cache_s: float = 2.0
     auth_cache_s: float = 5.0
 
+    # Batches (POST /v1/batches)
+    #: An upload's limits: bytes (JSONL is streamed, never held whole) and items. nginx allows
+    #: bodies this large on /v1/batches alone; everything else keeps ``max_body_bytes``.
+    max_batch_bytes: int = 268_435_456
+    max_batch_items: int = 1_000_000
+    #: Job ids per batch-lane message: what a batch worker claims, predicts and stores in one
+    #: go, and so at most what a killed batch worker leaves to be redone.
+    batch_chunk_size: int = 256
+
     # Workers
     worker_lanes: str = "online"
     #: Dynamic batching (Triton's max_queue_delay): a worker runs what it has buffered once
@@ -81,6 +90,40 @@ class Settings:
     #: How often the scheduler checks running experiments (guard rails, significance).
     experiment_interval_s: float = 30.0
 
+    # Retraining (scheduler/retraining.py, scheduler/rollout.py)
+    #: Per model, when beat retrains it: cron (``digits=0 3 * * *``) or ``every Ns``; ``;``
+    #: between models.
+    retrain_schedule: str = ""
+    #: Per model, what a trained candidate becomes: ``register``, ``promote:MARGIN``,
+    #: ``ab:SHARE`` or ``shadow:SHARE`` (``digits=ab:0.2;other=promote:0.02``); default register.
+    retrain_policy: str = ""
+    #: Drift: retrain early when the active version's feedback accuracy over the window falls
+    #: below this (0: off), or the mean input value moves by this fraction (0: off).
+    drift_min_accuracy: float = 0.0
+    drift_input_shift: float = 0.0
+    drift_min_feedback: int = 50
+    drift_window_s: float = 3600.0
+    #: How often the scheduler checks for drift and rolls out finished runs.
+    retrain_check_interval_s: float = 30.0
+    #: An open training run older than this is failed (its worker died), so others may start.
+    training_time_limit_s: float = 3600.0
+    #: Only the beat holding this Redis lock sends scheduled tasks; it renews it at a third.
+    beat_lock_ttl_s: float = 30.0
+
+    # Observability
+    #: Where a worker or the scheduler serves Prometheus metrics (``/metrics``); 0: nowhere.
+    #: API nodes serve ``/metrics`` on their own port. ``inferq up`` gives each process one.
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+    #: How often the scheduler measures queues, workers, dependencies and model quality.
+    metrics_interval_s: float = 15.0
+    #: Feedback newer than this counts towards a model's live accuracy.
+    quality_window_s: float = 86_400.0
+    #: Celery task events (task-sent from the API, task-received/started/succeeded from
+    #: workers), what Flower and ``celery events`` read; off saves a broker message or so
+    #: per job.
+    task_events: bool = True
+
     # nginx in front of the API nodes (`inferq up`, compose): requests per second and burst
     # allowed per client address before it answers 429 with Retry-After.
     rate_limit_rps: int = 100
@@ -92,6 +135,8 @@ class Settings:
     port: int = 8080
     api_nodes: int = 1
     workers: int = 1
+    #: Workers that consume only the batch lane, so batches never queue ahead of online jobs.
+    batch_workers: int = 1
 
     # Quotas and admission control (429/503 with Retry-After instead of queueing forever)
     #: Per API key: a token bucket in Redis refilled at this many requests per second, holding
@@ -104,7 +149,8 @@ class Settings:
     #: off. ``lane_backlogs`` overrides it per lane: "online=5000,batch=200000".
     lane_max_backlog: int = 100_000
     lane_backlogs: str = ""
-    #: How long an API process trusts a lane's backlog count (bounds the counting cost).
+    #: How long an API process trusts a lane's backlog or a tenant's queued count (bounds the
+    #: counting cost: one count per lane or tenant per process and period, not per submit).
     admission_cache_s: float = 1.0
     #: How long an Idempotency-Key is remembered (IETF draft / Stripe: 24 h).
     idempotency_ttl_s: int = 86_400
@@ -148,8 +194,16 @@ class Settings:
             raise ConfigError("need INFERQ_MAX_BATCH_SIZE >= 1 and INFERQ_MAX_BATCH_DELAY_MS >= 0")
         if self.max_attempts < 1:
             raise ConfigError("INFERQ_MAX_ATTEMPTS must be at least 1")
+        if min(self.max_batch_bytes, self.max_batch_items, self.batch_chunk_size) < 1:
+            raise ConfigError(
+                "need INFERQ_MAX_BATCH_BYTES, INFERQ_MAX_BATCH_ITEMS, INFERQ_BATCH_CHUNK_SIZE >= 1"
+            )
         if self.experiment_interval_s <= 0:
             raise ConfigError("INFERQ_EXPERIMENT_INTERVAL_S must be more than 0")
+        if self.metrics_interval_s <= 0 or not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(
+                "need INFERQ_METRICS_INTERVAL_S > 0 and 0 <= INFERQ_METRICS_PORT <= 65535"
+            )
         if self.rate_limit_rps < 1 or self.rate_limit_burst < 0:
             raise ConfigError("need INFERQ_RATE_LIMIT_RPS >= 1 and INFERQ_RATE_LIMIT_BURST >= 0")
         if self.key_rate_per_s < 0 or (self.key_rate_per_s and self.key_rate_burst < 1):
