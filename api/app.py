@@ -10,6 +10,7 @@ from flask import Flask, Response, g, request
 
 from api import problems, security
 from api.routes import experiments, health, jobs, models
+from api.routes.scaling import bp as scaling_bp
 from api.state import ApiState, TtlCache
 from api.waiters import CompletionWaiter
 from db.engine import make_engine, make_session_factory
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     security.init_app(app)
     for blueprint in (health.bp, jobs.bp, models.bp, experiments.bp):
         app.register_blueprint(blueprint)
+    app.register_blueprint(scaling_bp)
     app.before_request(_request_id)
     app.after_request(_echo_request_id)
     return app

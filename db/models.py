@@ -359,3 +359,21 @@ Index(
     postgresql_where=text("batch_id IS NOT NULL"),
 )
 
+
+class ScalingDecision(Base):
+    """One autoscaler decision: the worker count it chose, why, and what it saw."""
+
+    __tablename__ = "scaling_decisions"
+    __table_args__ = (Index("ix_scaling_decisions_pool_at", "pool", "at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = _now()
+    #: The worker pool scaled (its lanes, e.g. "online") and the backend that scales it.
+    pool: Mapped[str] = mapped_column(String(64))
+    backend: Mapped[str] = mapped_column(String(32))
+    current: Mapped[int] = mapped_column(Integer)
+    desired: Mapped[int] = mapped_column(Integer)
+    #: up | down | hold
+    direction: Mapped[str] = mapped_column(String(8))
+    reason: Mapped[str] = mapped_column(Text)
+    inputs: Mapped[dict[str, Any]]

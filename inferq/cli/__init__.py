@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from inferq.cli import (
+    autoscaler_cmds,
     bench_cmds,
     client_cmds,
     db_cmds,
@@ -30,6 +31,7 @@ for module in (
     experiments_cmds,
     client_cmds,
     bench_cmds,
+    autoscaler_cmds,
 ):
     for command in module.COMMANDS:
         main.add_command(command)

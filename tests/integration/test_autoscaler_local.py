@@ -1,0 +1,172 @@
+"""The autoscaler with the local backend and real worker processes, on Redis and RabbitMQ.
+
+A burst scales the pool up at the first poll that sees it; a steady trickle afterwards lets
+the pool shrink back while jobs keep arriving; every job succeeds once, none is lost or run
+twice (counted from Postgres); the workers end at ``min_workers``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import text
+
+from api.app import create_app
+from db.engine import make_engine, make_session_factory
+from inferq.settings import Settings
+from scheduler.autoscaler.loop import Autoscaler
+from scheduler.autoscaler.observe import Observer
+from scheduler.autoscaler.policy import Policy
+from scheduler.backends.local import LocalBackend
+from tests.conftest import Keys
+from tests.factories import holdout, register_fixture_model
+
+MODEL = "autoscale-digits"
+DELAY_S = 0.3
+POLL_S = 0.5
+BURST = 24
+POLICY = Policy(
+    min_workers=1,
+    max_workers=3,
+    target_queue_wait_s=2.0,
+    max_step=2,
+    stabilization_s=3.0,
+    cooldown_s=2.0,
+)
+
+
+@dataclasses.dataclass
+class Scaling:
+    settings: Settings
+    backend: LocalBackend
+    scaler: Autoscaler
+    sessions: Any
+    stop: threading.Event
+    http: FlaskClient
+
+    def rows(self, sql: str, **params: Any) -> list[Any]:
+        with self.sessions() as session:
+            return list(session.execute(text(sql), params))
+
+    def decisions(self, since: float) -> list[Any]:
+        return self.rows(
+            "SELECT extract(epoch FROM at), current, desired, direction, inputs, reason"
+            " FROM scaling_decisions WHERE pool = :pool AND at >= to_timestamp(:t) ORDER BY id",
+            pool=self.scaler.pool,
+            t=since,
+        )
+
+
+def wait_until(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+@pytest.fixture(params=["redis", "amqp"])
+def scaling(
+    request: pytest.FixtureRequest, settings: Settings, digits_version: int, tmp_path: Path
+) -> Iterator[Scaling]:
+    base = settings if request.param == "redis" else request.getfixturevalue("amqp_settings")
+    # One job per batch and no prefetch beyond it: a new worker gets work at once.
+    run = dataclasses.replace(base, max_batch_size=1, worker_prefetch=1)
+    register_fixture_model(run, MODEL, "tests.fixture_models.slow:SlowDigits", {"delay_s": DELAY_S})
+    engine = make_engine(run.database_url or "", pool_size=2)
+    sessions = make_session_factory(engine)
+    backend = LocalBackend(run, tmp_path, prefix=f"as-{request.param}")
+    observer = Observer(run, ("online",), sessions, window_s=5.0)
+    scaler = Autoscaler(POLICY, observer, backend, sessions, poll_s=POLL_S)
+    stop = threading.Event()
+    thread = threading.Thread(target=scaler.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield Scaling(run, backend, scaler, sessions, stop, create_app(run).test_client())
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        backend.close()
+        observer.close()
+        engine.dispose()
+
+
+def submit(http: FlaskClient, key: str, count: int) -> list[str]:
+    ids = []
+    for pixels, _ in holdout(count):
+        response = http.post(
+            "/v1/jobs",
+            json={"model": MODEL, "input": pixels},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert response.status_code in (200, 202), response.get_json()
+        ids.append(response.get_json()["id"])
+    return ids
+
+
+def test_burst_scales_up_at_once_and_steady_load_scales_down_without_losing_a_job(
+    scaling: Scaling, keys: Keys
+) -> None:
+    http = scaling.http
+    # Given an idle pool at min_workers, its worker ready
+    wait_until(
+        lambda: len(scaling.scaler.observer.live_workers()) == 1, 90, "the first worker never beat"
+    )
+    # When a burst of slow jobs arrives
+    burst_at = time.time()
+    jobs = submit(http, keys.alice, BURST)
+
+    submitted_at = time.time()
+
+    # Then the first decision after it has scaled up (it, or one that saw the burst arrive)
+    wait_until(lambda: scaling.decisions(submitted_at), 10, "no decision after the burst")
+    first = scaling.decisions(submitted_at)[0]
+    assert first[2] > POLICY.min_workers, first
+    assert float(first[0]) - submitted_at < POLL_S + 1.0, "not within one poll"
+    ups = [d for d in scaling.decisions(burst_at) if d[3] == "up"]
+    assert ups and ups[0][4]["observation"]["backlog"] > 0
+
+    # And while a steady trickle keeps coming (one worker keeps up), the pool shrinks
+    trickle_end = time.monotonic() + 14
+    while time.monotonic() < trickle_end:
+        jobs += submit(http, keys.alice, 1)
+        time.sleep(0.5)
+    downs = [d for d in scaling.decisions(burst_at) if d[3] == "down"]
+    assert downs, "the pool never shrank during the steady load"
+
+    # And every job succeeds exactly once: none lost, none run twice
+    def unfinished() -> int:
+        return int(
+            scaling.rows(
+                "SELECT count(*) FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))"
+                " AND status IN ('queued', 'running')",
+                ids=jobs,
+            )[0][0]
+        )
+
+    wait_until(lambda: unfinished() == 0, 120, "the backlog never drained")
+    rows = scaling.rows(
+        "SELECT status, attempts, output IS NOT NULL FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))",
+        ids=jobs,
+    )
+    lost = [r for r in rows if r[0] != "succeeded" or not r[2]]
+    twice = [r for r in rows if r[1] != 1]
+    assert len(rows) == len(jobs) and lost == [] and twice == [], (len(lost), len(twice))
+
+    # And the workers return to min_workers, the stopped ones having exited
+    wait_until(
+        lambda: scaling.backend.current() == POLICY.min_workers and not scaling.backend.draining,
+        60,
+        f"workers did not return to {POLICY.min_workers}",
+    )
+    # And GET /v1/scaling shows the pool and its decisions
+    view = http.get("/v1/scaling", headers={"Authorization": f"Bearer {keys.alice}"}).get_json()
+    pool = next(p for p in view["pools"] if p["pool"] == "online")
+    assert pool["current"] >= 1 and pool["lanes"][0]["lane"] == "online"
+    assert view["decisions"]
