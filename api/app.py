@@ -8,8 +8,8 @@ import uuid
 
 from flask import Flask, Response, g, request
 
-from api import problems, security
-from api.routes import experiments, health, jobs, models
+from api import metrics, problems, security
+from api.routes import dashboard, experiments, health, jobs, models, stats
 from api.routes.scaling import bp as scaling_bp
 from api.state import ApiState, TtlCache
 from api.waiters import CompletionWaiter
@@ -45,11 +45,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     ).init_app(app)
     problems.init_app(app)
     security.init_app(app)
-    for blueprint in (health.bp, jobs.bp, models.bp, experiments.bp):
+    for blueprint in (health.bp, jobs.bp, models.bp, experiments.bp, stats.bp, dashboard.bp):
         app.register_blueprint(blueprint)
     app.register_blueprint(scaling_bp)
     app.before_request(_request_id)
     app.after_request(_echo_request_id)
+    metrics.init_app(app)  # after the access log's hook: see metrics.init_app
     return app
 
 
@@ -68,6 +69,7 @@ def _echo_request_id(response: Response) -> Response:
         "request",
         extra={
             "request_id": g.get("request_id", ""),
+            "job_id": g.get("job_id"),
             "method": request.method,
             "path": request.path,
             "status": response.status_code,

@@ -16,11 +16,9 @@ from api.state import ApiState
 from db.engine import retry_on_disconnect
 from db.jobs import (
     JobView,
-    completion_rate,
     create_job,
     get_job_view,
     mark_unpublished,
-    queue_position,
 )
 from db.models import TERMINAL_STATUSES, Job
 from db.registry import ServingInfo, serving_info
@@ -177,14 +175,3 @@ def wait_until_terminal(st: ApiState, view: JobView, seconds: float, signal: Any
         signal.clear()
         view = load(st, view.job.id, view.job.tenant_id)
     return view
-
-
-def queue_estimate(st: ApiState, view: JobView) -> tuple[int | None, float | None]:
-    """The queued job's position in its lane and a rough ETA from the lane's recent rate."""
-    if view.job.status != "queued":
-        return None, None
-    with st.sessions() as session:
-        position = queue_position(session, view.job)
-        rate = completion_rate(session, view.job.lane)
-    eta = round((position + 1) / rate, 2) if rate > 0 else None
-    return position, eta

@@ -64,6 +64,12 @@ JOB: dict[str, Any] = {
         "worker": STRING_OR_NULL,
         "position": INTEGER_OR_NULL,
         "eta_s": NUMBER_OR_NULL,
+        "stuck": {
+            "type": ["object", "null"],
+            "description": "Why an open job is not moving: no-live-worker, "
+            "workers-not-consuming, worker-lost, over-time-limit.",
+            "properties": {"reason": {"type": "string"}, "detail": {"type": "string"}},
+        },
         "cancel_requested": {"type": "boolean"},
     },
 }

@@ -86,7 +86,9 @@ def make_celery(settings: Settings) -> Celery:
         worker_soft_shutdown_timeout=10.0,
         worker_hijack_root_logger=False,
         worker_enable_remote_control=False,
-        worker_send_task_events=False,
+        # Flower and `celery events` read these (see inferq.celery_app for Flower's app).
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
         control_exchange=f"{settings.namespace}.control",
         event_exchange=f"{settings.namespace}.events",
         timezone="UTC",

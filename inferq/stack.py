@@ -23,7 +23,7 @@ from typing import Any
 
 import psutil
 
-from inferq import nginx
+from inferq import nginx, scrape_targets
 from inferq.cli.common import info
 from inferq.embedded import EmbeddedService, free_port, reachable, start_missing, stop_stale
 from inferq.errors import InferqError
@@ -154,7 +154,7 @@ def run(settings: Settings, on_ready: Callable[[], None] = lambda: None) -> int:
     services: list[EmbeddedService] = []
     supervisor: subprocess.Popen[bytes] | None = None
     front = plan_front(settings, paths)
-    progs = programs(settings, front=front)
+    progs, metrics_ports = scrape_targets.assign_ports(programs(settings, front=front), LAUNCHER)
     _on_stop_signals(_raise_stopped)
     try:
         # claim() found no live `inferq up` here, so a supervisord or nginx still running from
@@ -170,6 +170,9 @@ def run(settings: Settings, on_ready: Callable[[], None] = lambda: None) -> int:
             paths.nginx_paths.conf.unlink(missing_ok=True)
         settings = start_missing(settings, paths.home, services, announce=info)
         prepare(settings, paths)
+        api_ports = front.node_ports if front is not None else (settings.port,)
+        targets = paths.home / "prometheus-targets.json"
+        scrape_targets.write_targets(targets, api_ports, progs, metrics_ports, LAUNCHER)
         supervisor = start_supervisor(paths, progs, {**os.environ, **settings.to_env()})
         return serve(f"http://127.0.0.1:{settings.port}", paths, supervisor, on_ready)
     except Stopped:

@@ -5,24 +5,37 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from db.engine import make_engine, make_session_factory
 from inferq.queues import make_celery
 from inferq.settings import Settings
 from inferq.status import make_redis
+from scheduler import metrics
 from scheduler.experiments import judge_forever
-from scheduler.reconciler import Reconciler
+from scheduler.reconciler import Reconciler, ReconcileReport
 
 log = logging.getLogger(__name__)
 
 
-def reconcile_forever(reconciler: Reconciler, interval_s: float, stop: threading.Event) -> None:
-    """Run reconciler passes every ``interval_s`` until ``stop``; a failed pass is logged."""
+def reconcile_forever(
+    reconciler: Reconciler,
+    interval_s: float,
+    stop: threading.Event,
+    observe: Callable[[ReconcileReport | None], None] = lambda report: None,
+) -> None:
+    """Run reconciler passes every ``interval_s`` until ``stop``; a failed pass is logged.
+
+    ``observe`` gets each pass's report, or None for a pass that failed (metrics).
+    """
     while not stop.wait(interval_s):
         try:
-            reconciler.run_once()
+            report = reconciler.run_once()
         except Exception:
             log.exception("reconciler pass failed")
+            observe(None)
+        else:
+            observe(report)
 
 
 def make_reconciler(settings: Settings) -> Reconciler:
@@ -39,9 +52,10 @@ def run_scheduler(settings: Settings) -> None:
     """Run beat in the foreground with the reconciler in a daemon thread."""
     reconciler = make_reconciler(settings)
     stop = threading.Event()
+    observer = metrics.start(reconciler, stop)
     thread = threading.Thread(
         target=reconcile_forever,
-        args=(reconciler, settings.reconcile_interval_s, stop),
+        args=(reconciler, settings.reconcile_interval_s, stop, observer.reconciled),
         name="inferq-reconciler",
         daemon=True,
     )

@@ -32,6 +32,7 @@ from inferq.handlers import ModelHandler
 from inferq.queues import publish_predict
 from inferq.status import announce
 from workers.context import WorkerContext
+from workers.metrics import after_batch, batch_failed
 from workers.webhooks import dispatch_finished
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,12 @@ def _run_batch(ctx: WorkerContext, raw_ids: Sequence[Any]) -> list[JobResult]:
     except DBAPIError:
         # Postgres is down: nothing was claimed. Hand the ids back to the broker after a
         # pause, so they are tried again once it returns (the job rows are safe).
-        log.warning("database unavailable; returning jobs to the queue", exc_info=True)
+        log.warning(
+            "database unavailable; returning jobs to the queue",
+            extra={"job_ids": [str(job_id) for job_id in ids]},
+            exc_info=True,
+        )
+        batch_failed(ctx, "database-unavailable")
         time.sleep(DB_RETRY_PAUSE_S)
         _publish_back(ctx, [(job_id, None) for job_id in ids])
         return []
@@ -89,6 +95,7 @@ def _run_batch(ctx: WorkerContext, raw_ids: Sequence[Any]) -> list[JobResult]:
     except Exception:  # Postgres has the result; pollers still find it, only later.
         log.exception("could not announce completions in Redis")
     dispatch_finished(ctx, stored)
+    after_batch(ctx, claimed, results, stored)
     return results
 
 

@@ -9,6 +9,7 @@ from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import make_engine, make_session_factory
+from inferq.metrics import WorkerMetrics
 from inferq.settings import Settings
 from inferq.status import make_redis
 from workers.device import choose_device, configure_threads
@@ -27,6 +28,7 @@ class WorkerContext:
     redis: redis.Redis
     runtime: ModelRuntime
     liveness: Liveness = dataclasses.field(default_factory=Liveness)
+    metrics: WorkerMetrics = dataclasses.field(default_factory=WorkerMetrics)
 
     @classmethod
     def create(cls, settings: Settings, name: str, app: Celery) -> WorkerContext:
@@ -39,11 +41,17 @@ class WorkerContext:
         )
         sessions = make_session_factory(engine)
         configure_threads(settings.torch_threads)
+        metrics = WorkerMetrics()
+
+        def loaded(model: str, seconds: float) -> None:
+            metrics.model_load.labels(model).observe(seconds)
+
         return cls(
             settings=settings,
             name=name,
             app=app,
             sessions=sessions,
             redis=make_redis(settings),
-            runtime=ModelRuntime(sessions, choose_device(settings.device)),
+            runtime=ModelRuntime(sessions, choose_device(settings.device), on_load=loaded),
+            metrics=metrics,
         )

@@ -7,6 +7,8 @@ import click
 from inferq.cli.common import load_settings, reports_errors
 from inferq.logs import configure
 
+METRICS_PORT_HELP = "Serve Prometheus /metrics on this port; 0: off (default: INFERQ_METRICS_PORT)."
+
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
@@ -25,23 +27,27 @@ def api(host: str, port: int | None) -> None:
 @click.option("--name", default=None, help="Worker name (unique per host).")
 @click.option("--lanes", default=None, help="Comma-separated lanes (default: INFERQ_WORKER_LANES).")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: INFERQ_DEVICE).")
+@click.option("--metrics-port", type=int, default=None, help=METRICS_PORT_HELP)
 @reports_errors
-def worker(name: str | None, lanes: str | None, device: str | None) -> None:
+def worker(
+    name: str | None, lanes: str | None, device: str | None, metrics_port: int | None
+) -> None:
     """Run a worker process: one model replica consuming the lanes (one per GPU)."""
     from workers.service import run_worker
 
-    settings = load_settings(worker_lanes=lanes, device=device)
+    settings = load_settings(worker_lanes=lanes, device=device, metrics_port=metrics_port)
     configure(settings.log_level)
     run_worker(settings, name)
 
 
 @click.command()
+@click.option("--metrics-port", type=int, default=None, help=METRICS_PORT_HELP)
 @reports_errors
-def beat() -> None:
+def beat(metrics_port: int | None) -> None:
     """Run the scheduler: Celery beat and the reconciler (run exactly one)."""
     from scheduler.service import run_scheduler
 
-    settings = load_settings()
+    settings = load_settings(metrics_port=metrics_port)
     configure(settings.log_level)
     run_scheduler(settings)
 

@@ -21,6 +21,7 @@ from inferq.messages import PREDICT_TASK
 from inferq.settings import Settings
 from workers.batch import run_batch
 from workers.context import WorkerContext
+from workers.metrics import batch_failed
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,10 @@ def register(app: Celery, settings: Settings, context: Callable[[], WorkerContex
         flush_interval=settings.max_batch_delay_ms / 1000,
     )
     def predict(requests: Sequence[SimpleRequest]) -> None:
+        ids = job_ids_of(requests)
         try:
-            run_batch(context(), job_ids_of(requests))
+            run_batch(context(), ids)
         except Exception:
             # The claimed jobs were released (or the reconciler will); never lose the worker.
-            log.exception("predict batch failed")
+            log.exception("predict batch failed", extra={"job_ids": [str(i) for i in ids]})
+            batch_failed(context(), "exception")

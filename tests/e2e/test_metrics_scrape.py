@@ -1,0 +1,182 @@
+"""Every process's /metrics under a small load, as Prometheus would scrape them: an API node
+(gunicorn, two processes adding up through the multiprocess directory), a worker and the
+scheduler. The counters move by exactly what was submitted; every metric the alert rules
+read is there; the JSON logs tie request ids to job ids from the API to the worker."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from inferq.settings import Settings
+from tests.conftest import Keys
+from tests.e2e.conftest import Stack
+from tests.factories import holdout
+from tests.processes import ServiceProcess, free_port, wait_for_http, wait_for_log
+from tests.prometheus import Scrape, rule_expressions
+from tests.unit.test_prometheus_rules import BUILTIN, recorded, used_metrics
+
+pytestmark = pytest.mark.e2e
+
+JOBS = 24
+
+
+@dataclasses.dataclass
+class Observed:
+    """A stack whose worker and scheduler serve metrics on known ports."""
+
+    stack: Stack
+    worker_metrics: str
+    scheduler_metrics: str
+
+    @property
+    def api_metrics(self) -> str:
+        return self.stack.url + "/metrics"
+
+    def scrape(self) -> dict[str, Scrape]:
+        return {
+            "api": Scrape.get(self.api_metrics),
+            "worker": Scrape.get(self.worker_metrics),
+            "scheduler": Scrape.get(self.scheduler_metrics),
+        }
+
+
+def start_observed(settings: Settings, logs: Path) -> Observed:
+    settings = dataclasses.replace(settings, metrics_interval_s=1.0)
+    port, worker_port, scheduler_port = free_port(), free_port(), free_port()
+    api = ServiceProcess("api", ["api", "--port", str(port)], settings, logs)
+    scheduler = ServiceProcess(
+        "scheduler", ["beat", "--metrics-port", str(scheduler_port)], settings, logs
+    )
+    stack = Stack(settings, f"http://127.0.0.1:{port}", logs, api, scheduler)
+    try:
+        wait_for_http(stack.url + "/readyz", api)
+        name = f"obs-{settings.namespace}"
+        worker = ServiceProcess(
+            name, ["worker", "--name", name, "--metrics-port", str(worker_port)], settings, logs
+        )
+        stack.workers.append(worker)
+        wait_for_log(worker, " ready.", timeout=90)
+        wait_for_http(f"http://127.0.0.1:{scheduler_port}/metrics", scheduler)
+    except BaseException:
+        stack.stop()
+        raise
+    return Observed(
+        stack,
+        f"http://127.0.0.1:{worker_port}/metrics",
+        f"http://127.0.0.1:{scheduler_port}/metrics",
+    )
+
+
+@pytest.fixture
+def observed(
+    settings: Settings, digits_version: int, keys: Keys, tmp_path: Path
+) -> Iterator[Observed]:
+    found = start_observed(settings, tmp_path)
+    yield found
+    found.stack.stop()
+
+
+def wait_for_scheduler(observed: Observed, check: str) -> Scrape:
+    """The scheduler's scrape once ``check`` (a predicate's name below) holds."""
+    deadline = time.monotonic() + 20
+    while True:
+        scrape = Scrape.get(observed.scheduler_metrics)
+        settled = (
+            scrape.value("inferq_workers_live", lane="online") == 1
+            and scrape.value("inferq_queue_depth", lane="online") == 0
+            and scrape.value("inferq_jobs_running", lane="online") == 0
+        )
+        judged = scrape.value("inferq_model_feedback_judged", model="digits") > 0
+        if settled and (check != "judged" or judged):
+            return scrape
+        assert time.monotonic() < deadline, scrape.text[-3000:]
+        time.sleep(0.5)
+
+
+def test_counters_of_every_process_move_by_the_jobs_submitted(
+    observed: Observed, keys: Keys
+) -> None:
+    client = observed.stack.client(keys.alice)
+    wait_for_scheduler(observed, "settled")
+    before = observed.scrape()
+
+    # When 24 jobs are submitted and waited for, and one of them gets feedback
+    pairs = holdout(JOBS)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        submitted = list(pool.map(lambda pair: client.submit("digits", pair[0]), pairs))
+        finished = list(pool.map(lambda job: client.wait(job["id"], timeout_s=60), submitted))
+    assert [job["status"] for job in finished] == ["succeeded"] * JOBS
+    client.feedback(finished[0]["id"], label=pairs[0][1])
+    wait_for_scheduler(observed, "judged")
+    after = observed.scrape()
+
+    def delta(process: str, name: str, **labels: str) -> float:
+        return after[process].value(name, **labels) - before[process].value(name, **labels)
+
+    # Then the API node (both of its processes) counted every submit
+    assert delta("api", "inferq_jobs_submitted_total", model="digits", lane="online") == JOBS
+    requests_total = "inferq_http_requests_total"
+    assert delta("api", requests_total, method="POST", route="/v1/jobs", status="202") == JOBS
+    assert delta("api", requests_total, route="/v1/jobs/<job_id>", status="200") >= JOBS
+    # the worker ran every job, and saw each one's wait
+    assert delta("worker", "inferq_worker_jobs_total", model="digits", status="succeeded") == JOBS
+    assert delta("worker", "inferq_worker_queue_wait_seconds_count", model="digits") == JOBS
+    assert delta("worker", "inferq_worker_batch_size_sum", model="digits") == JOBS
+    assert after["worker"].value("inferq_worker_model_load_seconds_count", model="digits") == 1
+    # the scheduler kept reconciling and sees Postgres, Redis, the broker and the worker
+    assert delta("scheduler", "inferq_reconciler_passes_total", outcome="ok") > 0
+    for dependency in ("database", "redis", "broker"):
+        assert after["scheduler"].value("inferq_dependency_up", dependency=dependency) == 1
+    assert after["scheduler"].value("inferq_workers_live", lane="online") == 1
+
+    # Every metric the alert rules read is in these scrapes, and no job id is a label value
+    exported = set().union(*(scrape.names() for scrape in after.values()))
+    assert used_metrics(rule_expressions()) - exported - recorded() - BUILTIN == set()
+    ids = [job["id"] for job in finished]
+    assert not any(job_id in scrape.text for scrape in after.values() for job_id in ids)
+
+
+def log_lines(process: ServiceProcess) -> list[dict[str, object]]:
+    lines = []
+    for line in process.log().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            lines.append(record)
+    return lines
+
+
+def test_one_request_id_and_job_id_follow_a_job_through_api_and_worker_logs(
+    observed: Observed, keys: Keys
+) -> None:
+    request_id = f"trace-{uuid.uuid4().hex[:12]}"
+    response = requests.post(
+        observed.stack.url + "/v1/jobs",
+        json={"model": "digits", "input": holdout(1)[0][0]},
+        headers={
+            "Authorization": f"Bearer {keys.alice}",
+            "X-Request-ID": request_id,
+            "Prefer": "wait=20",
+        },
+        timeout=30,
+    )
+    assert response.status_code == 200 and response.headers["X-Request-ID"] == request_id
+    job_id = response.json()["id"]
+
+    access = [r for r in log_lines(observed.stack.api) if r.get("request_id") == request_id]
+    assert access and access[0]["job_id"] == job_id and access[0]["status"] == 200
+    deadline = time.monotonic() + 10
+    while not any(job_id in (r.get("job_ids") or []) for r in log_lines(observed.stack.workers[0])):
+        assert time.monotonic() < deadline, "the worker's batch log never named the job"
+        time.sleep(0.2)
