@@ -11,6 +11,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import start_http_server
+
 from db.engine import make_engine, make_session_factory
 from inferq.errors import ConfigError
 from inferq.settings import Settings
@@ -105,6 +107,9 @@ def run_autoscaler(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    metrics_port = int(getattr(settings, "metrics_port", 0) or 0)
+    if metrics_port:
+        start_http_server(metrics_port, getattr(settings, "metrics_host", "127.0.0.1"))
     log.info("autoscaling %s with the %s backend: %s", scaler.pool, backend.name, policy)
     try:
         scaler.run(stop)

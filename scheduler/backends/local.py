@@ -76,6 +76,8 @@ class LocalBackend:
     def _start(self) -> None:
         name = f"{self._prefix}-{next(self._numbers)}"
         env = {**os.environ, **self._settings.to_env(), "PYTHONUNBUFFERED": "1"}
+        # The autoscaler's own metrics port is not theirs: several children cannot share it.
+        env["INFERQ_METRICS_PORT"] = "0"
         self._logs.mkdir(parents=True, exist_ok=True)
         with (self._logs / f"{name}.log").open("ab") as log_file:
             proc = subprocess.Popen(
