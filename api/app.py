@@ -9,7 +9,7 @@ import uuid
 from flask import Flask, Response, g, request
 
 from api import metrics, problems, security
-from api.routes import dashboard, experiments, health, jobs, models, stats
+from api.routes import dashboard, experiments, health, jobs, models, stats, training
 from api.routes.scaling import bp as scaling_bp
 from api.state import ApiState, TtlCache
 from api.waiters import CompletionWaiter
@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     for blueprint in (health.bp, jobs.bp, models.bp, experiments.bp, stats.bp, dashboard.bp):
         app.register_blueprint(blueprint)
     app.register_blueprint(scaling_bp)
+    app.register_blueprint(training.bp)
     app.before_request(_request_id)
     app.after_request(_echo_request_id)
     metrics.init_app(app)  # after the access log's hook: see metrics.init_app

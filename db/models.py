@@ -33,6 +33,7 @@ WEBHOOK_STATUSES = ("pending", "delivered", "failed")
 EXPERIMENT_MODES = ("ab", "shadow")
 EXPERIMENT_STATUSES = ("running", "concluded", "stopped")
 BATCH_STATUSES = ("running", "completed", "canceled")
+TRAINING_STATUSES = ("queued", "running", "succeeded", "failed")
 
 
 def _now() -> Mapped[dt.datetime]:
@@ -358,6 +359,56 @@ Index(
     unique=True,
     postgresql_where=text("batch_id IS NOT NULL"),
 )
+
+
+class TrainingRun(Base):
+    """One retraining of a model: what started it, its progress, the data it saw, the
+    candidate it registered with its metrics, the rollout applied, or why it failed."""
+
+    __tablename__ = "training_runs"
+    __table_args__ = (
+        CheckConstraint(f"status IN {TRAINING_STATUSES}", name="training_run_status"),
+        Index("ix_training_runs_model_created", "model_id", "created_at"),
+        # At most one open run per model: a second beat, a drift trigger and an admin's
+        # request at once start one training, not three.
+        Index(
+            "ix_training_runs_one_open",
+            "model_id",
+            unique=True,
+            postgresql_where=text("status IN ('queued', 'running')"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16), server_default="queued")
+    #: manual | schedule | drift
+    trigger: Mapped[str] = mapped_column(String(16))
+    requested_by: Mapped[str] = mapped_column(String(128))
+    #: 0..1 and what it is doing now (loading data, training, evaluating, registering).
+    progress: Mapped[float] = mapped_column(Float, server_default=text("0"))
+    stage: Mapped[str | None] = mapped_column(String(64))
+    base_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL")
+    )
+    candidate_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL")
+    )
+    #: Feedback examples trained on, and held back to evaluate on.
+    feedback_train: Mapped[int | None] = mapped_column(Integer)
+    feedback_eval: Mapped[int | None] = mapped_column(Integer)
+    metrics: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    error: Mapped[str | None] = mapped_column(Text)
+    #: pending | registered | experiment | promoted | held, and why.
+    rollout: Mapped[str | None] = mapped_column(String(16))
+    rollout_reason: Mapped[str | None] = mapped_column(Text)
+    experiment_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("experiments.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[dt.datetime] = _now()
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    duration_s: Mapped[float | None] = mapped_column(Float)
 
 
 class ScalingDecision(Base):

@@ -16,6 +16,9 @@ RECONCILE_TASK = "inferq.reconcile"
 #: Args ``[job_id, redelivery]``: deliver a finished job's webhook (lane ``webhooks``).
 WEBHOOK_TASK = "inferq.webhook"
 SHADOW_TASK = "inferq.shadow"
+#: Args ``[model, run_id or None, trigger]``: train a new version (lane ``training``); beat
+#: sends it with no run id, and the worker opens the run.
+TRAIN_TASK = "inferq.train"
 
 
 @dataclasses.dataclass(frozen=True)

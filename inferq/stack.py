@@ -98,7 +98,8 @@ def programs(
     """Everything the stack runs: workers first, then beat, then the API that accepts work."""
     launcher = tuple(launcher)
     beat = Program("beat", (*launcher, "beat"), priority=200, stopwaitsecs=5)
-    return [*worker_programs(settings, launcher), beat, *api_programs(settings, launcher, front)]
+    workers = [*worker_programs(settings, launcher), trainer_program(launcher)]
+    return [*workers, beat, *api_programs(settings, launcher, front)]
 
 
 def api_programs(
@@ -122,6 +123,18 @@ def api_programs(
     # finish, for up to worker_shutdown_timeout, while the nodes behind it still answer.
     proxy = Program("nginx", front.nginx_argv, priority=400, stopwaitsecs=15, stopsignal="QUIT")
     return [*nodes, proxy]
+
+
+def trainer_program(launcher: tuple[str, ...]) -> Program:
+    """One worker of the training lane alone: a retraining never holds up served jobs."""
+    return Program(
+        "trainer",
+        (*launcher, "worker", "--name", "trainer", "--lanes", "training"),
+        priority=100,
+        stopwaitsecs=30,
+        stopasgroup=False,
+        group="workers",
+    )
 
 
 def worker_programs(settings: Settings, launcher: tuple[str, ...]) -> list[Program]:

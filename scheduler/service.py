@@ -11,7 +11,7 @@ from db.engine import make_engine, make_session_factory
 from inferq.queues import make_celery
 from inferq.settings import Settings
 from inferq.status import make_redis
-from scheduler import metrics
+from scheduler import metrics, retraining
 from scheduler.experiments import judge_forever
 from scheduler.reconciler import Reconciler, ReconcileReport
 
@@ -67,6 +67,16 @@ def run_scheduler(settings: Settings) -> None:
         name="inferq-experiments",
         daemon=True,
     ).start()
+    # Rollouts of trained candidates and drift checks, beside the experiment checks.
+    threading.Thread(
+        target=retraining.retrain_forever,
+        args=(reconciler.sessions, settings, reconciler.app, stop),
+        name="inferq-retraining",
+        daemon=True,
+    ).start()
+    reconciler.app.conf.beat_schedule = retraining.beat_schedule(settings)
+    # Only one beat sends the schedule; a second scheduler waits here, its threads running.
+    retraining.hold_beat_lock(retraining.BeatLock(make_redis(settings), settings), stop)
     settings.home.mkdir(parents=True, exist_ok=True)
     beat = reconciler.app.Beat(
         loglevel=settings.log_level,

@@ -12,6 +12,7 @@ from inferq.cli import (
     experiments_cmds,
     keys_cmds,
     models_cmds,
+    retrain_cmds,
     service_cmds,
     stack_cmds,
 )
@@ -28,6 +29,7 @@ for module in (
     db_cmds,
     keys_cmds,
     models_cmds,
+    retrain_cmds,
     experiments_cmds,
     client_cmds,
     bench_cmds,

@@ -112,7 +112,9 @@ def test_with_nginx_the_stack_runs_api_nodes_on_loopback_behind_it_on_the_public
 
     progs = programs(settings, LAUNCHER, front)
 
-    assert [p.name for p in progs] == ["worker-1", "beat", "api-1", "api-2", "api-3", "nginx"]
+    assert [p.name for p in progs] == [
+        *("worker-1", "trainer", "beat", "api-1", "api-2", "api-3", "nginx")
+    ]
     nodes = [p for p in progs if p.name.startswith("api-")]
     assert [p.argv[len(LAUNCHER) :] for p in nodes] == [
         ("api", "--host", "127.0.0.1", "--port", str(port)) for port in (9101, 9102, 9103)

@@ -48,7 +48,9 @@ def by_name(options: ServerOptions) -> dict[str, object]:
 def test_the_stack_runs_workers_beat_and_one_api_node_on_the_public_port() -> None:
     progs = programs(Settings(port=9123, workers=3), launcher=LAUNCHER)
 
-    assert [p.name for p in progs] == ["worker-1", "worker-2", "worker-3", "beat", "api"]
+    assert [p.name for p in progs] == [
+        *("worker-1", "worker-2", "worker-3", "trainer", "beat", "api")
+    ]
     api = progs[-1]
     assert api.argv == (*LAUNCHER, "api", "--host", "127.0.0.1", "--port", "9123")
     assert progs[1].argv == (*LAUNCHER, "worker", "--name", "worker-2")
@@ -62,7 +64,7 @@ def test_supervisord_reads_back_every_program_as_written(tmp_path: Path) -> None
 
     processes = by_name(parse(paths, supervisord_conf(paths, progs)))
 
-    assert sorted(processes) == ["api", "beat", "worker-1", "worker-2"]
+    assert sorted(processes) == ["api", "beat", "trainer", "worker-1", "worker-2"]
     for program in progs:
         process = processes[program.name]
         assert shlex.split(process.command) == list(program.argv)
@@ -81,7 +83,7 @@ def test_workers_stop_warmly_and_together(tmp_path: Path) -> None:
 
     groups = {group.name: group for group in options.process_group_configs}
     workers = groups["workers"]
-    assert [p.name for p in workers.process_configs] == ["worker-1", "worker-2"]
+    assert [p.name for p in workers.process_configs] == ["worker-1", "worker-2", "trainer"]
     # Only the Celery parent gets SIGTERM (its warm shutdown lets jobs finish), 30 s to do it.
     assert all(not p.stopasgroup and p.stopwaitsecs == 30 for p in workers.process_configs)
     # supervisord stops the highest priority first: the API stops taking work before workers go.

@@ -8,7 +8,7 @@ from celery import Celery
 
 from inferq.settings import Settings
 from workers.context import WorkerContext
-from workers.tasks import predict, shadow
+from workers.tasks import predict, shadow, training
 from workers.tasks import webhooks as webhook_tasks
 
 
@@ -17,3 +17,4 @@ def register_all(app: Celery, settings: Settings, context: Callable[[], WorkerCo
     predict.register(app, settings, context)
     webhook_tasks.register(app, settings, context)
     shadow.register(app, settings, context)
+    training.register(app, settings, context)

@@ -1,0 +1,64 @@
+"""Starting a training run from the API or the CLI: open its row, send it to the training lane.
+
+Beat sends the same task without a run id (the worker opens the run), so a schedule needs no
+database connection in the beat process.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from celery import Celery
+from sqlalchemy.orm import Session
+
+from db.registry import get_model
+from db.training import open_run, open_run_of
+from inferq.errors import Conflict, NotFound
+from inferq.messages import TRAIN_TASK
+from inferq.queues import queue_name
+from inferq.settings import Settings
+
+TRIGGERS = ("manual", "schedule", "drift")
+
+
+def train_options(settings: Settings) -> dict[str, object]:
+    """How a training message is sent: to the training lane's queue."""
+    return {"queue": queue_name(settings, "training"), "routing_key": "training"}
+
+
+def publish_training(
+    app: Celery, settings: Settings, model: str, run_id: uuid.UUID | None, trigger: str
+) -> None:
+    """Send one training message (``run_id`` None: the worker opens the run)."""
+    app.send_task(
+        TRAIN_TASK,
+        args=[model, str(run_id) if run_id else None, trigger],
+        retry=True,
+        retry_policy={"max_retries": 3, "interval_start": 0, "interval_step": 0.2},
+        **train_options(settings),
+    )
+
+
+def request_run(
+    session: Session, settings: Settings, model: str, *, trigger: str, requested_by: str
+) -> uuid.UUID:
+    """Open a queued run of ``model`` (commit, then :func:`publish_training` it).
+
+    Raises NotFound for an unknown model, Conflict while the model has an open run.
+    """
+    row = get_model(session, model)
+    if row is None:
+        raise NotFound(f"There is no model named {model[:64]!r}.")
+    run = open_run(
+        session,
+        row.id,
+        trigger=trigger,
+        requested_by=requested_by,
+        stale_after_s=settings.training_time_limit_s,
+    )
+    if run is None:
+        existing = open_run_of(session, row.id)
+        raise Conflict(
+            f"Model {model!r} is already training" + (f" (run {existing.id})." if existing else ".")
+        )
+    return run.id
