@@ -10,6 +10,7 @@ from flask import Flask, Response, g, request
 
 from api import metrics, problems, security
 from api.routes import dashboard, experiments, health, jobs, models, stats, training
+from api.routes.batches import bp as batches_bp
 from api.routes.scaling import bp as scaling_bp
 from api.state import ApiState, TtlCache
 from api.waiters import CompletionWaiter
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     ).init_app(app)
     problems.init_app(app)
     security.init_app(app)
+    app.register_blueprint(batches_bp)
     for blueprint in (health.bp, jobs.bp, models.bp, experiments.bp, stats.bp, dashboard.bp):
         app.register_blueprint(blueprint)
     app.register_blueprint(scaling_bp)

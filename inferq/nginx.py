@@ -83,6 +83,7 @@ def local_values(
         "NGINX_PROXY_TIMEOUT_S": str(proxy_timeout_s(settings)),
         "NGINX_ACCESS_LOG": _quote(paths.access_log),
         "INFERQ_MAX_BODY_BYTES": str(settings.max_body_bytes),
+        "INFERQ_MAX_BATCH_BYTES": str(settings.max_batch_bytes),
         "INFERQ_RATE_LIMIT_RPS": str(settings.rate_limit_rps),
         "INFERQ_RATE_LIMIT_BURST": str(settings.rate_limit_burst),
     }

@@ -74,8 +74,14 @@ def make_celery(settings: Settings) -> Celery:
         # the queue when the process running it dies.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        # One worker process buffers up to this many messages: enough to fill a batch.
-        worker_prefetch_multiplier=max(settings.worker_prefetch, settings.max_batch_size),
+        # One worker process buffers up to this many messages: enough to fill a batch. A
+        # batch-lane message is a batch already: a worker of that lane alone holds the one it
+        # runs and the next, and leaves the rest to the lane's other workers.
+        worker_prefetch_multiplier=(
+            2
+            if settings.lanes == ("batch",)
+            else max(settings.worker_prefetch, settings.max_batch_size)
+        ),
         # When the broker connection drops, messages being worked on go back to the queue
         # (their acks can no longer be delivered); cancel the batch rather than finish work
         # whose ack would be lost. Results are guarded, so a batch that did finish and is run

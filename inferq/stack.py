@@ -12,6 +12,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,6 +42,8 @@ LAUNCHER = (sys.executable, "-m", "inferq")
 READY_TIMEOUT_S = 60.0
 DOWN_TIMEOUT_S = 90.0
 DEV_SCOPES = ("submit", "read", "admin")
+#: How much lower batch workers' CPU priority is than the rest of the stack (nice, 0-19).
+BATCH_NICENESS = 10
 
 
 class StackError(InferqError):
@@ -98,7 +101,8 @@ def programs(
     """Everything the stack runs: workers first, then beat, then the API that accepts work."""
     launcher = tuple(launcher)
     beat = Program("beat", (*launcher, "beat"), priority=200, stopwaitsecs=5)
-    workers = [*worker_programs(settings, launcher), trainer_program(launcher)]
+    workers = [*worker_programs(settings, launcher), *batch_worker_programs(settings, launcher)]
+    workers.append(trainer_program(launcher))
     return [*workers, beat, *api_programs(settings, launcher, front)]
 
 
@@ -125,18 +129,6 @@ def api_programs(
     return [*nodes, proxy]
 
 
-def trainer_program(launcher: tuple[str, ...]) -> Program:
-    """One worker of the training lane alone: a retraining never holds up served jobs."""
-    return Program(
-        "trainer",
-        (*launcher, "worker", "--name", "trainer", "--lanes", "training"),
-        priority=100,
-        stopwaitsecs=30,
-        stopasgroup=False,
-        group="workers",
-    )
-
-
 def worker_programs(settings: Settings, launcher: tuple[str, ...]) -> list[Program]:
     """``settings.workers`` Celery workers, in one group so that they stop together."""
     # SIGTERM goes to the worker's main process alone: a prefork pool's children reset SIGTERM
@@ -152,6 +144,38 @@ def worker_programs(settings: Settings, launcher: tuple[str, ...]) -> list[Progr
             group="workers",
         )
         for i in range(1, settings.workers + 1)
+    ]
+
+
+def trainer_program(launcher: tuple[str, ...]) -> Program:
+    """One worker of the training lane alone: a retraining never holds up served jobs."""
+    return Program(
+        "trainer",
+        (*launcher, "worker", "--name", "trainer", "--lanes", "training"),
+        priority=100,
+        stopwaitsecs=30,
+        stopasgroup=False,
+        group="workers",
+    )
+
+
+def batch_worker_programs(settings: Settings, launcher: tuple[str, ...]) -> list[Program]:
+    """``settings.batch_workers`` workers of the batch lane alone: a batch of any size never
+    queues ahead of online jobs, which the other workers serve. On a shared host they also
+    run at a lower CPU priority (``nice``), so an online job never waits for a core behind
+    them; alone on the host, they still get all of it."""
+    nice = shutil.which("nice")
+    lower = (nice, "-n", str(BATCH_NICENESS)) if nice else ()
+    return [
+        Program(
+            f"batch-{i}",
+            (*lower, *launcher, "worker", "--name", f"batch-{i}", "--lanes", "batch"),
+            priority=100,
+            stopwaitsecs=30,
+            stopasgroup=False,
+            group="workers",
+        )
+        for i in range(1, settings.batch_workers + 1)
     ]
 
 

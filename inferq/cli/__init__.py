@@ -6,6 +6,7 @@ import click
 
 from inferq.cli import (
     autoscaler_cmds,
+    batch_cmds,
     bench_cmds,
     client_cmds,
     db_cmds,
@@ -32,6 +33,7 @@ for module in (
     retrain_cmds,
     experiments_cmds,
     client_cmds,
+    batch_cmds,
     bench_cmds,
     autoscaler_cmds,
 ):

@@ -24,8 +24,16 @@ if TYPE_CHECKING:
 @click.option(
     "--workers", type=click.IntRange(min=0), default=None, help="Workers (INFERQ_WORKERS, 1)."
 )
+@click.option(
+    "--batch-workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Workers of the batch lane alone (INFERQ_BATCH_WORKERS, 1).",
+)
 @reports_errors
-def up(port: int | None, api_nodes: int | None, workers: int | None) -> None:
+def up(
+    port: int | None, api_nodes: int | None, workers: int | None, batch_workers: int | None
+) -> None:
     """Run inferq here until Ctrl-C or `inferq down`.
 
     nginx, when installed, listens on the public port in front of the API nodes; without it
@@ -35,7 +43,9 @@ def up(port: int | None, api_nodes: int | None, workers: int | None) -> None:
     """
     from inferq import stack
 
-    settings = load_settings(port=port, api_nodes=api_nodes, workers=workers)
+    settings = load_settings(
+        port=port, api_nodes=api_nodes, workers=workers, batch_workers=batch_workers
+    )
     paths = stack.StackPaths(settings.home.resolve())
     url = f"http://127.0.0.1:{settings.port}"
     sys.exit(stack.run(settings, on_ready=lambda: _say_ready(url, paths)))

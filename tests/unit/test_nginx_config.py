@@ -51,14 +51,36 @@ def test_the_rendered_site_follows_the_settings(tmp_path: Path) -> None:
     assert re.search(r"^\s*least_conn;", text, re.M)
     assert directive(text, "keepalive") == ["64"]
     # nginx refuses exactly the bodies the API refuses
-    assert directive(text, "client_max_body_size") == ["12345"]
+    assert directive(text, "client_max_body_size")[0] == "12345"
     # and waits longer than the longest long-poll
     for name in ("proxy_read_timeout", "proxy_send_timeout"):
         assert int(directive(text, name)[0].rstrip("s")) > settings.max_wait_s
     assert "rate=7r/s" in directive(text, "limit_req_zone")[0]
-    assert directive(text, "limit_req") == ["zone=inferq_per_client burst=9 nodelay"]
+    assert set(directive(text, "limit_req")) == {"zone=inferq_per_client burst=9 nodelay"}
     assert directive(text, "limit_req_status") == ["429"]
     assert directive(text, "proxy_set_header X-Request-ID") == ["$inferq_request_id"]
+
+
+def test_only_batch_uploads_may_be_as_large_as_the_batch_limit(tmp_path: Path) -> None:
+    text = rendered(Settings(max_body_bytes=12345, max_batch_bytes=67890), tmp_path, [9001])
+    server, batches = text.split("location = /v1/batches {", 1)
+    batches = batches.split("\n    }", 1)[0]
+
+    # everything else keeps the job body limit; POST /v1/batches alone takes the batch limit
+    assert directive(server, "client_max_body_size") == ["12345"]
+    assert directive(batches, "client_max_body_size") == ["67890"]
+    # streamed to the node as it arrives (it checks lines as they come), with a long wait
+    assert directive(batches, "proxy_request_buffering") == ["off"]
+    assert int(directive(batches, "proxy_read_timeout")[0].rstrip("s")) >= 600
+    # and its problems are still problems: a location that sets error_page inherits none
+    pages = {page.split()[0]: page.split()[-1] for page in directive(batches, "error_page")}
+    assert pages == {
+        "413": "@batch_too_large",
+        "429": "@rate_limited",
+        "502": "@bad_gateway",
+        "504": "@gateway_timeout",
+    }
+    assert "larger than 67890 bytes" in text.split("location @batch_too_large", 1)[1]
 
 
 def test_a_submission_already_sent_to_a_node_is_never_retried_on_another(tmp_path: Path) -> None:
@@ -107,7 +129,7 @@ def test_a_placeholder_without_a_value_is_an_error() -> None:
 def test_with_nginx_the_stack_runs_api_nodes_on_loopback_behind_it_on_the_public_port(
     tmp_path: Path,
 ) -> None:
-    settings = Settings(port=9000, api_nodes=3, workers=1)
+    settings = Settings(port=9000, api_nodes=3, workers=1, batch_workers=0)
     front = Front(nginx.command("/usr/sbin/nginx", nginx.NginxPaths(tmp_path)), (9101, 9102, 9103))
 
     progs = programs(settings, LAUNCHER, front)

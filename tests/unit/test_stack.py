@@ -49,12 +49,20 @@ def test_the_stack_runs_workers_beat_and_one_api_node_on_the_public_port() -> No
     progs = programs(Settings(port=9123, workers=3), launcher=LAUNCHER)
 
     assert [p.name for p in progs] == [
-        *("worker-1", "worker-2", "worker-3", "trainer", "beat", "api")
+        *("worker-1", "worker-2", "worker-3", "batch-1", "trainer", "beat", "api")
     ]
     api = progs[-1]
     assert api.argv == (*LAUNCHER, "api", "--host", "127.0.0.1", "--port", "9123")
     assert progs[1].argv == (*LAUNCHER, "worker", "--name", "worker-2")
     assert [p.name for p in progs if p.argv[len(LAUNCHER)] == "beat"] == ["beat"]
+    # one worker of the batch lane alone by default, so batches never hold up online jobs
+    nice, launched = progs[3].argv[:3], progs[3].argv[3:]
+    assert launched == (*LAUNCHER, "worker", "--name", "batch-1", "--lanes", "batch")
+    # at a lower CPU priority: on a shared host an online job never waits behind a batch
+    assert nice[0].endswith("nice") and nice[1:] == ("-n", "10")
+    assert [p.name for p in programs(Settings(batch_workers=0), LAUNCHER)] == [
+        *("worker-1", "trainer", "beat", "api")
+    ]
 
 
 def test_supervisord_reads_back_every_program_as_written(tmp_path: Path) -> None:
@@ -64,7 +72,7 @@ def test_supervisord_reads_back_every_program_as_written(tmp_path: Path) -> None
 
     processes = by_name(parse(paths, supervisord_conf(paths, progs)))
 
-    assert sorted(processes) == ["api", "beat", "trainer", "worker-1", "worker-2"]
+    assert sorted(processes) == ["api", "batch-1", "beat", "trainer", "worker-1", "worker-2"]
     for program in progs:
         process = processes[program.name]
         assert shlex.split(process.command) == list(program.argv)
@@ -83,7 +91,12 @@ def test_workers_stop_warmly_and_together(tmp_path: Path) -> None:
 
     groups = {group.name: group for group in options.process_group_configs}
     workers = groups["workers"]
-    assert [p.name for p in workers.process_configs] == ["worker-1", "worker-2", "trainer"]
+    assert [p.name for p in workers.process_configs] == [
+        "worker-1",
+        "worker-2",
+        "batch-1",
+        "trainer",
+    ]
     # Only the Celery parent gets SIGTERM (its warm shutdown lets jobs finish), 30 s to do it.
     assert all(not p.stopasgroup and p.stopwaitsecs == 30 for p in workers.process_configs)
     # supervisord stops the highest priority first: the API stops taking work before workers go.

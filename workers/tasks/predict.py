@@ -38,6 +38,14 @@ def job_ids_of(requests: Sequence[SimpleRequest]) -> list[Any]:
     return ids
 
 
+def flush_every(settings: Settings) -> int:
+    """Messages per batch. An online message carries one job, so a batch fills from many; a
+    batch-lane message already carries a chunk of jobs (``batch_chunk_size``), so a worker of
+    that lane alone runs each message as it comes: it holds one chunk at a time, and a kill
+    leaves at most that chunk to be redone (and to be run alone, as suspects)."""
+    return 1 if settings.lanes == ("batch",) else settings.max_batch_size
+
+
 def register(app: Celery, settings: Settings, context: Callable[[], WorkerContext]) -> None:
     """Register ``inferq.predict`` on ``app`` as a batching task."""
 
@@ -45,7 +53,7 @@ def register(app: Celery, settings: Settings, context: Callable[[], WorkerContex
         name=PREDICT_TASK,
         base=Batches,
         ignore_result=True,
-        flush_every=settings.max_batch_size,
+        flush_every=flush_every(settings),
         flush_interval=settings.max_batch_delay_ms / 1000,
     )
     def predict(requests: Sequence[SimpleRequest]) -> None:
