@@ -93,6 +93,16 @@ def open_run_of(session: Session, model_id: int) -> TrainingRun | None:
     ).one_or_none()
 
 
+def latest_run(session: Session, model_id: int) -> TrainingRun | None:
+    """The model's newest run, if any."""
+    return session.scalars(
+        select(TrainingRun)
+        .where(TrainingRun.model_id == model_id)
+        .order_by(TrainingRun.created_at.desc())
+        .limit(1)
+    ).one_or_none()
+
+
 def get_run(session: Session, run_id: uuid.UUID) -> tuple[TrainingRun, str] | None:
     """The run and its model's name, or None."""
     row = session.execute(

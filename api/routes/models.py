@@ -3,6 +3,7 @@ roll back (admin)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from flask import Blueprint, Response, jsonify
@@ -16,6 +17,7 @@ from api.validation import check
 from db.activations import history
 from db.experiments import running_experiment
 from db.registry import get_model, list_models, list_versions
+from db.training import latest_run, run_dict, version_accuracy
 from inferq.errors import NotFound
 from inferq.promotion import promote, rollback
 
@@ -45,10 +47,25 @@ def show(name: str) -> Response:
         versions = list_versions(session, [model.id])
         activations = history(session, model.id)
         running = running_experiment(session, name)
+        quality, training = _quality(session, model), latest_run(session, model.id)
+        training_body = run_dict(training, name) if training else None
     body = render.model(model, versions)
     body["history"] = [render.activation(a) for a in activations]
     body["experiment"] = str(running.id) if running else None
+    body["quality"] = quality
+    body["training"] = training_body
     return jsonify(body)
+
+
+def _quality(session: Any, model: Any) -> dict[str, Any] | None:
+    """The active version's accuracy from feedback over the quality window."""
+    if model.active_version_id is None:
+        return None
+    window = state().settings.quality_window_s
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=window)
+    judged, correct = version_accuracy(session, model.active_version_id, since)
+    accuracy = round(correct / judged, 4) if judged else None
+    return {"window_s": window, "judged": judged, "correct": correct, "accuracy": accuracy}
 
 
 REASON_SCHEMA: dict[str, Any] = {

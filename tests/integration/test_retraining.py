@@ -160,6 +160,9 @@ def test_feedback_on_a_weak_digit_retrains_and_rolls_out_a_better_version(
 
     # When the scheduler applies the policy (promote when better on the holdout by a margin)
     assert apply_pending(ctx.sessions, settings) == {run_id: "promoted"}
+    shown = alice.get(f"/v1/models/{model}").get_json()
+    assert shown["active_version"] == 2
+    assert (shown["training"]["id"], shown["training"]["rollout"]) == (str(run_id), "promoted")
 
     # Then later jobs are served by v2, and they get the 7s right
     later = serve(ctx, alice, model, [list(map(float, x)) for x in held_x[:20]])
@@ -351,3 +354,42 @@ def test_the_cli_starts_a_run_and_follows_it_to_the_end(
     printed = json.loads(result.stdout)
     assert (printed["model"], printed["status"], printed["trigger"]) == (model, "failed", "manual")
     assert "training run" in result.stderr and "loss is nan" in printed["error"]
+
+
+def test_a_model_whose_feedback_accuracy_drops_retrains_early(
+    alice: Caller, ctx: WorkerContext
+) -> None:
+    # Given a model serving a weak version, whose users' labels say it is often wrong
+    from scheduler.retraining import check_drift
+
+    bad = digits_variants()["bad"]
+    model = new_model(ctx.settings, "digits", bad.data, bad.sha256, bad.metrics)
+    split = dataset()
+    inputs = [list(map(float, x)) for x in split.holdout_x[:40]]
+    for job, label in zip(serve(ctx, alice, model, inputs), split.holdout_y[:40], strict=True):
+        assert (
+            alice.post(f"/v1/jobs/{job['id']}/feedback", {"label": int(label)}).status_code == 201
+        )
+    settings = dataclasses.replace(
+        ctx.settings, drift_min_accuracy=0.95, drift_min_feedback=30, drift_window_s=600.0
+    )
+
+    quality = alice.get(f"/v1/models/{model}").get_json()["quality"]
+    assert quality["judged"] == 40 and quality["accuracy"] < 0.95
+
+    # When the scheduler checks for drift
+    started = check_drift(ctx.sessions, settings, ctx.app)
+
+    # Then a drift-triggered run is queued with its reason, and sent to the training lane
+    assert model in started
+    with ctx.sessions() as session:
+        from db.training import open_run_of
+
+        row = get_model(session, model)
+        assert row is not None
+        run = open_run_of(session, row.id)
+        assert run is not None and (run.status, run.trigger) == ("queued", "drift")
+        assert "feedback accuracy" in run.requested_by and "below 0.95" in run.requested_by
+    assert [model, str(run.id), "drift"] in [m["args"] for m in queued_training(settings)]
+    # ...once: the next check finds the model already retraining
+    assert model not in check_drift(ctx.sessions, settings, ctx.app)
