@@ -85,8 +85,10 @@ def test_each_required_secret_is_refused_when_missing_with_its_name() -> None:
 def test_a_plain_up_runs_the_core_and_profiles_add_the_rest(services: dict[str, Any]) -> None:
     core = {name for name, service in services.items() if not service.get("profiles")}
     assert core == {
-        *("postgres", "redis", "migrate", "api", "nginx", "worker", "worker-batch", "beat")
+        *("postgres", "redis", "migrate", "api", "nginx", "worker", "worker-batch", "trainer"),
+        "beat",
     }
+    assert services["trainer"]["command"][-2:] == ["--lanes", "training"]
     assert services["worker-batch"]["command"] == ["inferq", "worker", "--lanes", "batch"]
     profiled = {name: service["profiles"] for name, service in services.items() if name not in core}
     assert profiled == {
