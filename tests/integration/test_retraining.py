@@ -46,6 +46,7 @@ def ctx(settings: Settings, digits_version: int) -> Iterator[WorkerContext]:
     )
     yield context
     context.redis.close()
+    context.sessions.kw["bind"].dispose()  # the shared Postgres has few connections to spare
 
 
 @pytest.fixture
