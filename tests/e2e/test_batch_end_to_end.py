@@ -177,16 +177,17 @@ def test_20000_inputs_as_jsonl_through_nginx_while_online_jobs_keep_their_latenc
 
 
 def test_killing_the_batch_worker_mid_batch_loses_nothing_and_duplicates_nothing(
-    up: UpStack, keys: Keys, db: Any
+    up: UpStack, keys: Keys, db: Any, settings: Settings
 ) -> None:
     c = client(up, keys.alice)
     count = 6000
     batch = c.submit_batch("digits", jsonl(varied_inputs(count)))
-    # Given a batch under way on the batch worker
+    # Given a batch under way on the batch worker, a chunk of it claimed (running)
     deadline = time.monotonic() + 120
-    while (now := c.batch(batch["id"]))["done"] < 500:
+    while (now := c.batch(batch["id"]))["done"] < 500 or not now["counts"]["running"]:
         assert time.monotonic() < deadline, now
-        time.sleep(0.05)
+        assert now["status"] == "running", "the batch ended before the worker could be killed"
+        time.sleep(0.01)
 
     # When the batch worker is killed (its whole process tree, as the OOM killer would)
     killed = kill_tree(up.program_pid("workers:batch-1"))
@@ -207,12 +208,15 @@ def test_killing_the_batch_worker_mid_batch_loses_nothing_and_duplicates_nothing
             {"b": batch["id"]},
         ).one()
     assert tuple(row[:4]) == (count, count, 0, count - 1)
+    # and only what the killed worker held was run again: one chunk at most, never done items
+    assert row[4] <= settings.batch_chunk_size, row
     out = io.BytesIO()
     assert c.batch_results(batch["id"], out) == count
     indexes = [json.loads(line)["index"] for line in out.getvalue().splitlines()]
     assert indexes == list(range(count))
     print(
-        f"\nkilled batch-1 (pids {killed}) at {at['done']}/{count} done; "
+        f"\nkilled batch-1 (pids {killed}) at {at['done']}/{count} done, "
+        f"{at['counts']['running']} running; "
         f"{row[4]} items ran again (at most {row[5]} attempts); all {count} succeeded once"
     )
 
