@@ -217,7 +217,20 @@ def store_results(
     """Write a batch of results in one statement, only for jobs this worker still owns."""
     if not results:
         return []
-    payload = json.dumps([{**dataclasses.asdict(r), "id": str(r.id)} for r in results])
+    # A flat dict per result: dataclasses.asdict deep-copies every output (slow for big batches).
+    payload = json.dumps(
+        [
+            {
+                "id": str(r.id),
+                "status": r.status,
+                "output": r.output,
+                "error": r.error,
+                "batch_size": r.batch_size,
+                "predict_ms": r.predict_ms,
+            }
+            for r in results
+        ]
+    )
     rows = session.execute(_STORE, {"results": payload, "worker": worker})
     return [StoredResult(*row) for row in rows]
 

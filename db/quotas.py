@@ -15,9 +15,12 @@ from db.models import Job
 
 
 def queued_jobs_of_tenant(session: Session, tenant_id: uuid.UUID, cap: int) -> int:
-    """How many of the tenant's jobs are queued, counting at most ``cap``."""
+    """How many of the tenant's online jobs are queued, counting at most ``cap`` (a batch's
+    items have their own limits and must not lock the tenant out of online work)."""
     capped = (
-        select(Job.id).where(Job.tenant_id == tenant_id, Job.status == "queued").limit(cap)
+        select(Job.id)
+        .where(Job.tenant_id == tenant_id, Job.status == "queued", Job.lane != "batch")
+        .limit(cap)
     ).subquery()
     return session.scalar(select(func.count()).select_from(capped)) or 0
 

@@ -161,6 +161,8 @@ def cache_entries(
     stored: Sequence[StoredResult],
 ) -> list[tuple[str, str]]:
     """``(cache key, output JSON)`` for each job that succeeded and was stored as such."""
+    if ctx.settings.cache_ttl_s <= 0:
+        return []
     succeeded = {s.id for s in stored if s.status == "succeeded"}
     jobs = {job.id: job for job in claimed}
     entries = []
