@@ -394,3 +394,37 @@ def test_a_model_whose_feedback_accuracy_drops_retrains_early(
     assert [model, str(run.id), "drift"] in [m["args"] for m in queued_training(settings)]
     # ...once: the next check finds the model already retraining
     assert model not in check_drift(ctx.sessions, settings, ctx.app)
+
+
+def test_a_real_training_worker_runs_a_requested_run(
+    admin: Caller, settings: Settings, logs_dir: Path
+) -> None:
+    # Given a worker process that consumes the training lane alone, and a model it can train
+    good = digits_variants()["good"]
+    model = new_model(settings, "digits", good.data, good.sha256, good.metrics)
+    worker = ServiceProcess(
+        f"trainer-{uuid.uuid4().hex[:6]}",
+        ["worker", "--name", f"trainer-{uuid.uuid4().hex[:6]}", "--lanes", "training"],
+        settings,
+        logs_dir,
+    )
+    try:
+        # When an admin asks for a retraining over HTTP
+        response = admin.post(f"/v1/models/{model}/retrain")
+        assert response.status_code == 202
+        run_id = response.get_json()["id"]
+
+        # Then the worker trains and registers a candidate, and the run says so
+        deadline, body = time.monotonic() + 120, {}
+        while time.monotonic() < deadline:
+            body = admin.get(f"/v1/training-runs/{run_id}").get_json()
+            if body["status"] in ("succeeded", "failed"):
+                break
+            assert worker.alive(), worker.log()[-2000:]
+            time.sleep(0.5)
+        assert body["status"] == "succeeded", (body, worker.log()[-2000:])
+        assert body["metrics"]["candidate"]["version"] == 2 and body["rollout"] == "pending"
+        versions = admin.get(f"/v1/models/{model}").get_json()["versions"]
+        assert [(v["version"], v["status"]) for v in versions] == [(1, "active"), (2, "candidate")]
+    finally:
+        worker.stop()
