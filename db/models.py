@@ -137,8 +137,6 @@ class Job(Base):
         ),
         Index("ix_jobs_completed_at", "completed_at"),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
-        # The tenant quota counts queued jobs per tenant at admission.
-        Index("ix_jobs_tenant_queued", "tenant_id", postgresql_where=text("status = 'queued'")),
         # The per-tenant quota counts a tenant's queued jobs on every submit.
         Index("ix_jobs_tenant_queued", "tenant_id", postgresql_where=text("status = 'queued'")),
     )
