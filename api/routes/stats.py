@@ -19,6 +19,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from api.auth import require
 from api.state import ApiState, TtlCache, state
 from db.experiments import list_experiments
+from db.scaling import recent_decisions
 from db.stats import Bucket, Window, lane_counts, quality, recent_versions, timeline, window
 from inferq.errors import BadRequest
 from inferq.experiment_report import build_report, summary
@@ -32,6 +33,7 @@ MIN_WINDOW_S, MAX_WINDOW_S = 60, 86_400
 BUCKETS_S = (5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600)
 CACHE_S = 1.0
 EXPERIMENTS_SHOWN = 6
+DECISIONS_READ = 50
 
 
 @bp.get("")
@@ -68,6 +70,7 @@ def build(st: ApiState, window_s: int) -> dict[str, Any]:
         lanes = lane_counts(session)
         models = quality(session, st.settings.quality_window_s)
         versions = recent_versions(session)
+        pools = _pools(recent_decisions(session, DECISIONS_READ))
         experiments = [
             build_report(session, row, name).to_dict()
             if row.status == "running"
@@ -87,8 +90,9 @@ def build(st: ApiState, window_s: int) -> dict[str, Any]:
         "workers": {
             "live": len(beats),
             "consuming": sum(1 for beat in beats if beat.consuming),
-            # No autoscaler runs in this deployment to want a number of workers.
-            "desired": None,
+            # What the autoscaler wants, over its pools (None: no autoscaler decided yet).
+            "desired": sum(p["desired"] for p in pools) if pools else None,
+            "pools": pools,
             "list": [beat.to_dict(now) for beat in beats],
         },
         "timeline": {"bucket_s": bucket_s, "points": _points(slices, now, window_s, bucket_s)},
@@ -115,6 +119,17 @@ def build(st: ApiState, window_s: int) -> dict[str, Any]:
             for v in versions
         ],
     }
+
+
+def _pools(decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each autoscaler pool's latest decision: workers current and desired."""
+    latest: dict[str, dict[str, Any]] = {}
+    for d in decisions:  # newest first
+        latest.setdefault(
+            d["pool"],
+            {k: d[k] for k in ("pool", "backend", "current", "desired", "direction", "at")},
+        )
+    return list(latest.values())
 
 
 def _jobs(recent: Window) -> dict[str, Any]:

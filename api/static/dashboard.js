@@ -130,11 +130,20 @@ function drawCharts(doc) {
     { name: "failed", values: points.map((p) => p.failed) },
     { name: "cached", values: points.map((p) => p.cached) },
   ]);
-  queueHistory.push({ t: clock(doc.generated_at), lanes: Object.fromEntries(doc.lanes.map((l) => [l.lane, l.queued])) });
+  queueHistory.push({
+    t: clock(doc.generated_at),
+    lanes: Object.fromEntries(doc.lanes.map((l) => [l.lane, l.queued])),
+    workers: doc.workers,
+  });
   if (queueHistory.length > QUEUE_HISTORY) queueHistory.shift();
   const shown = doc.lanes.filter((l) => l.lane === "online" || queueHistory.some((h) => h.lanes[l.lane] > 0));
   lineChart($("chart-queue"), queueHistory.map((h) => h.t),
     shown.map((l) => ({ name: l.lane, values: queueHistory.map((h) => h.lanes[l.lane] ?? 0) })));
+  lineChart($("chart-workers"), queueHistory.map((h) => h.t), [
+    { name: "consuming", values: queueHistory.map((h) => h.workers.consuming) },
+    { name: "live", values: queueHistory.map((h) => h.workers.live) },
+    { name: "desired", values: queueHistory.map((h) => h.workers.desired) },
+  ]);
 }
 
 function drawTables(doc) {

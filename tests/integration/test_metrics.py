@@ -38,7 +38,22 @@ def ctx(settings: Settings, digits_version: int) -> Iterator[WorkerContext]:
         settings, f"metrics-{uuid.uuid4().hex[:6]}@test", make_celery(settings)
     )
     yield context
+    close(context)
+
+
+def close(context: WorkerContext) -> None:
+    """Give back the context's connections (the suite shares one Postgres)."""
     context.redis.close()
+    context.sessions.kw["bind"].dispose()
+
+
+@pytest.fixture
+def observer(settings: Settings) -> Iterator[Observer]:
+    """The scheduler's metrics, on its own connections, given back afterwards."""
+    found = Observer(make_reconciler(settings))
+    yield found
+    found.reconciler.sessions.kw["bind"].dispose()
+    found.reconciler.redis.close()
 
 
 @pytest.fixture
@@ -166,6 +181,7 @@ def test_submits_answered_from_the_cache_count_as_hits(
     ctx = WorkerContext.create(cached, "metrics-cache@test", make_celery(cached))
     body = {"pixels": [float((i * 7) % 17) for i in range(64)]}
     run_batch(ctx, submit(alice, [body]))
+    close(ctx)
     again = alice.post("/v1/jobs", {"model": "digits", "input": body})
     assert again.status_code == 200 and again.get_json()["cached"] is True
     found = scrape(app)
@@ -174,9 +190,8 @@ def test_submits_answered_from_the_cache_count_as_hits(
 
 
 def test_the_scheduler_measures_queues_workers_dependencies_and_the_reconciler(
-    settings: Settings, alice: Caller, beats: Any
+    observer: Observer, alice: Caller, beats: Any
 ) -> None:
-    observer = Observer(make_reconciler(settings))
     observer.collect()
     before = Scrape.parse(_text(observer.metrics.registry))
 
@@ -212,6 +227,7 @@ def test_a_dependency_that_does_not_answer_is_reported_down(settings: Settings) 
     reconciler.redis = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
     observer = Observer(reconciler)
     observer.collect()
+    reconciler.sessions.kw["bind"].dispose()
     found = Scrape.parse(_text(observer.metrics.registry))
     assert found.value("inferq_dependency_up", dependency="redis") == 0
     assert found.value("inferq_dependency_up", dependency="database") == 1
@@ -232,13 +248,12 @@ def judged_model(
 
 
 def test_the_scheduler_exports_live_accuracy_from_feedback(
-    settings: Settings, alice: Caller, ctx: WorkerContext
+    settings: Settings, alice: Caller, ctx: WorkerContext, observer: Observer
 ) -> None:
     # Given a model whose 10 judged jobs were right 7 times
     model = judged_model(settings, alice, ctx, right=7, wrong=3)
 
     # When the scheduler measures
-    observer = Observer(make_reconciler(settings))
     observer.collect()
     found = Scrape.parse(_text(observer.metrics.registry))
 
@@ -253,13 +268,12 @@ def test_the_scheduler_exports_live_accuracy_from_feedback(
 
 
 def test_every_metric_the_rules_use_is_in_a_real_scrape(
-    app: Flask, alice: Caller, ctx: WorkerContext, settings: Settings
+    app: Flask, alice: Caller, ctx: WorkerContext, observer: Observer
 ) -> None:
     from tests.prometheus import rule_expressions
     from tests.unit.test_prometheus_rules import BUILTIN, recorded, used_metrics
 
     run_batch(ctx, submit(alice, [p for p, _ in holdout(2)]))
-    observer = Observer(make_reconciler(settings))
     observer.collect()
     exported = (
         scrape(app).names()
@@ -272,8 +286,16 @@ def test_every_metric_the_rules_use_is_in_a_real_scrape(
 def test_stats_for_the_dashboard(
     http: Any, admin: Caller, alice: Caller, ctx: WorkerContext, settings: Settings, beats: Any
 ) -> None:
+    from db.scaling import record_decision
+
     model = judged_model(settings, alice, ctx, right=3, wrong=1)
     beats(f"dash-{uuid.uuid4().hex[:6]}", ["online"])
+    pool = f"pool-{uuid.uuid4().hex[:6]}"
+    with db_session(settings) as session:
+        record_decision(
+            session, pool=pool, backend="dry-run", current=1, desired=3, direction="up",
+            reason="test", inputs={},
+        )  # fmt: skip
 
     assert alice.get("/v1/stats").status_code == 403  # operators only
     assert admin.get("/v1/stats?window=5").status_code == 400
@@ -292,7 +314,9 @@ def test_stats_for_the_dashboard(
         "webhooks",
         "maintenance",
     ]
-    assert stats["workers"]["live"] >= 1 and stats["workers"]["desired"] is None
+    assert stats["workers"]["live"] >= 1 and stats["workers"]["desired"] >= 3
+    mine_pool = next(p for p in stats["workers"]["pools"] if p["pool"] == pool)
+    assert (mine_pool["current"], mine_pool["desired"]) == (1, 3)
     points = stats["timeline"]["points"]
     assert stats["timeline"]["bucket_s"] == 15 and 40 <= len(points) <= 42
     assert sum(p["finished"] for p in points) >= stats["jobs"]["finished"] - 1
