@@ -9,7 +9,7 @@ import dataclasses
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -85,18 +85,21 @@ def observed(
     found.stack.stop()
 
 
-def wait_for_scheduler(observed: Observed, check: str) -> Scrape:
-    """The scheduler's scrape once ``check`` (a predicate's name below) holds."""
+def settled(scrape: Scrape) -> bool:
+    """The scheduler sees the worker, and no online job open."""
+    return (
+        scrape.value("inferq_workers_live", lane="online") == 1
+        and scrape.value("inferq_queue_depth", lane="online") == 0
+        and scrape.value("inferq_jobs_running", lane="online") == 0
+    )
+
+
+def wait_for_scheduler(observed: Observed, done: Callable[[Scrape], bool]) -> Scrape:
+    """The scheduler's scrape once ``done`` holds for it."""
     deadline = time.monotonic() + 20
     while True:
         scrape = Scrape.get(observed.scheduler_metrics)
-        settled = (
-            scrape.value("inferq_workers_live", lane="online") == 1
-            and scrape.value("inferq_queue_depth", lane="online") == 0
-            and scrape.value("inferq_jobs_running", lane="online") == 0
-        )
-        judged = scrape.value("inferq_model_feedback_judged", model="digits") > 0
-        if settled and (check != "judged" or judged):
+        if settled(scrape) and done(scrape):
             return scrape
         assert time.monotonic() < deadline, scrape.text[-3000:]
         time.sleep(0.5)
@@ -106,8 +109,10 @@ def test_counters_of_every_process_move_by_the_jobs_submitted(
     observed: Observed, keys: Keys
 ) -> None:
     client = observed.stack.client(keys.alice)
-    wait_for_scheduler(observed, "settled")
+    wait_for_scheduler(observed, lambda scrape: True)
     before = observed.scrape()
+    passes = "inferq_reconciler_passes_total"
+    judged = "inferq_model_feedback_judged"
 
     # When 24 jobs are submitted and waited for, and one of them gets feedback
     pairs = holdout(JOBS)
@@ -116,7 +121,15 @@ def test_counters_of_every_process_move_by_the_jobs_submitted(
         finished = list(pool.map(lambda job: client.wait(job["id"], timeout_s=60), submitted))
     assert [job["status"] for job in finished] == ["succeeded"] * JOBS
     client.feedback(finished[0]["id"], label=pairs[0][1])
-    wait_for_scheduler(observed, "judged")
+    # once the scheduler has reconciled and measured quality since (it does every few s)
+    wait_for_scheduler(
+        observed,
+        lambda scrape: (
+            scrape.value(passes) > before["scheduler"].value(passes)
+            and scrape.value(judged, model="digits")
+            > before["scheduler"].value(judged, model="digits")
+        ),
+    )
     after = observed.scrape()
 
     def delta(process: str, name: str, **labels: str) -> float:
@@ -132,9 +145,10 @@ def test_counters_of_every_process_move_by_the_jobs_submitted(
     assert delta("worker", "inferq_worker_queue_wait_seconds_count", model="digits") == JOBS
     assert delta("worker", "inferq_worker_batch_size_sum", model="digits") == JOBS
     assert after["worker"].value("inferq_worker_model_load_seconds_count", model="digits") == 1
-    # the scheduler kept reconciling and sees Postgres, Redis, the broker and the worker
-    # (a pass may fail when a shared Postgres runs out of connections; it is counted too)
-    assert delta("scheduler", "inferq_reconciler_passes_total") > 0
+    # the scheduler kept reconciling, counted the new feedback, and sees Postgres, Redis,
+    # the broker and the worker
+    assert delta("scheduler", passes, outcome="ok") > 0
+    assert delta("scheduler", judged, model="digits") == 1
     for dependency in ("database", "redis", "broker"):
         assert after["scheduler"].value("inferq_dependency_up", dependency=dependency) == 1
     assert after["scheduler"].value("inferq_workers_live", lane="online") == 1
