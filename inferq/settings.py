@@ -59,7 +59,10 @@ class Settings:
     #: it holds max_batch_size messages or max_batch_delay_ms has passed. Models may set a
     #: smaller ``max_batch_size`` in their config; batch size 1 turns batching off.
     max_batch_size: int = 64
-    max_batch_delay_ms: float = 5.0
+    max_batch_delay_ms: float = 20.0
+    #: A buffered batch also goes as soon as no message arrived for this long, so light load
+    #: is not held for max_batch_delay_ms (see workers/batching.py).
+    batch_idle_gap_ms: float = 2.0
     #: Messages a worker process may hold unacked; at least a batch, so batches can fill.
     worker_prefetch: int = 128
     device: str = "auto"

@@ -15,11 +15,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from celery import Celery
-from celery_batches import Batches, SimpleRequest
+from celery_batches import SimpleRequest
 
 from inferq.messages import PREDICT_TASK
 from inferq.settings import Settings
+from workers import events as task_events
 from workers.batch import run_batch
+from workers.batching import TICK_S, DynamicBatches
 from workers.context import WorkerContext
 from workers.metrics import batch_failed
 
@@ -51,15 +53,18 @@ def register(app: Celery, settings: Settings, context: Callable[[], WorkerContex
 
     @app.task(
         name=PREDICT_TASK,
-        base=Batches,
+        base=DynamicBatches,
         ignore_result=True,
         flush_every=flush_every(settings),
-        flush_interval=settings.max_batch_delay_ms / 1000,
+        flush_interval=TICK_S,
+        idle_gap_s=settings.batch_idle_gap_ms / 1000,
+        max_delay_s=settings.max_batch_delay_ms / 1000,
     )
     def predict(requests: Sequence[SimpleRequest]) -> None:
         ids = job_ids_of(requests)
         try:
-            run_batch(context(), ids)
+            with task_events.batch(requests):
+                run_batch(context(), ids)
         except Exception:
             # The claimed jobs were released (or the reconciler will); never lose the worker.
             log.exception("predict batch failed", extra={"job_ids": [str(i) for i in ids]})

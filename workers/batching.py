@@ -1,0 +1,49 @@
+"""Dynamic batching on top of celery-batches: flush on a full buffer, a quiet gap, or a deadline.
+
+celery-batches flushes on a count or on a fixed timer. A fixed timer caps batches at what
+the consumer fetches in one tick (the Redis transport fetches one message per loop turn),
+so a deep queue still yields small batches. Here the timer ticks fast and a tick only
+flushes when messages stopped arriving for ``idle_gap_s`` (light load: answer at once) or
+the oldest buffered message has waited ``max_delay_s`` (heavy load: fill the batch, then
+go) -- Triton's ``max_queue_delay`` with a quiet-gap shortcut.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from celery_batches import Batches
+
+TICK_S = 0.001
+
+
+class DynamicBatches(Batches):
+    """A Batches task whose timer flushes on a quiet gap or a deadline, not every tick."""
+
+    abstract = True
+    idle_gap_s = 0.002
+    max_delay_s = 0.02
+
+    def Strategy(self, task: Any, app: Any, consumer: Any) -> Callable[..., None]:
+        handle = super().Strategy(task, app, consumer)
+        self._first_at = self._last_at = 0.0
+
+        def on_message(*args: Any, **kwargs: Any) -> None:
+            now = time.monotonic()
+            if self._buffer.qsize() == 0:
+                self._first_at = now
+            self._last_at = now
+            handle(*args, **kwargs)
+
+        return on_message
+
+    def _do_flush(self) -> None:
+        waiting = self._buffer.qsize()
+        if 0 < waiting < self.flush_every:
+            now = time.monotonic()
+            still_arriving = now - self._last_at < self.idle_gap_s
+            if still_arriving and now - self._first_at < self.max_delay_s:
+                return  # more are coming and the oldest can still wait: let the batch grow
+        super()._do_flush()
