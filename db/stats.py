@@ -12,8 +12,10 @@ import dataclasses
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
+
+from db.models import Model, TrainingRun
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,6 +273,17 @@ _VERSIONS = text(
 def recent_versions(session: Session, limit: int = 10) -> list[RecentVersion]:
     """The newest model versions (each one a finished training run)."""
     return [RecentVersion(*row) for row in session.execute(_VERSIONS, {"limit": limit})]
+
+
+def recent_training_runs(session: Session, limit: int = 10) -> list[tuple[TrainingRun, str]]:
+    """The newest training runs with their model's name, whatever their status."""
+    rows = session.execute(
+        select(TrainingRun, Model.name)
+        .join(Model, Model.id == TrainingRun.model_id)
+        .order_by(TrainingRun.created_at.desc())
+        .limit(limit)
+    )
+    return [(row[0], row[1]) for row in rows]
 
 
 def ping(session: Session) -> None:

@@ -10,6 +10,7 @@ from celery import signals
 
 from inferq.queues import declare_dead_letters, make_celery, queue_name
 from inferq.settings import Settings
+from workers import events as task_events
 from workers.context import WorkerContext
 from workers.heartbeat import Heartbeat
 from workers.liveness import loop_marker
@@ -43,6 +44,8 @@ def run_worker(settings: Settings, name: str | None = None, concurrency: int = 1
     heartbeat = Heartbeat(context().redis, settings, identity, context().liveness)
     heartbeat.start()
     start_metrics(context(), settings)
+    if settings.task_events:
+        task_events.connect()
 
     @signals.worker_shutdown.connect(weak=False)
     def _shutdown(**_: Any) -> None:

@@ -20,7 +20,17 @@ from api.auth import require
 from api.state import ApiState, TtlCache, state
 from db.experiments import list_experiments
 from db.scaling import recent_decisions
-from db.stats import Bucket, Window, lane_counts, quality, recent_versions, timeline, window
+from db.stats import (
+    Bucket,
+    Window,
+    lane_counts,
+    quality,
+    recent_training_runs,
+    recent_versions,
+    timeline,
+    window,
+)
+from db.training import run_dict
 from inferq.errors import BadRequest
 from inferq.experiment_report import build_report, summary
 from inferq.fleet import per_lane, worker_beats
@@ -39,7 +49,8 @@ DECISIONS_READ = 50
 @bp.get("")
 @require("admin")
 def show() -> Response:
-    """Throughput, latency, queues, workers, cache, errors, quality, experiments, versions."""
+    """Throughput, latency, queues, workers, cache, errors, quality, experiments, training
+    runs and model versions."""
     window_s = _window_arg(request.args.get("window"))
     st = state()
     cache: TtlCache[int, dict[str, Any]] = current_app.extensions.setdefault(
@@ -70,6 +81,7 @@ def build(st: ApiState, window_s: int) -> dict[str, Any]:
         lanes = lane_counts(session)
         models = quality(session, st.settings.quality_window_s)
         versions = recent_versions(session)
+        runs = [run_dict(run, name) for run, name in recent_training_runs(session)]
         pools = _pools(recent_decisions(session, DECISIONS_READ))
         experiments = [
             build_report(session, row, name).to_dict()
@@ -107,6 +119,7 @@ def build(st: ApiState, window_s: int) -> dict[str, Any]:
             for q in models
         ],
         "experiments": experiments,
+        "training_runs": runs,
         "recent_versions": [
             {
                 "model": v.model,

@@ -153,6 +153,10 @@ function drawTables(doc) {
   fillTable("versions", doc.recent_versions, (v) => [
     v.model, v.version, v.status, format(v.metrics && v.metrics.holdout_accuracy, "pct"), v.created_by, new Date(v.created_at).toLocaleString(),
   ]);
+  fillTable("training", doc.training_runs, (r) => [
+    r.model, r.status, r.trigger, r.stage ?? "—", format(r.progress, "pct"),
+    format(r.metrics && r.metrics.holdout_accuracy, "pct"), r.rollout ?? "—", new Date(r.created_at).toLocaleString(),
+  ]);
   drawExperiments(doc.experiments);
 }
 

@@ -140,7 +140,7 @@ def test_the_dashboard_shows_the_apis_numbers_without_errors(
             )
             tables = {
                 name: page.locator(f"#{name} tbody tr").count()
-                for name in ("lanes", "workers", "quality", "versions")
+                for name in ("lanes", "workers", "quality", "training", "versions")
             }
             arms = page.locator("#experiments .experiment tbody tr").count()
             series = page.locator("#chart-latency path.series").count()
@@ -170,6 +170,7 @@ def test_the_dashboard_shows_the_apis_numbers_without_errors(
     assert tables["workers"] == len(now["workers"]["list"]) == 1
     assert tables["quality"] == len(now["quality"])
     assert tables["versions"] == len(now["recent_versions"])
+    assert tables["training"] == len(now["training_runs"])
     assert arms == sum(len(e["arms"]) for e in now["experiments"]) >= 2
     assert series >= 1
     assert ARTIFACT.stat().st_size > 10_000

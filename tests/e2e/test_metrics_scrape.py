@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -172,20 +174,64 @@ def log_lines(process: ServiceProcess) -> list[dict[str, object]]:
     return lines
 
 
+class Events:
+    """Celery task events on the deployment's event exchange, as Flower receives them."""
+
+    def __init__(self, settings: Settings) -> None:
+        from inferq.queues import make_celery
+
+        self.app = make_celery(settings)
+        self.seen: list[dict[str, Any]] = []
+        self.connection = self.app.connection_for_read()
+        self.receiver = self.app.events.Receiver(self.connection, handlers={"*": self.seen.append})
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        self.receiver.capture(limit=None, timeout=None, wakeup=False)
+
+    def __enter__(self) -> Events:
+        self.thread.start()
+        time.sleep(1.0)  # the receiver's queue is bound before anything is sent
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.receiver.should_stop = True
+        self.thread.join(timeout=5)
+        self.connection.release()
+
+    def types(self, task_id: str | None = None) -> set[str]:
+        return {
+            str(e.get("type"))
+            for e in list(self.seen)
+            if task_id is None or e.get("uuid") == task_id
+        }
+
+
 def test_one_request_id_and_job_id_follow_a_job_through_api_and_worker_logs(
     observed: Observed, keys: Keys
 ) -> None:
     request_id = f"trace-{uuid.uuid4().hex[:12]}"
-    response = requests.post(
-        observed.stack.url + "/v1/jobs",
-        json={"model": "digits", "input": holdout(1)[0][0]},
-        headers={
-            "Authorization": f"Bearer {keys.alice}",
-            "X-Request-ID": request_id,
-            "Prefer": "wait=20",
-        },
-        timeout=30,
-    )
+    with Events(observed.stack.settings) as events:
+        response = requests.post(
+            observed.stack.url + "/v1/jobs",
+            json={"model": "digits", "input": holdout(1)[0][0]},
+            headers={
+                "Authorization": f"Bearer {keys.alice}",
+                "X-Request-ID": request_id,
+                "Prefer": "wait=20",
+            },
+            timeout=30,
+        )
+        deadline = time.monotonic() + 10
+        while not {"task-sent", "task-received", "task-succeeded"} <= events.types():
+            assert time.monotonic() < deadline, events.types()
+            time.sleep(0.2)
+    # Celery's task events flow (what Flower shows): sent by the API, received, started and
+    # succeeded on the worker, for the same message
+    sent = [e for e in events.seen if e.get("type") == "task-sent"]
+    assert sent and sent[-1].get("name") == "inferq.predict"
+    lifecycle = {"task-received", "task-started", "task-succeeded"}
+    assert lifecycle <= events.types(str(sent[-1]["uuid"]))
     assert response.status_code == 200 and response.headers["X-Request-ID"] == request_id
     job_id = response.json()["id"]
 

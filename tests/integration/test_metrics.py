@@ -286,9 +286,19 @@ def test_every_metric_the_rules_use_is_in_a_real_scrape(
 def test_stats_for_the_dashboard(
     http: Any, admin: Caller, alice: Caller, ctx: WorkerContext, settings: Settings, beats: Any
 ) -> None:
+    from db.registry import get_model
     from db.scaling import record_decision
+    from db.training import open_run
 
     model = judged_model(settings, alice, ctx, right=3, wrong=1)
+    with db_session(settings) as session:
+        found = get_model(session, model)
+        assert found is not None
+        run = open_run(
+            session, found.id, trigger="manual", requested_by="tests", stale_after_s=3600
+        )
+        assert run is not None
+        run_id = str(run.id)
     beats(f"dash-{uuid.uuid4().hex[:6]}", ["online"])
     pool = f"pool-{uuid.uuid4().hex[:6]}"
     with db_session(settings) as session:
@@ -329,6 +339,12 @@ def test_stats_for_the_dashboard(
         "accuracy": 0.75,
     }
     assert any(v["model"] == model for v in stats["recent_versions"])
+    mine_run = next(r for r in stats["training_runs"] if r["id"] == run_id)
+    assert (mine_run["model"], mine_run["status"], mine_run["trigger"]) == (
+        model,
+        "queued",
+        "manual",
+    )
 
 
 def test_the_dashboard_page_is_served_with_a_strict_policy(http: Any) -> None:

@@ -13,6 +13,7 @@ from celery_batches import Batches, SimpleRequest
 
 from inferq.messages import SHADOW_TASK, ShadowRequest
 from inferq.settings import Settings
+from workers import events as task_events
 from workers.context import WorkerContext
 from workers.shadow import run_shadows
 
@@ -42,6 +43,7 @@ def register(app: Celery, settings: Settings, context: Callable[[], WorkerContex
     )
     def shadow(requests: Sequence[SimpleRequest]) -> None:
         try:
-            run_shadows(context(), shadow_requests(requests))
+            with task_events.batch(requests):
+                run_shadows(context(), shadow_requests(requests))
         except Exception:  # best effort: a lost copy costs one comparison, never a job
             log.exception("shadow batch failed")
