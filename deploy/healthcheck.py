@@ -26,7 +26,8 @@ def check_http(url: str) -> None:
 def check_worker() -> None:
     """A worker on this host refreshes its heartbeat: it is alive and reaches Redis.
 
-    Workers name themselves ``<name>@<hostname>`` and a container's hostname is its own.
+    Workers name themselves ``<name>@<hostname>/<incarnation>`` and a container's hostname is
+    its own.
     """
     from inferq.settings import Settings
     from inferq.status import live_workers, make_redis
@@ -34,7 +35,7 @@ def check_worker() -> None:
     settings = Settings.from_env()
     here = socket.gethostname()
     client = make_redis(settings)
-    if not any(name.endswith("@" + here) for name in live_workers(client, settings)):
+    if not any(name.split("/")[0].endswith("@" + here) for name in live_workers(client, settings)):
         raise RuntimeError(f"no live worker heartbeat from {here}")
 
 
