@@ -238,6 +238,11 @@ def test_the_container_healthchecks_pass_on_the_running_stack(up: UpStack) -> No
 
     for args in (["http", up.url + "/readyz"], ["worker"], ["deps"]):
         result = check(*args)
+        # like Docker's healthcheck retries: a worker may still be loading torch at first
+        deadline = time.monotonic() + 60
+        while result.returncode != 0 and time.monotonic() < deadline:
+            time.sleep(1)
+            result = check(*args)
         assert result.returncode == 0, (args, result.stderr)
     # and each says "unhealthy" when what it checks is not there
     assert check("http", up.url + "/no-such-page").returncode == 1
