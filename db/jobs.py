@@ -121,34 +121,6 @@ def get_job_view(session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID) -> J
     return JobView(*row) if row else None
 
 
-def queue_position(session: Session, job: Job) -> int:
-    """How many queued jobs of the same lane were created before this one."""
-    return (
-        session.scalar(
-            select(func.count())
-            .select_from(Job)
-            .where(Job.status == "queued", Job.lane == job.lane, Job.created_at < job.created_at)
-        )
-        or 0
-    )
-
-
-def completion_rate(session: Session, lane: str, window_s: float = 60.0) -> float:
-    """Jobs of ``lane`` finished per second over the last ``window_s`` seconds."""
-    done = (
-        session.scalar(
-            select(func.count())
-            .select_from(Job)
-            .where(
-                Job.lane == lane,
-                Job.completed_at > func.now() - dt.timedelta(seconds=window_s),
-            )
-        )
-        or 0
-    )
-    return done / window_s
-
-
 def cancel_job(session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID) -> Job | None:
     """Cancel a queued job outright; mark a running one so its result is discarded."""
     session.execute(
