@@ -3,7 +3,9 @@ model quality from feedback. Used by the API's stats endpoint, its ETA estimates
 scheduler's Prometheus gauges.
 
 Every query walks an index: open jobs through ``ix_jobs_open`` (queued and running only),
-finished ones through ``ix_jobs_completed_at`` bounded by a time window.
+finished ones through ``ix_jobs_completed_at`` bounded by a time window. The window and the
+timeline are bounded by ``now()`` (the transaction's start) so that, read in one session, they
+count the same jobs.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ _WINDOW = text(
                    extract(epoch FROM completed_at - created_at) * 1000 AS latency,
                    extract(epoch FROM started_at - created_at) * 1000 AS wait
               FROM jobs
-             WHERE completed_at > clock_timestamp() - make_interval(secs => :window)) AS f
+             WHERE completed_at > now() - make_interval(secs => :window)) AS f
     """
 )
 
@@ -128,7 +130,7 @@ _TIMELINE = text(
                    status = 'succeeded' AND NOT cached AS ran,
                    extract(epoch FROM completed_at - created_at) * 1000 AS latency
               FROM jobs
-             WHERE completed_at > clock_timestamp() - make_interval(secs => :window)) AS f
+             WHERE completed_at > now() - make_interval(secs => :window)) AS f
      GROUP BY 1
      ORDER BY 1
     """
