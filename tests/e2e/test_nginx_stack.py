@@ -184,7 +184,7 @@ def test_killing_an_api_node_fails_only_what_it_was_serving(up: UpStack, keys: K
         thread.join(60)
     after = out.requests - before
 
-    # Then the only requests that failed are submissions that node had already received
+    # Then the only requests that failed were in flight on that node when it died
     log = {r["request_id"]: r for r in up.nginx_log()}
     failed = [log[request_id] for _, request_id, _ in out.failures]
     print(
@@ -193,8 +193,14 @@ def test_killing_an_api_node_fails_only_what_it_was_serving(up: UpStack, keys: K
     )
     assert len(out.failures) <= CLIENTS
     for (method, _, what), record in zip(out.failures, failed, strict=True):
-        assert method == "POST", what  # a read is retried on the other node by nginx
-        assert record["status"] == 502 and _port(record) == killed_port, record
+        assert _port(record) == killed_port, (what, record)
+        if method == "GET":
+            # a read the node never answered is retried on the other node by nginx; one
+            # fails only when the node died after its headers had already gone to the client
+            assert record["status"] == 200, (what, record)
+        else:
+            # a submission is never retried (it may have been stored): 502, or a cut 202
+            assert method == "POST" and record["status"] in (502, 202), (what, record)
         began = record["msec"] - record["request_time"]
         # in flight on that node when it died (nginx's clock has millisecond resolution)
         assert began <= killed_at + 0.01, (record, killed_at)

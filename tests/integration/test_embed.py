@@ -41,7 +41,9 @@ def test_embeddings_are_batched_unit_vectors(
     results = run_batch(ctx, ids)
     assert [r.status for r in results] == ["succeeded"] * 3
     assert {r.batch_size for r in results} == {3}
-    vectors = [r.output["embedding"] for r in results if r.output]
+    # results come back in the order the claim returned them, not the order of ids
+    by_id = {str(r.id): r.output["embedding"] for r in results if r.output}
+    vectors = [by_id[job_id] for job_id in ids]
     assert all(len(v) == 384 and abs(math.sqrt(sum(x * x for x in v)) - 1) < 1e-3 for v in vectors)
     cat, kitten, revenue = vectors
     similarity = lambda a, b: sum(x * y for x, y in zip(a, b, strict=True))  # noqa: E731
