@@ -9,13 +9,14 @@ import uuid
 from flask import Flask, Response, g, request
 
 from api import metrics, problems, security
+from api.publisher import GroupPublisher
 from api.routes import dashboard, experiments, health, jobs, models, stats, training
 from api.routes.batches import bp as batches_bp
 from api.routes.scaling import bp as scaling_bp
 from api.state import ApiState, TtlCache
 from api.waiters import CompletionWaiter
 from db.engine import make_engine, make_session_factory
-from inferq.queues import make_celery
+from inferq.queues import make_celery, publish_predict
 from inferq.settings import Settings
 from inferq.status import completion_channel, make_redis
 
@@ -35,11 +36,20 @@ def create_app(settings: Settings | None = None) -> Flask:
         application_name="inferq-api",
         pre_ping=False,
     )
+    celery = make_celery(settings)
     ApiState(
         settings=settings,
         sessions=make_session_factory(engine),
         redis=make_redis(settings),
-        celery=make_celery(settings),
+        celery=celery,
+        publisher=GroupPublisher(
+            lambda job_ids, lane: publish_predict(celery, settings, job_ids, lane),
+            # A worker prefetches up to max_batch_size messages: small groups keep what one
+            # worker may hold (and a killed one leaves to redelivery) near a few batches.
+            max_group=max(1, settings.max_batch_size // 4),
+            # publish_predict retries within bounds of its own; this only catches a stuck thread
+            timeout_s=settings.publish_timeout_s * 4 + 1,
+        ),
         waiter=CompletionWaiter(lambda: make_redis(settings), completion_channel(settings)),
         principals=TtlCache(settings.auth_cache_s),
         models=TtlCache(settings.model_cache_s),

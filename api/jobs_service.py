@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from api import experiments_service
 from api.state import ApiState
+from api.waiters import Signal
 from db.engine import retry_on_disconnect
 from db.jobs import (
     JobView,
@@ -24,7 +26,6 @@ from db.models import TERMINAL_STATUSES, Job
 from db.registry import ServingInfo, serving_info
 from inferq import cache
 from inferq.errors import BadRequest, InvalidInput, NotFound, ServiceUnavailable
-from inferq.queues import publish_predict
 
 log = logging.getLogger(__name__)
 
@@ -139,9 +140,10 @@ def accept(
 
 
 def publish(st: ApiState, view: JobView) -> None:
-    """Send the job to its lane; on failure leave it to the reconciler (the job is safe)."""
+    """Send the job to its lane (in one message with the jobs other threads accepted meanwhile,
+    see api.publisher); on failure leave it to the reconciler (the job is safe)."""
     try:
-        publish_predict(st.celery, st.settings, [str(view.job.id)], view.job.lane)
+        st.publisher.publish(str(view.job.id), view.job.lane)
     except Exception:
         log.warning(
             "publish failed; the reconciler will republish",
@@ -165,13 +167,49 @@ def load(st: ApiState, job_id: uuid.UUID, tenant_id: uuid.UUID) -> JobView:
     return view
 
 
-def wait_until_terminal(st: ApiState, view: JobView, seconds: float, signal: Any) -> JobView:
-    """Block until the job is terminal or ``seconds`` pass, re-reading it only when signalled."""
+def wait_until_terminal(st: ApiState, view: JobView, seconds: float, signal: Signal) -> JobView:
+    """Block until the job is terminal or ``seconds`` pass. When signalled, answer from the
+    fields the worker sent with the signal; read the job again only when it sent none."""
     deadline = time.monotonic() + seconds
     while view.job.status not in TERMINAL_STATUSES:
         remaining = deadline - time.monotonic()
         if remaining <= 0 or not signal.wait(remaining):
             return load(st, view.job.id, view.job.tenant_id)
+        finished, signal.payload = signal.payload, None
         signal.clear()
-        view = load(st, view.job.id, view.job.tenant_id)
+        view = with_final_fields(view, finished) or load(st, view.job.id, view.job.tenant_id)
     return view
+
+
+#: What a worker sends with a completion (workers.batch.final_fields), all needed to answer.
+FINAL_FIELDS = frozenset(
+    {"status", "output", "error", "worker", "attempts", "batch_size", "predict_ms"}
+    | {"started_at", "completed_at"}
+)
+
+
+def with_final_fields(view: JobView, fields: Mapping[str, Any] | None) -> JobView | None:
+    """``view`` updated with a finished job's fields, or None when they are incomplete.
+
+    The job row was read before it finished and is detached from its session: the fields
+    are set on it for rendering and never written back.
+    """
+    if not fields or not fields.keys() >= FINAL_FIELDS:
+        return None
+    if fields["status"] not in TERMINAL_STATUSES:
+        return None
+    try:
+        started = _timestamp(fields["started_at"])
+        completed = _timestamp(fields["completed_at"])
+    except ValueError:
+        return None
+    job = view.job
+    job.status, job.output, job.error = fields["status"], fields["output"], fields["error"]
+    job.worker, job.attempts = fields["worker"], fields["attempts"]
+    job.batch_size, job.predict_ms = fields["batch_size"], fields["predict_ms"]
+    job.started_at, job.completed_at = started, completed
+    return view
+
+
+def _timestamp(value: Any) -> dt.datetime | None:
+    return None if value is None else dt.datetime.fromisoformat(str(value))

@@ -13,6 +13,7 @@ from celery import Celery
 from flask import Flask, current_app
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.publisher import GroupPublisher
 from api.waiters import CompletionWaiter
 from inferq.settings import Settings
 
@@ -53,6 +54,7 @@ class ApiState:
     redis: redis.Redis
     celery: Celery
     waiter: CompletionWaiter
+    publisher: GroupPublisher
     principals: TtlCache = dataclasses.field(default_factory=lambda: TtlCache(0))
     models: TtlCache = dataclasses.field(default_factory=lambda: TtlCache(0))
 

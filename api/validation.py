@@ -7,6 +7,7 @@ import binascii
 import json
 from typing import Any
 
+import jsonschema_rs
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError
 
@@ -44,6 +45,25 @@ def validator_for(schema: dict[str, Any]) -> Draft202012Validator:
     return found
 
 
+_fast: dict[str, Any] = {}
+
+
+def fast_validator(schema: dict[str, Any]) -> Any:
+    """A compiled Rust validator for ``schema`` (cached): it answers "valid?" about 100x
+    faster than the Python one, which is asked only to explain an instance that fails, and
+    stays the judge of it."""
+    key = json.dumps(schema, sort_keys=True)
+    found = _fast.get(key)
+    if found is None:
+        found = jsonschema_rs.validator_for(
+            schema,
+            formats={"image-base64": lambda v: format_checker.conforms(v, "image-base64")},
+            validate_formats=True,
+        )
+        _fast[key] = found
+    return found
+
+
 def _pointer(prefix: str, error: ValidationError) -> str:
     return prefix + "".join(f"/{part}" for part in error.absolute_path)
 
@@ -72,6 +92,11 @@ def _describe(error: ValidationError) -> str:
 
 def check(schema: dict[str, Any], instance: Any, pointer: str = "") -> None:
     """Raise :class:`InvalidInput` listing up to ten ways ``instance`` breaks ``schema``."""
+    try:
+        if fast_validator(schema).is_valid(instance):
+            return
+    except (ValueError, OverflowError, RecursionError):  # what it cannot judge, Python does
+        pass
     errors = sorted(
         validator_for(schema).iter_errors(instance), key=lambda e: list(map(str, e.path))
     )

@@ -6,6 +6,9 @@ so a deep queue still yields small batches. Here the timer ticks fast and a tick
 flushes when messages stopped arriving for ``idle_gap_s`` (light load: answer at once) or
 the oldest buffered message has waited ``max_delay_s`` (heavy load: fill the batch, then
 go) -- Triton's ``max_queue_delay`` with a quiet-gap shortcut.
+
+A message may carry many job ids (the API publishes the jobs it accepted together as one
+message, see api.publisher), so a batch is also full once its messages hold ``max_items`` ids.
 """
 
 from __future__ import annotations
@@ -25,25 +28,45 @@ class DynamicBatches(Batches):
     abstract = True
     idle_gap_s = 0.002
     max_delay_s = 0.02
+    #: Job ids that make a batch full, whatever the number of messages; 0: count messages only.
+    max_items = 0
 
     def Strategy(self, task: Any, app: Any, consumer: Any) -> Callable[..., None]:
         handle = super().Strategy(task, app, consumer)
         self._first_at = self._last_at = 0.0
+        self._items = 0
 
-        def on_message(*args: Any, **kwargs: Any) -> None:
+        def on_message(message: Any, body: Any, *args: Any, **kwargs: Any) -> None:
             now = time.monotonic()
             if self._buffer.qsize() == 0:
                 self._first_at = now
+                self._items = 0
             self._last_at = now
-            handle(*args, **kwargs)
+            self._items += items_in(message, body)
+            handle(message, body, *args, **kwargs)
+            if self.max_items and self._items >= self.max_items:
+                self._do_flush()
 
         return on_message
 
     def _do_flush(self) -> None:
         waiting = self._buffer.qsize()
-        if 0 < waiting < self.flush_every:
+        full = self.max_items and self._items >= self.max_items
+        if 0 < waiting < self.flush_every and not full:
             now = time.monotonic()
             still_arriving = now - self._last_at < self.idle_gap_s
             if still_arriving and now - self._first_at < self.max_delay_s:
                 return  # more are coming and the oldest can still wait: let the batch grow
+        if waiting:
+            self._items = 0
         super()._do_flush()
+
+
+def items_in(message: Any, body: Any) -> int:
+    """Job ids in a predict message, at least 1. Celery hands protocol-2 messages over
+    undecoded (``body`` None); their payload decodes to ``(args, kwargs, embed)``."""
+    try:
+        ids = (message.payload if body is None else body)[0][0]
+    except Exception:  # a malformed message counts as one; the task itself drops it
+        return 1
+    return max(1, len(ids)) if isinstance(ids, list) else 1

@@ -76,7 +76,7 @@ def submit() -> Response:
         with st.waiter.expect(job_id) if wait else nullcontext() as signal:
             if not replayed:
                 svc.publish(st, view)
-            if wait:
+            if signal is not None:
                 view = svc.wait_until_terminal(st, view, wait, signal)
     if not replayed:
         experiments_service.mirror(st, view)  # shadow mode: the other arms run on a copy

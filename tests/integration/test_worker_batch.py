@@ -161,6 +161,45 @@ def test_long_poll_wakes_on_completion(alice: Caller, ctx: WorkerContext) -> Non
     assert jobs_service.query_wait("5", 30) == 5
 
 
+def test_a_woken_long_poll_answers_from_the_workers_fields_without_reading_postgres(
+    alice: Caller, ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a long-poll that has read its queued job once
+    job_id = submit(alice, holdout(1)[0][0])
+    reads: list[str] = []
+    real_load = jobs_service.load
+
+    def counting_load(*args: Any) -> Any:
+        reads.append(str(args[1]))
+        return real_load(*args)
+
+    monkeypatch.setattr(jobs_service, "load", counting_load)
+    timer = threading.Timer(0.5, run_batch, args=(ctx, [job_id]))
+    timer.start()
+    # When the worker finishes it
+    woken = alice.get(f"/v1/jobs/{job_id}?wait=20").get_json()
+    timer.join()
+    # Then the answer came from the completion signal: one read (before waiting), none after
+    assert reads == [job_id]
+    # and it is the same job a fresh read returns
+    fresh = alice.get(f"/v1/jobs/{job_id}").get_json()
+    for volatile in ("position", "eta_s", "stuck"):
+        woken.pop(volatile, None), fresh.pop(volatile, None)
+    assert woken["status"] == "succeeded" and woken == fresh
+
+
+def test_incomplete_completion_fields_fall_back_to_a_read() -> None:
+    assert jobs_service.with_final_fields(None, {"status": "succeeded"}) is None  # type: ignore[arg-type]
+    assert jobs_service.with_final_fields(None, None) is None  # type: ignore[arg-type]
+    partial = dict.fromkeys(jobs_service.FINAL_FIELDS) | {"status": "running"}
+    assert jobs_service.with_final_fields(None, partial) is None  # type: ignore[arg-type]
+    garbled = dict.fromkeys(jobs_service.FINAL_FIELDS) | {
+        "status": "succeeded",
+        "started_at": "yesterday",
+    }
+    assert jobs_service.with_final_fields(None, garbled) is None  # type: ignore[arg-type]
+
+
 def test_the_cache_answers_a_repeated_input_without_a_worker(
     settings: Settings, digits_version: int, keys: Keys
 ) -> None:

@@ -59,6 +59,7 @@ def register(app: Celery, settings: Settings, context: Callable[[], WorkerContex
         flush_interval=TICK_S,
         idle_gap_s=settings.batch_idle_gap_ms / 1000,
         max_delay_s=settings.max_batch_delay_ms / 1000,
+        max_items=settings.max_batch_size,
     )
     def predict(requests: Sequence[SimpleRequest]) -> None:
         ids = job_ids_of(requests)
