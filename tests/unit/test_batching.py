@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from types import SimpleNamespace
 from typing import Any
@@ -23,7 +24,7 @@ class Pool:
         self.batches.append([request.args[0] for request in requests])
 
 
-def strategy(flush_every: int, max_items: int) -> tuple[Any, Pool]:
+def strategy(flush_every: int, max_items: int, sparse_gap_s: float = 60) -> tuple[Any, Pool]:
     """The message handler the worker's consumer would call, wired to a recording pool."""
     app = Celery("t", set_as_current=False)
 
@@ -35,6 +36,7 @@ def strategy(flush_every: int, max_items: int) -> tuple[Any, Pool]:
         idle_gap_s=60,  # neither the quiet gap nor the deadline flushes within a test
         max_delay_s=60,
         max_items=max_items,
+        sparse_gap_s=sparse_gap_s,  # by default no message in a test comes after a lull
     )
     def predict(requests: Any) -> None:
         raise AssertionError("the recording pool never runs batches")
@@ -76,3 +78,32 @@ def test_a_malformed_message_counts_as_one_item() -> None:
     assert items_in(SimpleNamespace(payload=None), None) == 1
     assert items_in(None, ([["a", "b"]], {}, {})) == 2
     assert items_in(SimpleNamespace(payload=([[]], {}, {})), None) == 1
+
+
+def test_a_message_after_a_lull_goes_at_once_and_close_ones_wait_to_share_a_batch() -> None:
+    handler, pool = strategy(flush_every=64, max_items=64, sparse_gap_s=0.05)
+    time.sleep(0.06)
+    deliver(handler, ["a"])
+    assert pool.batches == [[["a"]]]  # nothing came for a while: no reason to wait
+    deliver(handler, ["b"])
+    deliver(handler, ["c"])
+    assert pool.batches == [[["a"]]]  # close behind: these wait for company (gap or deadline)
+    time.sleep(0.06)
+    deliver(handler, ["d"])  # not a lull's first: the buffer still holds b and c
+    assert pool.batches == [[["a"]]]
+
+
+def test_after_a_lull_a_message_carrying_load_still_waits_for_company() -> None:
+    handler, pool = strategy(flush_every=64, max_items=3, sparse_gap_s=0.05)
+    # Given a full batch (load)
+    for ids in (["a"], ["b"], ["c"]):
+        deliver(handler, ids)
+    assert pool.batches == [[["a"], ["b"], ["c"]]]
+    # When a lone job comes after a lull, it waits: the last batch says load
+    time.sleep(0.06)
+    deliver(handler, ["d"])
+    assert len(pool.batches) == 1
+    handler, pool = strategy(flush_every=64, max_items=64, sparse_gap_s=0.05)
+    time.sleep(0.06)
+    deliver(handler, ["e", "f"])  # a message of several jobs after a lull is load too
+    assert pool.batches == []

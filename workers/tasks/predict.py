@@ -60,6 +60,8 @@ def register(app: Celery, settings: Settings, context: Callable[[], WorkerContex
         idle_gap_s=settings.batch_idle_gap_ms / 1000,
         max_delay_s=settings.max_batch_delay_ms / 1000,
         max_items=settings.max_batch_size,
+        # a lull is two quiet gaps long: then the next message has no company coming
+        sparse_gap_s=2 * settings.batch_idle_gap_ms / 1000,
     )
     def predict(requests: Sequence[SimpleRequest]) -> None:
         ids = job_ids_of(requests)
