@@ -1,0 +1,2 @@
+"""nginx's config template for inferq (``inferq.conf.template``), shipped as package data so
+``inferq up`` finds it in a plain (non-editable) install too; see inferq/nginx.py."""
