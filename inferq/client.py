@@ -6,6 +6,11 @@
     job = client.wait(job["id"])
 
 Problems come back as the typed errors of :mod:`inferq.errors` (``NotFound``, ``InvalidInput``…).
+
+Reads are retried (``retries`` times, with backoff, honouring ``Retry-After``) when a
+connection fails, a response is cut off, or the service answers 502/503/504: an API node that
+dies mid-response, a deploy, a database restart. A submit is retried only when it carries an
+``idempotency_key``: then the service creates the job at most once, however many tries reach it.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 import requests
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
 from inferq.errors import Problem, ServerError, problem_from_response
 
@@ -22,14 +28,21 @@ TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 LONG_POLL_S = 25.0
 #: How long a batch upload may take to be checked and stored after it is sent.
 BATCH_UPLOAD_WAIT_S = 600.0
+#: Answers that mean "not now" rather than "no": another try may well succeed.
+TRANSIENT_STATUS = frozenset({502, 503, 504})
+#: The longest pause between tries, whatever ``Retry-After`` asks for.
+MAX_RETRY_PAUSE_S = 5.0
 
 
 class Client:
     """Talks to one inferq endpoint (an API node or nginx) with one API key."""
 
-    def __init__(self, base_url: str, api_key: str, *, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, base_url: str, api_key: str, *, timeout_s: float = 10.0, retries: int = 2
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        self.retries = retries
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {api_key}"
 
@@ -52,7 +65,9 @@ class Client:
         headers = {"Prefer": f"wait={wait:g}"} if wait else {}
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
-        return self._call("POST", "/v1/jobs", json=body, headers=headers, wait=wait)
+        return self._call(
+            "POST", "/v1/jobs", json=body, headers=headers, wait=wait, retry=bool(idempotency_key)
+        )
 
     def get(self, job_id: str, *, wait: float = 0) -> dict[str, Any]:
         """The job; with ``wait``, long-polls until it is terminal or ``wait`` seconds pass."""
@@ -163,7 +178,29 @@ class Client:
                 lines += block.count(b"\n")
         return lines - 1 if fmt == "csv" else lines
 
-    def _call(self, method: str, path: str, *, wait: float = 0, **kwargs: Any) -> dict[str, Any]:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        wait: float = 0,
+        retry: bool | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """One call; GETs (and calls marked ``retry``) are tried again on transient failures."""
+        safe = method == "GET" if retry is None else retry
+        retrying = Retrying(
+            stop=stop_after_attempt(1 + (self.retries if safe else 0)),
+            retry=retry_if_exception(transient),
+            wait=pause_before_retry,
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt:
+                return self._once(method, path, wait=wait, **kwargs)
+        raise AssertionError("unreachable: tenacity reraises the last failure")
+
+    def _once(self, method: str, path: str, *, wait: float, **kwargs: Any) -> dict[str, Any]:
         response = self.session.request(
             method, self.base_url + path, timeout=self.timeout_s + wait, **kwargs
         )
@@ -171,6 +208,24 @@ class Client:
             raise _problem(response)
         body: dict[str, Any] = response.json()
         return body
+
+
+def transient(exc: BaseException) -> bool:
+    """A failure another try may not meet: no connection, a cut-off answer, 502/503/504."""
+    if isinstance(exc, Problem):
+        return exc.status in TRANSIENT_STATUS
+    return isinstance(
+        exc, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+    )
+
+
+def pause_before_retry(state: RetryCallState) -> float:
+    """``Retry-After`` when the service sent one (capped), else 0.1 s doubling per try."""
+    failure = state.outcome.exception() if state.outcome else None
+    after = str((getattr(failure, "headers", None) or {}).get("Retry-After", ""))
+    if after.replace(".", "", 1).isdigit():  # seconds; absent, or an HTTP date: back off
+        return min(float(after), MAX_RETRY_PAUSE_S)
+    return min(0.1 * 2 ** (state.attempt_number - 1), MAX_RETRY_PAUSE_S)
 
 
 def _problem(response: requests.Response) -> Problem:

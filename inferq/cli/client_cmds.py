@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,15 @@ def submit(
     except ValueError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--input") from exc
     client = make_client()
-    job = client.submit(model, payload, wait=min(timeout, 10) if wait else 0, lane=lane, user=user)
+    # A key of its own makes the submit safe to retry: a lost answer never doubles the job.
+    job = client.submit(
+        model,
+        payload,
+        wait=min(timeout, 10) if wait else 0,
+        lane=lane,
+        user=user,
+        idempotency_key=uuid.uuid4().hex,
+    )
     if wait and job["status"] not in ("succeeded", "failed", "canceled"):
         job = client.wait(job["id"], timeout_s=timeout)
     _print(job)
