@@ -138,6 +138,9 @@ class Settings:
     port: int = 8080
     api_nodes: int = 1
     workers: int = 1
+    #: ``MIN:MAX``: instead of ``workers`` fixed workers, ``inferq up`` runs the autoscaler
+    #: (local backend), which keeps between MIN and MAX workers as the queues call for.
+    autoscale: str = ""
     #: Workers that consume only the batch lane, so batches never queue ahead of online jobs.
     batch_workers: int = 1
 
@@ -214,6 +217,18 @@ class Settings:
         if self.webhook_max_attempts < 1 or self.webhook_timeout_s <= 0:
             raise ConfigError("need INFERQ_WEBHOOK_MAX_ATTEMPTS >= 1, INFERQ_WEBHOOK_TIMEOUT_S > 0")
         self.lane_limits  # noqa: B018 (raises ConfigError when malformed)
+        self.autoscale_bounds  # noqa: B018 (raises ConfigError when malformed)
+
+    @property
+    def autoscale_bounds(self) -> tuple[int, int] | None:
+        """``(min, max)`` workers from ``autoscale``, or None when it is off."""
+        if not self.autoscale.strip():
+            return None
+        low, sep, high = self.autoscale.strip().partition(":")
+        if not (sep and low.isdigit() and high.isdigit() and int(low) <= int(high) >= 1):
+            raise ConfigError(f"INFERQ_AUTOSCALE must be MIN:MAX with MIN <= MAX, MAX >= 1, "
+                              f"not {self.autoscale!r}")  # fmt: skip
+        return int(low), int(high)
 
     @property
     def lanes(self) -> tuple[str, ...]:

@@ -101,7 +101,8 @@ def programs(
     """Everything the stack runs: workers first, then beat, then the API that accepts work."""
     launcher = tuple(launcher)
     beat = Program("beat", (*launcher, "beat"), priority=200, stopwaitsecs=5)
-    workers = [*worker_programs(settings, launcher), *batch_worker_programs(settings, launcher)]
+    online = autoscaler_programs(settings, launcher) or worker_programs(settings, launcher)
+    workers = [*online, *batch_worker_programs(settings, launcher)]
     workers.append(trainer_program(launcher))
     return [*workers, beat, *api_programs(settings, launcher, front)]
 
@@ -144,6 +145,27 @@ def worker_programs(settings: Settings, launcher: tuple[str, ...]) -> list[Progr
             group="workers",
         )
         for i in range(1, settings.workers + 1)
+    ]
+
+
+def autoscaler_programs(settings: Settings, launcher: tuple[str, ...]) -> list[Program]:
+    """With ``autoscale``, the autoscaler in place of fixed workers: it starts and drains
+    ``inferq worker`` children itself (the local backend), between the bounds."""
+    bounds = settings.autoscale_bounds
+    if bounds is None:
+        return []
+    low, high = bounds
+    argv = (*launcher, "autoscaler", "--backend", "local")
+    return [
+        Program(
+            "autoscaler",
+            (*argv, "--min-workers", str(low), "--max-workers", str(high)),
+            priority=100,
+            # On SIGTERM it drains its workers (each finishes its batch, up to 30 s) first.
+            stopwaitsecs=45,
+            stopasgroup=False,
+            group="workers",
+        )
     ]
 
 

@@ -30,9 +30,20 @@ if TYPE_CHECKING:
     default=None,
     help="Workers of the batch lane alone (INFERQ_BATCH_WORKERS, 1).",
 )
+@click.option(
+    "--autoscale",
+    metavar="MIN:MAX",
+    default=None,
+    help="Scale workers between MIN and MAX on queue depth instead of --workers "
+    "(INFERQ_AUTOSCALE).",
+)
 @reports_errors
 def up(
-    port: int | None, api_nodes: int | None, workers: int | None, batch_workers: int | None
+    port: int | None,
+    api_nodes: int | None,
+    workers: int | None,
+    batch_workers: int | None,
+    autoscale: str | None,
 ) -> None:
     """Run inferq here until Ctrl-C or `inferq down`.
 
@@ -44,7 +55,11 @@ def up(
     from inferq import stack
 
     settings = load_settings(
-        port=port, api_nodes=api_nodes, workers=workers, batch_workers=batch_workers
+        port=port,
+        api_nodes=api_nodes,
+        workers=workers,
+        batch_workers=batch_workers,
+        autoscale=autoscale,
     )
     paths = stack.StackPaths(settings.home.resolve())
     url = f"http://127.0.0.1:{settings.port}"

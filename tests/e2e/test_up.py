@@ -66,7 +66,8 @@ def up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path]]:
     stderr = tmp_path / "up.stderr"
     with stderr.open("wb") as err:
         process = subprocess.Popen(
-            [*INFERQ, "up", "--port", str(free_port())],
+            # Workers come from the autoscaler (local backend), between one and two.
+            [*INFERQ, "up", "--port", str(free_port()), "--autoscale", "1:2"],
             cwd=ROOT,
             env=bare_env(home),
             stdin=subprocess.DEVNULL,
@@ -88,6 +89,7 @@ def up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path]]:
 @pytest.mark.e2e
 @pytest.mark.timeout(600)
 def test_up_serves_a_digit_and_down_leaves_nothing_running(up: tuple) -> None:
+    """Also ``--autoscale``: down drains the autoscaler's workers too (they are in `started`)."""
     from sklearn.datasets import load_digits
 
     process, home, stderr = up
@@ -106,10 +108,13 @@ def test_up_serves_a_digit_and_down_leaves_nothing_running(up: tuple) -> None:
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 
-    # Then the job succeeded with a label
+    # Then the job succeeded with a label, on a worker the autoscaler started
     assert submit.returncode == 0, submit.stderr
     job = json.loads(submit.stdout)
     assert job["status"] == "succeeded", job
+    assert job["worker"].startswith("auto-"), job["worker"]
+    started += [p for p in stack_processes(process, home) if p not in started]
+    assert any("worker" in " ".join(p.cmdline()) for p in started if p.is_running())
     label = job["output"]["label"]
     assert isinstance(label, int) and 0 <= label <= 9
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from supervisor.options import ClientOptions, ServerOptions
 
+from inferq.errors import ConfigError
 from inferq.settings import Settings
 from inferq.stack import (
     StackError,
@@ -63,6 +64,26 @@ def test_the_stack_runs_workers_beat_and_one_api_node_on_the_public_port() -> No
     assert [p.name for p in programs(Settings(batch_workers=0), LAUNCHER)] == [
         *("worker-1", "trainer", "beat", "api")
     ]
+
+
+def test_with_autoscale_the_autoscaler_runs_in_place_of_fixed_workers(tmp_path: Path) -> None:
+    progs = programs(Settings(workers=3, autoscale="0:4"), launcher=LAUNCHER)
+
+    assert [p.name for p in progs] == ["autoscaler", "batch-1", "trainer", "beat", "api"]
+    scaler = progs[0]
+    assert scaler.argv == (
+        *LAUNCHER, "autoscaler", "--backend", "local", "--min-workers", "0", "--max-workers", "4"
+    )  # fmt: skip
+    # SIGTERM to it alone: it drains its workers before exiting, within the stop timeout
+    assert not scaler.stopasgroup and scaler.stopwaitsecs > 30
+    processes = by_name(parse(StackPaths(tmp_path), supervisord_conf(StackPaths(tmp_path), progs)))
+    assert shlex.split(processes["autoscaler"].command) == list(scaler.argv)
+
+
+@pytest.mark.parametrize("bad", ["4", "3:1", "a:b", "0:0", "-1:2", "1:2:3"])
+def test_a_malformed_autoscale_is_refused(bad: str) -> None:
+    with pytest.raises(ConfigError, match="INFERQ_AUTOSCALE"):
+        Settings(autoscale=bad).validate()
 
 
 def test_supervisord_reads_back_every_program_as_written(tmp_path: Path) -> None:
