@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Iterator
 from typing import IO, Any
 
+from api.body import unstorable
 from inferq.errors import InvalidInput, PayloadTooLarge
 
 BLOCK_BYTES = 1 << 16
@@ -119,38 +119,5 @@ def parse_line(number: int, raw: bytes) -> Line:
     return Line(number, text, value)
 
 
-def unstorable(value: Any) -> str | None:
-    """Why Postgres could not store ``value`` as JSONB, or None when it can."""
-    try:
-        return _unstorable(value)
-    except RecursionError:
-        return "is nested too deeply"
-
-
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
-
-
-def _unstorable(value: Any) -> str | None:
-    if isinstance(value, float):
-        return None if math.isfinite(value) else "holds a number out of range"
-    if isinstance(value, str):
-        return _bad_string(value)
-    if isinstance(value, list):
-        return next(filter(None, map(_unstorable, value)), None)
-    if isinstance(value, dict):
-        for key, item in value.items():
-            problem = _bad_string(key) or _unstorable(item)
-            if problem:
-                return problem
-    return None
-
-
-def _bad_string(value: str) -> str | None:
-    if "\x00" in value:
-        return "holds a NUL character (\\u0000), which cannot be stored"
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return "holds an unpaired surrogate (\\ud800-\\udfff), which cannot be stored"
-    return None

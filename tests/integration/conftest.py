@@ -54,6 +54,12 @@ def bob(http: FlaskClient, keys: Keys) -> Caller:
 
 
 @pytest.fixture
+def admin(http: FlaskClient, admin_key: str) -> Caller:
+    """A caller with an operators' key (every scope, admin included)."""
+    return Caller(http, admin_key)
+
+
+@pytest.fixture
 def no_worker() -> Iterator[None]:
     """Marks tests that rely on no worker consuming this run's queues (jobs stay queued)."""
     yield

@@ -92,6 +92,50 @@ def test_malformed_json_is_400(alice: Caller, settings: Settings, raw: bytes) ->
     assert job_count(settings) == before
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model": "digits", "input": {"pixels": [0]}, "user": "a\\u0000b"}',
+        b'{"model": "digits\\u0000", "input": {"pixels": [0]}}',
+        b'{"model": "digits", "input": {"pixels": [0]}, "user": "\\ud800"}',
+        b'{"model": "digits", "input": {"pixels": [0]}, "user": "\xed\xa0\x80"}',
+        b'{"model": "digits", "input": {"pixels": [0], "\\u0000": 1}}',
+    ],
+)
+def test_what_postgres_cannot_store_is_422_and_creates_nothing(
+    alice: Caller, settings: Settings, raw: bytes
+) -> None:
+    # NUL characters and lone surrogates are valid JSON that Postgres refuses (JSONB and text)
+    before = job_count(settings)
+    response = alice.http.post(
+        "/v1/jobs", data=raw, headers=alice.headers({"Content-Type": "application/json"})
+    )
+    problem = assert_problem(response, 422, "invalid-input")
+    assert "cannot be stored" in problem["detail"]
+    assert job_count(settings) == before
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/v1/models/digits%00",
+        "/v1/jobs/%00",
+        "/v1/experiments?model=a%00b",
+        "/v1/batches?model=digits%00",
+        "/v1/stats?window=%00",
+    ],
+)
+def test_a_nul_in_the_url_is_400(admin: Caller, url: str) -> None:
+    for method in ("get", "post"):
+        response = getattr(admin.http, method)(url, headers=admin.headers())
+        assert_problem(response, 400, "bad-request")
+
+
+def test_a_nul_in_a_bearer_key_is_401(alice: Caller) -> None:
+    response = alice.http.get("/v1/models", headers={"Authorization": "Bearer iq_\x00abc"})
+    assert_problem(response, 401, "unauthorized")
+
+
 def test_wrong_content_type_is_415(alice: Caller) -> None:
     response = alice.http.post(
         "/v1/jobs",

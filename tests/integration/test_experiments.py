@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 import redis
-from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from db.models import ShadowResult
@@ -34,11 +33,6 @@ def ctx(settings: Settings, digits_version: int) -> Iterator[WorkerContext]:
     )
     yield context
     context.redis.close()
-
-
-@pytest.fixture
-def admin(http: FlaskClient, admin_key: str) -> Caller:
-    return Caller(http, admin_key)
 
 
 def start(admin: Caller, body: dict[str, Any]) -> dict[str, Any]:

@@ -21,11 +21,6 @@ PROBLEM = "application/problem+json"
 
 
 @pytest.fixture
-def admin(http: FlaskClient, admin_key: str) -> Caller:
-    return Caller(http, admin_key)
-
-
-@pytest.fixture
 def model(settings: Settings, digits_version: int) -> str:
     """A model with three versions; v1 serves."""
     variants = digits_variants()

@@ -57,11 +57,6 @@ def observer(settings: Settings) -> Iterator[Observer]:
 
 
 @pytest.fixture
-def admin(http: Any, admin_key: str) -> Caller:
-    return Caller(http, admin_key)
-
-
-@pytest.fixture
 def beats(settings: Settings) -> Iterator[Any]:
     """Fake worker heartbeats: ``beat(name, lanes, consuming)``; removed afterwards."""
     client = redis.Redis.from_url(settings.effective_redis_url)
