@@ -103,7 +103,7 @@ def programs(
     beat = Program("beat", (*launcher, "beat"), priority=200, stopwaitsecs=5)
     online = autoscaler_programs(settings, launcher) or worker_programs(settings, launcher)
     workers = [*online, *batch_worker_programs(settings, launcher)]
-    workers.append(trainer_program(launcher))
+    workers += [trainer_program(launcher), webhooks_program(launcher)]
     return [*workers, beat, *api_programs(settings, launcher, front)]
 
 
@@ -174,6 +174,19 @@ def trainer_program(launcher: tuple[str, ...]) -> Program:
     return Program(
         "trainer",
         (*launcher, "worker", "--name", "trainer", "--lanes", "training"),
+        priority=100,
+        stopwaitsecs=30,
+        stopasgroup=False,
+        group="workers",
+    )
+
+
+def webhooks_program(launcher: tuple[str, ...]) -> Program:
+    """One worker of the webhooks lane alone: a slow receiver holds up other deliveries,
+    never predictions."""
+    return Program(
+        "webhooks",
+        (*launcher, "worker", "--name", "webhooks", "--lanes", "webhooks"),
         priority=100,
         stopwaitsecs=30,
         stopasgroup=False,

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from inferq.cli import main
-from inferq.settings import PREFIX, Settings
+from inferq.settings import LANES, PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS_VARS = {PREFIX + field.name.upper() for field in dataclasses.fields(Settings)}
@@ -63,3 +63,24 @@ def check_invocation(args: list[str], pending_ok: bool = False) -> str | None:
     except click.ClickException as exc:
         return f"{' '.join(path)} {' '.join(args)}: {exc.format_message()}"
     return None
+
+
+#: Lanes work is published to: jobs (online, batch), training runs, webhook deliveries. Each
+#: must have a consumer in every topology, or what lands there waits forever. (``maintenance``
+#: is declared but nothing is published there: the scheduler reconciles in its own process.)
+CONSUMED_LANES = frozenset(LANES) - {"maintenance"}
+
+
+def lanes_consumed(command: list[str] | str, env: dict[str, str] | None = None) -> set[str]:
+    """The lanes the ``inferq worker`` invocations in ``command`` consume (or the workers an
+    ``inferq autoscaler --backend local`` starts): ``--lanes``, else INFERQ_WORKER_LANES from
+    ``env``, else the settings' default."""
+    default = (env or {}).get(PREFIX + "WORKER_LANES", Settings().worker_lanes)
+    found: set[str] = set()
+    for argv in inferq_invocations(command):
+        local_scaler = argv[:1] == ["autoscaler"] and "local" in argv  # it runs the workers
+        if argv[:1] != ["worker"] and not local_scaler:
+            continue
+        lanes = argv[argv.index("--lanes") + 1] if "--lanes" in argv else default
+        found |= {lane.strip() for lane in lanes.split(",") if lane.strip()}
+    return found

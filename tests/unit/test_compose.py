@@ -15,9 +15,11 @@ import yaml
 from inferq.nginx import placeholders
 from tests.services import CI
 from tests.unit.deploy_checks import (
+    CONSUMED_LANES,
     ROOT,
     check_invocation,
     inferq_invocations,
+    lanes_consumed,
     unknown_settings,
 )
 
@@ -86,7 +88,7 @@ def test_a_plain_up_runs_the_core_and_profiles_add_the_rest(services: dict[str, 
     core = {name for name, service in services.items() if not service.get("profiles")}
     assert core == {
         *("postgres", "redis", "migrate", "api", "nginx", "worker", "worker-batch", "trainer"),
-        "beat",
+        *("webhooks", "beat"),
     }
     assert services["trainer"]["command"][-2:] == ["--lanes", "training"]
     assert services["worker-batch"]["command"] == ["inferq", "worker", "--lanes", "batch"]
@@ -213,3 +215,13 @@ def test_the_image_runs_as_a_user_with_cpu_torch_by_default() -> None:
     for source in re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, re.M):
         for part in source.split():
             assert (ROOT / part).exists(), part
+
+
+def test_every_lane_work_is_published_to_has_a_worker_in_a_plain_up(
+    services: dict[str, Any],
+) -> None:
+    consumed = set()
+    for service in services.values():
+        if not service.get("profiles") and "command" in service:
+            consumed |= lanes_consumed(service["command"], service.get("environment") or {})
+    assert consumed == CONSUMED_LANES

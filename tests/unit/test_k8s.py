@@ -11,7 +11,14 @@ import yaml
 from inferq.nginx import placeholders
 from inferq.queues import make_celery, queue_name
 from inferq.settings import Settings
-from tests.unit.deploy_checks import ROOT, check_invocation, inferq_invocations, unknown_settings
+from tests.unit.deploy_checks import (
+    CONSUMED_LANES,
+    ROOT,
+    check_invocation,
+    inferq_invocations,
+    lanes_consumed,
+    unknown_settings,
+)
 
 K8S = ROOT / "deploy" / "k8s"
 TEMPLATE = ROOT / "nginx" / "inferq.conf.template"
@@ -51,8 +58,19 @@ def test_kustomize_applies_every_manifest_but_the_keda_alternative() -> None:
 
 def test_there_are_deployments_for_every_service(objects: dict) -> None:
     assert set(deployments(objects)) == {
-        "inferq-api", "inferq-worker", "inferq-beat", "inferq-autoscaler", "inferq-nginx"
+        "inferq-api", "inferq-worker", "inferq-beat", "inferq-autoscaler", "inferq-nginx",
+        "inferq-worker-batch", "inferq-trainer", "inferq-webhooks",
     }  # fmt: skip
+
+
+def test_every_lane_work_is_published_to_has_a_worker(objects: dict) -> None:
+    config = objects[("ConfigMap", "inferq-config")]["data"]
+    consumed = set()
+    for doc in deployments(objects).values():
+        spec = container(doc)
+        env = {**config, **{e["name"]: e.get("value", "") for e in spec.get("env", [])}}
+        consumed |= lanes_consumed(spec.get("command", []), env)
+    assert consumed == CONSUMED_LANES
 
 
 def test_beat_and_the_autoscaler_are_one_pod_that_never_overlaps_its_successor(

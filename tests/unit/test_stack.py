@@ -24,6 +24,7 @@ from inferq.stack import (
     release,
 )
 from inferq.supervise import stop_timeout, supervisord_conf
+from tests.unit.deploy_checks import CONSUMED_LANES, lanes_consumed
 
 LAUNCHER = ("/opt/my python/bin/python", "-m", "inferq")
 
@@ -50,7 +51,7 @@ def test_the_stack_runs_workers_beat_and_one_api_node_on_the_public_port() -> No
     progs = programs(Settings(port=9123, workers=3), launcher=LAUNCHER)
 
     assert [p.name for p in progs] == [
-        *("worker-1", "worker-2", "worker-3", "batch-1", "trainer", "beat", "api")
+        *("worker-1", "worker-2", "worker-3", "batch-1", "trainer", "webhooks", "beat", "api")
     ]
     api = progs[-1]
     assert api.argv == (*LAUNCHER, "api", "--host", "127.0.0.1", "--port", "9123")
@@ -62,14 +63,24 @@ def test_the_stack_runs_workers_beat_and_one_api_node_on_the_public_port() -> No
     # at a lower CPU priority: on a shared host an online job never waits behind a batch
     assert nice[0].endswith("nice") and nice[1:] == ("-n", "10")
     assert [p.name for p in programs(Settings(batch_workers=0), LAUNCHER)] == [
-        *("worker-1", "trainer", "beat", "api")
+        *("worker-1", "trainer", "webhooks", "beat", "api")
     ]
+
+
+@pytest.mark.parametrize("settings", [Settings(), Settings(autoscale="0:2")], ids=str)
+def test_every_lane_work_is_published_to_has_a_worker(settings: Settings) -> None:
+    consumed = set()
+    for program in programs(settings, launcher=LAUNCHER):
+        consumed |= lanes_consumed(list(program.argv))
+    assert consumed == CONSUMED_LANES
 
 
 def test_with_autoscale_the_autoscaler_runs_in_place_of_fixed_workers(tmp_path: Path) -> None:
     progs = programs(Settings(workers=3, autoscale="0:4"), launcher=LAUNCHER)
 
-    assert [p.name for p in progs] == ["autoscaler", "batch-1", "trainer", "beat", "api"]
+    assert [p.name for p in progs] == [
+        *("autoscaler", "batch-1", "trainer", "webhooks", "beat", "api")
+    ]
     scaler = progs[0]
     assert scaler.argv == (
         *LAUNCHER, "autoscaler", "--backend", "local", "--min-workers", "0", "--max-workers", "4"
@@ -93,7 +104,9 @@ def test_supervisord_reads_back_every_program_as_written(tmp_path: Path) -> None
 
     processes = by_name(parse(paths, supervisord_conf(paths, progs)))
 
-    assert sorted(processes) == ["api", "batch-1", "beat", "trainer", "worker-1", "worker-2"]
+    assert sorted(processes) == [
+        *("api", "batch-1", "beat", "trainer", "webhooks", "worker-1", "worker-2")
+    ]
     for program in progs:
         process = processes[program.name]
         assert shlex.split(process.command) == list(program.argv)
@@ -117,6 +130,7 @@ def test_workers_stop_warmly_and_together(tmp_path: Path) -> None:
         "worker-2",
         "batch-1",
         "trainer",
+        "webhooks",
     ]
     # Only the Celery parent gets SIGTERM (its warm shutdown lets jobs finish), 30 s to do it.
     assert all(not p.stopasgroup and p.stopwaitsecs == 30 for p in workers.process_configs)
