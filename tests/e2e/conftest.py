@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from inferq.client import Client
 from inferq.settings import Settings
-from tests.conftest import Keys
 from tests.processes import ServiceProcess, free_port, wait_for_http, wait_for_log
 
 
@@ -55,18 +54,26 @@ def start_stack(settings: Settings, logs: Path, workers: int) -> Stack:
 
 
 @pytest.fixture
-def redis_stack(
-    settings: Settings, digits_version: int, keys: Keys, tmp_path: Path
-) -> Iterator[Stack]:
-    stack = start_stack(settings, tmp_path, workers=2)
-    yield stack
-    stack.stop()
+def stacks(digits_version: int, tmp_path: Path) -> Iterator[Callable[[Settings, int], Stack]]:
+    """Start a stack on given settings with N workers; every one started stops at the end."""
+    started: list[Stack] = []
+
+    def start(settings: Settings, workers: int) -> Stack:
+        logs = tmp_path / f"stack-{len(started)}"
+        logs.mkdir()
+        started.append(start_stack(settings, logs, workers))
+        return started[-1]
+
+    yield start
+    for stack in started:
+        stack.stop()
 
 
 @pytest.fixture
-def amqp_stack(
-    amqp_settings: Settings, digits_version: int, keys: Keys, tmp_path: Path
-) -> Iterator[Stack]:
-    stack = start_stack(amqp_settings, tmp_path, workers=2)
-    yield stack
-    stack.stop()
+def redis_stack(settings: Settings, stacks: Callable[[Settings, int], Stack]) -> Stack:
+    return stacks(settings, 2)
+
+
+@pytest.fixture
+def amqp_stack(amqp_settings: Settings, stacks: Callable[[Settings, int], Stack]) -> Stack:
+    return stacks(amqp_settings, 2)

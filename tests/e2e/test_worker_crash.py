@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 
 from inferq.settings import Settings
 from tests.conftest import Keys
-from tests.e2e.conftest import Stack, start_stack
+from tests.e2e.conftest import Stack
 from tests.factories import holdout, register_fixture_model
 
 pytestmark = pytest.mark.e2e
@@ -71,28 +70,14 @@ def crash_and_recover(stack: Stack, keys: Keys) -> None:
     assert not victim.alive()
 
 
-@pytest.fixture
-def lone_stack(
-    settings: Settings, digits_version: int, keys: Keys, tmp_path: Path
-) -> Iterator[Stack]:
-    stack = start_stack(settings, tmp_path, workers=0)
-    yield stack
-    stack.stop()
-
-
-@pytest.fixture
-def lone_amqp_stack(
-    amqp_settings: Settings, digits_version: int, keys: Keys, tmp_path: Path
-) -> Iterator[Stack]:
-    stack = start_stack(amqp_settings, tmp_path, workers=0)
-    yield stack
-    stack.stop()
-
-
-def test_sigkill_loses_no_job_on_redis(lone_stack: Stack, keys: Keys) -> None:
-    crash_and_recover(lone_stack, keys)
+def test_sigkill_loses_no_job_on_redis(
+    settings: Settings, stacks: Callable[[Settings, int], Stack], keys: Keys
+) -> None:
+    crash_and_recover(stacks(settings, 0), keys)
 
 
 @pytest.mark.rabbitmq
-def test_sigkill_loses_no_job_on_rabbitmq(lone_amqp_stack: Stack, keys: Keys) -> None:
-    crash_and_recover(lone_amqp_stack, keys)
+def test_sigkill_loses_no_job_on_rabbitmq(
+    amqp_settings: Settings, stacks: Callable[[Settings, int], Stack], keys: Keys
+) -> None:
+    crash_and_recover(stacks(amqp_settings, 0), keys)
