@@ -8,12 +8,13 @@ import logging
 from flask import Flask, Response, request
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from inferq.errors import (
     PROBLEM_BASE,
     PROBLEMS_BY_STATUS,
+    InvalidInput,
     Problem,
     ServerError,
     ServiceUnavailable,
@@ -69,6 +70,16 @@ def _dependency_down(exc: Exception) -> Response:
     )
 
 
+def _unstorable_value(exc: DataError) -> Response:
+    # A value the request carried that Postgres refused for its column (a number out of
+    # range...): the schemas should have caught it, so log it, but it is the client's input,
+    # and its transaction rolled back.
+    log.warning("input refused by the database", extra={"path": request.path}, exc_info=True)
+    return problem_response(
+        InvalidInput("A value in the request is out of the range this service can store.")
+    )
+
+
 def _unexpected(exc: Exception) -> Response:
     # The trace goes to the log with the request id, never to the client.
     log.exception("unhandled error", extra={"path": request.path})
@@ -79,6 +90,7 @@ def init_app(app: Flask) -> None:
     """Register the handlers on ``app``."""
     app.register_error_handler(Problem, problem_response)
     app.register_error_handler(HTTPException, _from_http)
+    app.register_error_handler(DataError, _unstorable_value)
     app.register_error_handler(OperationalError, _dependency_down)
     app.register_error_handler(InterfaceError, _dependency_down)
     app.register_error_handler(RedisConnectionError, _dependency_down)

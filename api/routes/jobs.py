@@ -44,7 +44,7 @@ FEEDBACK_SCHEMA: dict[str, Any] = {
     "properties": {
         "label": {},
         "correct": {"type": "boolean"},
-        "score": {"type": "number"},
+        "score": {"type": "number", "minimum": -1e308, "maximum": 1e308},  # a float's range
         "comment": {"type": "string", "maxLength": 4000},
     },
 }

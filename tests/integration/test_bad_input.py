@@ -7,7 +7,8 @@ import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, func, select
+from flask import Flask
+from sqlalchemy import create_engine, func, select, text
 
 from db.models import Job
 from inferq.settings import Settings
@@ -231,6 +232,8 @@ def test_unknown_route_and_method_are_problems(alice: Caller) -> None:
         {"label": "seven"},
         {"correct": "yes"},
         {"score": "high"},
+        {"score": 10**400},  # an integer no float holds (it was a 500 from Postgres)
+        {"score": -(10**400)},
         {"comment": "x" * 5000},
         {"other": 1},
     ],
@@ -239,3 +242,16 @@ def test_bad_feedback_is_422(alice: Caller, body: dict[str, Any]) -> None:
     job_id = alice.post("/v1/jobs", {"model": "digits", "input": pixels()}).get_json()["id"]
     alice.post(f"/v1/jobs/{job_id}/cancel")  # terminal, so feedback is otherwise acceptable
     assert_problem(alice.post(f"/v1/jobs/{job_id}/feedback", body), 422, "invalid-input")
+
+
+def test_a_value_postgres_refuses_is_a_422_not_a_500(app: Flask, keys: Keys) -> None:
+    # Given a route whose input passed every check but a column's range (the safety net for
+    # what a schema missed)
+    def overflow() -> None:
+        with app.extensions["inferq"].sessions() as session:
+            session.execute(text("SELECT CAST(:n AS integer)"), {"n": 2**40})
+
+    app.add_url_rule("/test/overflow", "overflow", overflow)
+    response = app.test_client().get("/test/overflow")
+    problem = assert_problem(response, 422, "invalid-input")
+    assert "out of the range" in problem["detail"]
