@@ -7,6 +7,7 @@ without it, never in CI.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -135,10 +136,14 @@ class RabbitMQ:
         """Stop the node (SIGTERM: RabbitMQ shuts down cleanly), SIGKILL after 30 s."""
         procs = self._processes()
         for proc in procs:
-            proc.terminate()
+            # The node's short-lived helpers (an `sh` running a disk check...) may have
+            # exited since they were listed.
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.terminate()
         _, alive = psutil.wait_procs(procs, timeout=30)
         for proc in alive:
-            proc.kill()
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
         if self.proc is not None:
             self.proc.wait(timeout=10)
 

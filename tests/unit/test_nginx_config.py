@@ -136,7 +136,7 @@ def test_with_nginx_the_stack_runs_api_nodes_on_loopback_behind_it_on_the_public
     progs = programs(settings, LAUNCHER, front)
 
     assert [p.name for p in progs] == [
-        *("worker-1", "trainer", "beat", "api-1", "api-2", "api-3", "nginx")
+        *("worker-1", "trainer", "webhooks", "beat", "api-1", "api-2", "api-3", "nginx")
     ]
     nodes = [p for p in progs if p.name.startswith("api-")]
     assert [p.argv[len(LAUNCHER) :] for p in nodes] == [
