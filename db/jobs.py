@@ -305,7 +305,9 @@ _STALE = text(
      WHERE id IN (
         SELECT id FROM jobs
          WHERE status = 'queued'
-           AND (published_at IS NULL OR published_at < now() - make_interval(secs => :age))
+           AND (published_at IS NULL
+                OR published_at < now() - make_interval(
+                       secs => CASE WHEN lane = ANY(:busy) THEN :busy_age ELSE :age END))
          ORDER BY created_at
          LIMIT :limit
          FOR UPDATE SKIP LOCKED)
@@ -315,9 +317,18 @@ _STALE = text(
 
 
 def take_unpublished(
-    session: Session, older_than_s: float, limit: int = 1000
+    session: Session,
+    older_than_s: float,
+    limit: int = 1000,
+    busy_lanes: Sequence[str] = (),
+    busy_older_than_s: float | None = None,
 ) -> list[tuple[uuid.UUID, str]]:
-    """Queued jobs never published or published long ago; stamps them as published now."""
-    return [
-        (row[0], row[1]) for row in session.execute(_STALE, {"age": older_than_s, "limit": limit})
-    ]
+    """Queued jobs never published, or published more than ``older_than_s`` ago (in
+    ``busy_lanes``, more than ``busy_older_than_s`` ago); stamps them as published now."""
+    params = {
+        "age": older_than_s,
+        "busy": list(busy_lanes),
+        "busy_age": older_than_s if busy_older_than_s is None else busy_older_than_s,
+        "limit": limit,
+    }
+    return [(row[0], row[1]) for row in session.execute(_STALE, params)]

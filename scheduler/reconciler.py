@@ -4,6 +4,13 @@ Each pass (1) puts back in the queue the jobs held by workers whose heartbeat ex
 running past the time limit, and (2) publishes again the queued jobs whose message failed
 to publish or has waited unclaimed too long. Claims are guarded, so a duplicate message
 costs a no-op, never a second run.
+
+"Too long" depends on the lane. While the broker still holds ready messages for a lane, a
+job waiting there is most likely behind them (a large batch takes hours), not lost: it is
+published again only after ``BUSY_FACTOR`` times the usual wait, so a long backlog is not
+doubled every few minutes. Once the lane's queue is empty, what is still queued in Postgres
+lost its message (or sits in a worker's prefetch buffer) and goes out again after the usual
+``stale_queued_s``.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import dataclasses
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import redis
 from celery import Celery
@@ -27,13 +34,16 @@ from db.jobs import (
     take_unpublished,
 )
 from inferq.queues import publish_predict
-from inferq.settings import Settings
+from inferq.settings import LANES, Settings
 from inferq.status import announce, live_workers
 from inferq.webhooks import notify_finished
+from scheduler.autoscaler.observe import broker_ready_counts
 
 log = logging.getLogger(__name__)
 
 PUBLISH_CHUNK = 100
+#: How much longer a job may wait in a lane whose queue still holds messages (see above).
+BUSY_FACTOR = 12
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,13 +63,20 @@ class Reconciler:
     sessions: sessionmaker[Session]
     redis: redis.Redis
     app: Celery
+    #: Ready messages per lane on the broker.
+    broker_ready: Callable[[Settings, Sequence[str]], dict[str, int]] = broker_ready_counts
 
     def run_once(self) -> ReconcileReport:
         """One pass; safe to run from several processes at once."""
         requeued = self._requeue_lost()
         with self.sessions.begin() as session:
             expired = expire_jobs(session)
-            stale = take_unpublished(session, self.settings.stale_queued_s)
+            stale = take_unpublished(
+                session,
+                self.settings.stale_queued_s,
+                busy_lanes=self._busy_lanes(),
+                busy_older_than_s=self.settings.stale_queued_s * BUSY_FACTOR,
+            )
         if expired:
             announce(self.redis, self.settings, [(str(job.id), job.status) for job in expired])
             notify_finished(self.app, self.settings, self.sessions, [job.id for job in expired])
@@ -70,6 +87,16 @@ class Reconciler:
         if report.requeued or report.republished:
             log.info("reconciled", extra=dataclasses.asdict(report))
         return report
+
+    def _busy_lanes(self) -> list[str]:
+        """Lanes whose broker queue holds ready messages; none when the broker does not say
+        (then every lane gets the usual wait, as it is safest to republish)."""
+        try:
+            ready = self.broker_ready(self.settings, LANES)
+        except Exception:
+            log.warning("could not read the broker's queues", exc_info=True)
+            return []
+        return [lane for lane, count in ready.items() if count > 0]
 
     def _requeue_lost(self) -> list[tuple[uuid.UUID, str]]:
         alive = live_workers(self.redis, self.settings)

@@ -168,6 +168,18 @@ def redis_ready(client: redis.Redis, settings: Settings, lanes: Sequence[str]) -
     return {lane: sum(int(next(counts)) for _ in range(steps)) for lane in lanes}
 
 
+def broker_ready_counts(settings: Settings, lanes: Sequence[str]) -> dict[str, int]:
+    """Ready messages per lane, read from the broker itself over a short-lived connection."""
+    url = settings.require_broker_url()
+    if url.startswith(("redis://", "rediss://")):
+        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        try:
+            return redis_ready(client, settings, lanes)
+        finally:
+            client.close()
+    return amqp_ready(url, settings, lanes)
+
+
 def amqp_ready(url: str, settings: Settings, lanes: Sequence[str]) -> dict[str, int]:
     """RabbitMQ's ready count per lane, by a passive declare (creates nothing)."""
     out: dict[str, int] = {}

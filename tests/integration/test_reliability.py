@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 
 from api.app import create_app
-from db.jobs import claim_jobs, requeue_jobs
+from db.jobs import claim_jobs, requeue_jobs, take_unpublished
 from db.models import Job
 from inferq.queues import make_celery
-from inferq.settings import Settings
+from inferq.settings import LANES, Settings
 from scheduler.service import make_reconciler
 from tests.conftest import Keys
 from tests.factories import pixels
@@ -101,3 +102,49 @@ def test_an_unreachable_database_is_503_not_500(
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "2"
     assert "Traceback" not in response.get_data(as_text=True)
+
+
+def test_a_lane_still_draining_its_queue_is_not_republished_early(
+    alice: Caller, ctx: WorkerContext
+) -> None:
+    # Given two jobs whose messages went out two minutes ago, one online, one on the batch lane
+    online = alice.post("/v1/jobs", {"model": "digits", "input": pixels()}).get_json()["id"]
+    batch = alice.post(
+        "/v1/jobs", {"model": "digits", "input": pixels(), "lane": "batch"}
+    ).get_json()["id"]
+    with ctx.sessions() as session:  # never committed: the test leaves no trace
+        session.execute(
+            update(Job)
+            .where(Job.id.in_([uuid.UUID(online), uuid.UUID(batch)]))
+            .values(published_at=func.now() - dt.timedelta(seconds=120))
+        )
+        # When the broker still holds messages for the online lane only
+        taken = {
+            str(job_id)
+            for job_id, _ in take_unpublished(
+                session, 60, limit=10**7, busy_lanes=["online"], busy_older_than_s=600
+            )
+        }
+        session.rollback()
+    # Then the online job waits its turn behind them, and the batch job (whose lane is empty,
+    # so its message is gone) is published again
+    assert online not in taken
+    assert batch in taken
+
+
+def test_the_reconciler_reads_busy_lanes_from_the_broker_and_fails_safe(
+    settings: Settings,
+) -> None:
+    reconciler = make_reconciler(settings)
+    # the real broker answers with a count per lane
+    counts = reconciler.broker_ready(settings, LANES)
+    assert set(counts) == set(LANES) and all(n >= 0 for n in counts.values())
+    # a broker that cannot be read makes no lane busy: every stale job is republished as usual
+    reconciler.broker_ready = lambda *_: {"online": 3, "batch": 0}
+    assert reconciler._busy_lanes() == ["online"]
+
+    def unreachable(*_: object) -> dict[str, int]:
+        raise ConnectionError("broker down")
+
+    reconciler.broker_ready = unreachable
+    assert reconciler._busy_lanes() == []
