@@ -80,20 +80,34 @@ def test_500_jobs_through_nginx_all_succeed_and_both_nodes_serve(up: UpStack, ke
     # Then every job succeeded
     assert Counter(job["status"] for job in finished) == {"succeeded": JOBS}
     assert len({job["id"] for job in finished}) == JOBS
+
     # and both nodes served submissions, by their own access logs and by nginx's
-    submissions = {
-        name: sum(
-            1
-            for line in api_access_lines(up.log(name))
-            if line["method"] == "POST" and line["path"] == "/v1/jobs"
+    def logged_submissions() -> dict[str, int]:
+        return {
+            name: sum(
+                1
+                for line in api_access_lines(up.log(name))
+                if line["method"] == "POST" and line["path"] == "/v1/jobs"
+            )
+            for name in ("api-1", "api-2")
+        }
+
+    def proxied_submissions() -> Counter[str]:
+        return Counter(
+            ports.get(_port(r), r["upstream_addr"])
+            for r in up.nginx_log()
+            if r["method"] == "POST" and r["uri"] == "/v1/jobs"
         )
-        for name in ("api-1", "api-2")
-    }
-    upstreams = Counter(
-        ports.get(_port(r), r["upstream_addr"])
-        for r in up.nginx_log()
-        if r["method"] == "POST" and r["uri"] == "/v1/jobs"
-    )
+
+    # Both logs trail the answers a little: supervisord copies a node's output to its file a
+    # moment later, and nginx logs a request once its last byte is sent.
+    deadline = time.monotonic() + 10
+    while True:
+        submissions, upstreams = logged_submissions(), proxied_submissions()
+        complete = min(sum(submissions.values()), sum(upstreams.values())) >= JOBS
+        if complete or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     print(
         f"\n{JOBS} jobs from {CLIENTS} clients in {elapsed:.1f} s; submissions per node "
         f"(node logs) {submissions}, (nginx log) {dict(upstreams)}"
