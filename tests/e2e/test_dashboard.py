@@ -5,10 +5,12 @@ saved as test-artifacts/dashboard.png."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -95,16 +97,30 @@ def load(stack: Stack, keys: Keys, admin_key: str) -> None:
         assert alice.submit(model, pixels, user=f"u{i}", wait=20)["status"] == "succeeded"
 
 
+def to_fixed(value: float, digits: int) -> str:
+    """JavaScript's ``Number.prototype.toFixed``: a tie of the exact binary value rounds away
+    from zero (Python's formatting rounds it to even: 4606.25 is "4606.2" there, "4606.3" here)."""
+    exact = Decimal(value).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP)
+    return f"{exact:.{digits}f}"
+
+
 def shown(value: Any, kind: str) -> str:
     """What the page prints for ``value`` (dashboard.js FORMATS)."""
     if value is None:
         return "—"
     return {
-        "int": lambda v: str(round(v)),
-        "rate": lambda v: f"{v:.2f}",
-        "ms": lambda v: f"{v:.1f} ms",
-        "pct": lambda v: f"{v * 100:.2f} %",
+        "int": lambda v: str(math.floor(v + 0.5)),  # Math.round: ties toward +infinity
+        "rate": lambda v: to_fixed(v, 2),
+        "ms": lambda v: to_fixed(v, 1) + " ms",
+        "pct": lambda v: to_fixed(v * 100, 2) + " %",
     }[kind](value)
+
+
+def test_numbers_are_formatted_as_the_page_formats_them() -> None:
+    assert shown(4606.25, "ms") == "4606.3 ms"  # the tie a full run met
+    assert shown(0.125, "rate") == "0.13" and shown(-0.125, "rate") == "-0.13"
+    assert shown(2.5, "int") == "3" and shown(-2.5, "int") == "-2"
+    assert shown(0.1, "ms") == "0.1 ms" and shown(None, "ms") == "—"
 
 
 def at(document: dict[str, Any], path: str) -> Any:
