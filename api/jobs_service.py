@@ -13,7 +13,6 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from api import experiments_service
-from api.body import unstorable
 from api.state import ApiState
 from api.waiters import Signal
 from db.engine import retry_on_disconnect
@@ -80,8 +79,6 @@ def model_for(st: ApiState, name: str) -> ServingInfo:
     """The model a job names, or a 422 naming the known ones."""
 
     def load() -> ServingInfo | None:
-        if unstorable(name):  # a NUL or a lone surrogate: no model has it, Postgres balks
-            return None
         with st.sessions() as session:
             return serving_info(session, name)
 
