@@ -57,15 +57,18 @@ class DynamicBatches(Batches):
             self._last_at = now
             self._items += items
             handle(message, body, *args, **kwargs)
-            if self._alone or (self.max_items and self._items >= self.max_items):
+            if self._go_now():
                 self._do_flush()
 
         return on_message
 
+    def _go_now(self) -> bool:
+        """The buffer goes without waiting: a lone job at light load, or ``max_items`` ids."""
+        return self._alone or bool(self.max_items and self._items >= self.max_items)
+
     def _do_flush(self) -> None:
         waiting = self._buffer.qsize()
-        full = self._alone or (self.max_items and self._items >= self.max_items)
-        if 0 < waiting < self.flush_every and not full:
+        if 0 < waiting < self.flush_every and not self._go_now():
             now = time.monotonic()
             still_arriving = now - self._last_at < self.idle_gap_s
             if still_arriving and now - self._first_at < self.max_delay_s:
