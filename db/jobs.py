@@ -314,6 +314,24 @@ _STALE = text(
 )
 
 
+_LANES_WITH_OLD = text(
+    """
+    SELECT lane FROM unnest(CAST(:lanes AS text[])) AS lanes(lane)
+     WHERE EXISTS (SELECT 1 FROM jobs
+                    WHERE jobs.lane = lanes.lane AND status = 'queued'
+                      AND (published_at IS NULL
+                           OR created_at < now() - make_interval(secs => :age)))
+    """
+)
+
+
+def lanes_with_old_jobs(session: Session, lanes: Sequence[str], older_than_s: float) -> list[str]:
+    """The lanes holding a queued job never published, or created more than ``older_than_s``
+    ago: only their jobs can be due for publishing again (found at the first such job)."""
+    params = {"lanes": list(lanes), "age": older_than_s}
+    return [row[0] for row in session.execute(_LANES_WITH_OLD, params)]
+
+
 def take_unpublished(
     session: Session,
     older_than_s: float,

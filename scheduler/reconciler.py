@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.jobs import (
     expire_jobs,
+    lanes_with_old_jobs,
     mark_unpublished,
     overdue_jobs,
     requeue_jobs,
@@ -69,13 +70,20 @@ class Reconciler:
     def run_once(self) -> ReconcileReport:
         """One pass; safe to run from several processes at once."""
         requeued = self._requeue_lost()
+        age = self.settings.stale_queued_s
         with self.sessions.begin() as session:
             expired = expire_jobs(session)
-            stale = take_unpublished(
-                session,
-                self.settings.stale_queued_s,
-                busy_lanes=self._busy_lanes(),
-                busy_older_than_s=self.settings.stale_queued_s * BUSY_FACTOR,
+            # The broker is asked only when some lane has jobs old enough to be stale.
+            waiting = lanes_with_old_jobs(session, LANES, age)
+            stale = (
+                take_unpublished(
+                    session,
+                    age,
+                    busy_lanes=self._busy_lanes(waiting),
+                    busy_older_than_s=age * BUSY_FACTOR,
+                )
+                if waiting
+                else []
             )
         if expired:
             announce(self.redis, self.settings, [(str(job.id), job.status) for job in expired])
@@ -88,11 +96,11 @@ class Reconciler:
             log.info("reconciled", extra=dataclasses.asdict(report))
         return report
 
-    def _busy_lanes(self) -> list[str]:
-        """Lanes whose broker queue holds ready messages; none when the broker does not say
-        (then every lane gets the usual wait, as it is safest to republish)."""
+    def _busy_lanes(self, lanes: Sequence[str]) -> list[str]:
+        """Those of ``lanes`` whose broker queue holds ready messages; none when the broker
+        does not say (then every lane gets the usual wait, as it is safest to republish)."""
         try:
-            ready = self.broker_ready(self.settings, LANES)
+            ready = self.broker_ready(self.settings, lanes)
         except Exception:
             log.warning("could not read the broker's queues", exc_info=True)
             return []

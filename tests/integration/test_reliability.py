@@ -6,13 +6,13 @@ import dataclasses
 import datetime as dt
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 from sqlalchemy import func, select, update
 
 from api.app import create_app
-from db.jobs import claim_jobs, requeue_jobs, take_unpublished
+from db.jobs import claim_jobs, mark_unpublished, requeue_jobs, take_unpublished
 from db.models import Job
 from inferq.queues import make_celery
 from inferq.settings import LANES, Settings
@@ -141,10 +141,47 @@ def test_the_reconciler_reads_busy_lanes_from_the_broker_and_fails_safe(
     assert set(counts) == set(LANES) and all(n >= 0 for n in counts.values())
     # a broker that cannot be read makes no lane busy: every stale job is republished as usual
     reconciler.broker_ready = lambda *_: {"online": 3, "batch": 0}
-    assert reconciler._busy_lanes() == ["online"]
+    assert reconciler._busy_lanes(["online", "batch"]) == ["online"]
 
     def unreachable(*_: object) -> dict[str, int]:
         raise ConnectionError("broker down")
 
     reconciler.broker_ready = unreachable
-    assert reconciler._busy_lanes() == []
+    assert reconciler._busy_lanes(["online"]) == []
+
+
+def test_the_broker_is_asked_only_when_some_lane_has_jobs_old_enough_to_be_stale(
+    alice: Caller, settings: Settings
+) -> None:
+    assert alice.post("/v1/jobs", {"model": "digits", "input": pixels()}).status_code == 202
+    asked: list[Sequence[str]] = []
+
+    def ready(_: Settings, lanes: Sequence[str]) -> dict[str, int]:
+        asked.append(list(lanes))
+        return dict.fromkeys(lanes, 0)
+
+    # Given no job queued for as long as a day (after a pass that re-sends what was never
+    # published), a pass does not bother the broker
+    reconciler = make_reconciler(dataclasses.replace(settings, stale_queued_s=86_400))
+    reconciler.run_once()
+    reconciler.broker_ready = ready
+    reconciler.run_once()
+    assert asked == []
+    # and with a wait short enough, it asks about the lanes holding such jobs only
+    reconciler.settings = dataclasses.replace(settings, stale_queued_s=0)
+    reconciler.run_once()
+    assert asked and "online" in asked[0] and set(asked[0]) <= set(LANES)
+
+
+def test_a_job_whose_publish_failed_is_sent_at_the_next_pass_however_young(
+    alice: Caller, settings: Settings
+) -> None:
+    job_id = alice.post("/v1/jobs", {"model": "digits", "input": pixels()}).get_json()["id"]
+    reconciler = make_reconciler(dataclasses.replace(settings, stale_queued_s=86_400))
+    with reconciler.sessions.begin() as session:
+        mark_unpublished(session, [uuid.UUID(job_id)])
+    report = reconciler.run_once()
+    assert report.republished >= 1
+    with reconciler.sessions() as session:
+        job = session.scalars(select(Job).where(Job.id == uuid.UUID(job_id))).one()
+    assert job.published_at is not None
