@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
 from api.app import create_app
+from inferq.queues import queue_name
 from inferq.settings import Settings
 from tests.conftest import Keys
 
@@ -63,3 +67,18 @@ def admin(http: FlaskClient, admin_key: str) -> Caller:
 def no_worker() -> Iterator[None]:
     """Marks tests that rely on no worker consuming this run's queues (jobs stay queued)."""
     yield
+
+
+def queued_task_args(settings: Settings, lane: str, task: str) -> list[list[Any]]:
+    """The positional arguments of each ``task`` message waiting on ``lane`` (read, not
+    consumed)."""
+    client = redis.Redis.from_url(settings.effective_redis_url)
+    key = f"{settings.namespace}:{queue_name(settings, lane)}"
+    found = []
+    for raw in client.lrange(key, 0, -1):
+        message = json.loads(raw)
+        if message["headers"].get("task") == task:
+            args, _, _ = json.loads(base64.b64decode(message["body"]))
+            found.append(args)
+    client.close()
+    return found

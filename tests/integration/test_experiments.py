@@ -3,24 +3,21 @@ scheduler's check decides, on the session's real Postgres and Redis."""
 
 from __future__ import annotations
 
-import base64
-import json
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 from sqlalchemy import select
 
 from db.models import ShadowResult
 from inferq.messages import SHADOW_TASK, ShadowRequest
-from inferq.queues import make_celery, queue_name
+from inferq.queues import make_celery
 from inferq.settings import Settings
 from scheduler.experiments import evaluate_all
 from tests.factories import digits_variants, experiment_model, holdout
-from tests.integration.conftest import Caller
+from tests.integration.conftest import Caller, queued_task_args
 from workers.batch import run_batch
 from workers.context import WorkerContext
 from workers.shadow import run_shadows
@@ -65,19 +62,10 @@ def label_all(caller: Caller, job_ids: list[str], labels: list[int]) -> None:
 
 def queued_shadow_requests(settings: Settings, job_ids: set[str]) -> list[ShadowRequest]:
     """The shadow messages waiting on the online queue for these jobs (read, not consumed)."""
-    client = redis.Redis.from_url(settings.effective_redis_url)
-    key = f"{settings.namespace}:{queue_name(settings, 'online')}"
-    found = []
-    for raw in client.lrange(key, 0, -1):
-        message = json.loads(raw)
-        if message["headers"].get("task") != SHADOW_TASK:
-            continue
-        args, _, _ = json.loads(base64.b64decode(message["body"]))
-        request = ShadowRequest.from_args(args)
-        if set(request.job_ids) <= job_ids:
-            found.append(request)
-    client.close()
-    return found
+    requests = [
+        ShadowRequest.from_args(args) for args in queued_task_args(settings, "online", SHADOW_TASK)
+    ]
+    return [request for request in requests if set(request.job_ids) <= job_ids]
 
 
 def test_an_ab_experiment_finds_the_better_version_and_promotes_it(

@@ -2,37 +2,23 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import threading
 import time
 
-import redis
 from flask import Flask
 
 from api.state import ApiState
 from inferq.messages import PREDICT_TASK
-from inferq.queues import queue_name
 from inferq.settings import Settings
 from tests.conftest import Keys
 from tests.factories import holdout
-from tests.integration.conftest import Caller
+from tests.integration.conftest import Caller, queued_task_args
 
 
 def queued_predict_messages(settings: Settings, job_ids: set[str]) -> list[list[str]]:
-    """The job ids of each predict message on the online queue naming these jobs (read only)."""
-    client = redis.Redis.from_url(settings.effective_redis_url)
-    key = f"{settings.namespace}:{queue_name(settings, 'online')}"
-    found = []
-    for raw in client.lrange(key, 0, -1):
-        message = json.loads(raw)
-        if message["headers"].get("task") != PREDICT_TASK:
-            continue
-        args, _, _ = json.loads(base64.b64decode(message["body"]))
-        if set(args[0]) & job_ids:
-            found.append(list(args[0]))
-    client.close()
-    return found
+    """The job ids of each predict message on the online queue naming these jobs."""
+    messages = queued_task_args(settings, "online", PREDICT_TASK)
+    return [list(args[0]) for args in messages if set(args[0]) & job_ids]
 
 
 def test_concurrent_submits_share_messages_and_each_job_is_queued_once(
