@@ -22,12 +22,17 @@ def train_model(
     from db.registry import add_version, ensure_model, get_model, serving_info
     from inferq.artifacts import pack
     from inferq.handlers import handler_class
+    from workers.device import configure_threads
 
     with db_session(settings) as session:
         existing = serving_info(session, name) if if_missing else None
     if existing and existing.active_version is not None:
         return existing.active_version
     cls = handler_class(name)
+    # as workers do: on a busy host, more OpenMP threads than free cores spin at every
+    # barrier (measured on 2 cores beside one busy process: 7 s with one thread, 15 s to
+    # minutes with two)
+    configure_threads(settings.torch_threads)
     info(f"training {name} (seed {seed})…")
     trained = cls(torch.device("cpu")).train(seed=seed)
     artifact, sha256 = pack(trained.tensors, trained.metadata)

@@ -82,12 +82,16 @@ class System:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self.wait_ready(timeout=180)
-        self.key = (home / "dev-api-key").read_text().strip()
-        engine = create_engine(database_url)
-        with engine.begin() as conn:
-            conn.execute(text(LEDGER))
-        engine.dispose()
+        try:
+            self.wait_ready(timeout=180)
+            self.key = (home / "dev-api-key").read_text().strip()
+            engine = create_engine(database_url)
+            with engine.begin() as conn:
+                conn.execute(text(LEDGER))
+            engine.dispose()
+        except BaseException:
+            self.stop()  # no fixture holds a system that never came up: stop it here
+            raise
 
     def settings(self) -> Settings:
         return Settings.from_env({k: v for k, v in self.env.items() if k.startswith("INFERQ_")})
