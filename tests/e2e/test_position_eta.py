@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from api import whereis
 from inferq.client import Client
@@ -33,6 +34,15 @@ def stack(settings: Settings, digits_version: int, keys: Keys, tmp_path: Path) -
     register_fixture_model(
         one_at_a_time, MODEL, "tests.fixture_models.slow:SlowDigits", {"delay_s": DELAY_S}
     )
+    # positions count every queued job in the lane, and this run's database is shared: jobs
+    # earlier tests left queued (their stacks are gone) would stand ahead of this backlog, and
+    # this stack's reconciler would re-send them to its worker midway
+    engine = create_engine(settings.database_url or "")
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE jobs SET status = 'canceled' WHERE status = 'queued' AND lane = 'online'")
+        )
+    engine.dispose()
     running = start_stack(one_at_a_time, tmp_path, workers=0)
     yield running
     running.stop()
