@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import functools
 import io
@@ -65,6 +66,36 @@ def register_fixture_model(settings: Any, name: str, handler: str, config: dict[
                 created_by="tests",
                 activate=True,
             )
+
+
+def quiet_lane(settings: Any, lane: str = "online") -> None:
+    """Empty ``lane`` of what earlier tests left: its messages on this broker, and its open
+    jobs in the database (their stacks are gone), which are cancelled.
+
+    A run's tests share one database and namespace, and the lane's ready messages and open
+    jobs are what positions, ETAs and the autoscaler's backlog count: a test measuring those
+    starts here.
+    """
+    from sqlalchemy import text
+
+    from inferq.cli.common import db_session
+    from inferq.queues import make_celery, queue_name
+
+    app = make_celery(settings)
+    # on RabbitMQ a queue never declared holds nothing, and purging it is an error
+    with (
+        app.connection_for_write() as connection,
+        contextlib.suppress(*connection.channel_errors),
+    ):
+        connection.default_channel.queue_purge(queue_name(settings, lane))
+    with db_session(settings) as session:
+        session.execute(
+            text(
+                "UPDATE jobs SET status = 'canceled'"
+                " WHERE status IN ('queued', 'running') AND lane = :lane"
+            ),
+            {"lane": lane},
+        )
 
 
 @dataclasses.dataclass(frozen=True)

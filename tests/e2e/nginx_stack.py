@@ -8,7 +8,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -174,3 +176,16 @@ def api_access_lines(log: str) -> list[dict[str, Any]]:
             with contextlib.suppress(ValueError):
                 found.append(json.loads(line))
     return found
+
+
+def at_once(url: str, headers: dict[str, str], count: int) -> list[requests.Response]:
+    """``count`` GETs released together from as many threads (each its own connection), so
+    nginx sees them arrive at once however long the ones it lets through take to answer."""
+    start = threading.Barrier(count)
+
+    def get(_: int) -> requests.Response:
+        start.wait(timeout=30)
+        return requests.get(url, headers=headers, timeout=30)
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(get, range(count)))

@@ -191,7 +191,14 @@ class Events:
 
     def __enter__(self) -> Events:
         self.thread.start()
-        time.sleep(1.0)  # the receiver's queue is bound before anything is sent
+        # events published before the receiver's queue is bound are lost: send probes until
+        # one comes back, then the receiver sees whatever the API and workers send
+        deadline = time.monotonic() + 30
+        with self.app.events.default_dispatcher(hostname="probe@test") as dispatcher:
+            while "test-probe" not in self.types():
+                assert time.monotonic() < deadline, "the event receiver never got a probe"
+                dispatcher.send("test-probe")
+                time.sleep(0.2)
         return self
 
     def __exit__(self, *_: object) -> None:

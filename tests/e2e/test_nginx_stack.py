@@ -25,7 +25,7 @@ from inferq.client import TERMINAL, Client
 from inferq.errors import Problem
 from inferq.settings import Settings
 from tests.conftest import Keys
-from tests.e2e.nginx_stack import ROOT, UpStack, api_access_lines, nginx_binary
+from tests.e2e.nginx_stack import ROOT, UpStack, api_access_lines, at_once, nginx_binary
 from tests.factories import holdout
 
 pytestmark = pytest.mark.e2e
@@ -227,7 +227,10 @@ def test_killing_an_api_node_fails_only_what_it_was_serving(up: UpStack, keys: K
         f"requests after the kill, by node: { {names.get(p, p): n for p, n in served_after.items()} }"
     )
     assert served_after[survivor_port] > 20
-    assert all(r["status"] < 500 for r in up.nginx_log() if r["msec"] > killed_at + 0.5)
+    # and no request begun after the kill failed (nginx may log one cut at the kill late)
+    assert all(
+        r["status"] < 500 for r in up.nginx_log() if r["msec"] - r["request_time"] > killed_at + 0.5
+    )
 
     # and every job the service accepted completes
     c = client(up, keys.alice)
@@ -286,19 +289,18 @@ def test_over_the_rate_limit_inferq_up_answers_429_with_retry_after(
     try:
         stack.wait_up()
         time.sleep(2)  # the readiness probe of `up` spent some of the allowance
-        c = requests.Session()
-        c.headers["Authorization"] = f"Bearer {keys.alice}"
 
-        # When a client sends 10 requests at once
-        answers = [c.get(stack.url + "/v1/models", timeout=10) for _ in range(10)]
+        # When a client sends 10 requests at once (all in flight together, so how fast the
+        # API answers the ones let through does not matter)
+        answers = at_once(stack.url + "/v1/models", {"Authorization": f"Bearer {keys.alice}"}, 10)
     finally:
         stack.stop()
 
     # Then the allowance passes, and the rest are 429 problems with Retry-After
-    # (the allowance refills at 2/s, so a slow machine may let one more through)
-    codes = [a.status_code for a in answers]
-    assert codes[:4] == [200] * 4 and set(codes) == {200, 429} and codes.count(429) >= 5, codes
-    limited = answers[-1]
+    # (the allowance refills at 2/s, so requests spread over a slow start may get one more)
+    codes = sorted(a.status_code for a in answers)
+    assert codes.count(200) in (4, 5) and codes.count(429) == 10 - codes.count(200), codes
+    limited = next(a for a in answers if a.status_code == 429)
     assert limited.headers["Retry-After"] == "1"
     assert limited.json()["status"] == 429
     assert limited.headers["X-Request-ID"]

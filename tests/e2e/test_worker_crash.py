@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,13 +36,14 @@ def crash_and_recover(stack: Stack, keys: Keys) -> None:
     register_fixture_model(
         settings, "slow-digits", "tests.fixture_models.slow:SlowDigits", {"delay_s": 0.4}
     )
-    victim = stack.start_worker(f"victim-{settings.namespace}")
     client = stack.client(keys.alice)
     pairs = holdout(JOBS)
 
-    # Given a worker busy with a backlog of slow jobs (one running, more prefetched)
+    # Given a worker busy with a backlog of slow jobs (one batch running, more prefetched;
+    # batches of a few jobs, so the backlog lasts seconds however slowly the jobs came in)
     with ThreadPoolExecutor(max_workers=8) as pool:
         jobs = list(pool.map(lambda pair: client.submit("slow-digits", pair[0]), pairs))
+    victim = stack.start_worker(f"victim-{settings.namespace}")
     deadline = time.monotonic() + 30
     while running_on(settings, f"victim-{settings.namespace}") == 0:
         assert time.monotonic() < deadline, "the victim never started a job"
@@ -73,11 +75,11 @@ def crash_and_recover(stack: Stack, keys: Keys) -> None:
 def test_sigkill_loses_no_job_on_redis(
     settings: Settings, stacks: Callable[[Settings, int], Stack], keys: Keys
 ) -> None:
-    crash_and_recover(stacks(settings, 0), keys)
+    crash_and_recover(stacks(dataclasses.replace(settings, max_batch_size=4), 0), keys)
 
 
 @pytest.mark.rabbitmq
 def test_sigkill_loses_no_job_on_rabbitmq(
     amqp_settings: Settings, stacks: Callable[[Settings, int], Stack], keys: Keys
 ) -> None:
-    crash_and_recover(stacks(amqp_settings, 0), keys)
+    crash_and_recover(stacks(dataclasses.replace(amqp_settings, max_batch_size=4), 0), keys)

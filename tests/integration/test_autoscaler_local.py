@@ -26,7 +26,7 @@ from scheduler.autoscaler.observe import Observer
 from scheduler.autoscaler.policy import Policy
 from scheduler.backends.local import LocalBackend
 from tests.conftest import Keys
-from tests.factories import holdout, register_fixture_model
+from tests.factories import holdout, quiet_lane, register_fixture_model
 
 MODEL = "autoscale-digits"
 DELAY_S = 0.3
@@ -79,6 +79,9 @@ def scaling(
     # One job per batch and no prefetch beyond it: a new worker gets work at once.
     run = dataclasses.replace(base, max_batch_size=1, worker_prefetch=1)
     register_fixture_model(run, MODEL, "tests.fixture_models.slow:SlowDigits", {"delay_s": DELAY_S})
+    # the backlog observed is every open job of the lane: those earlier tests left (queued on
+    # another broker, or never to be sent) would keep the pool from shrinking
+    quiet_lane(run)
     engine = make_engine(run.database_url or "", pool_size=2)
     sessions = make_session_factory(engine)
     backend = LocalBackend(run, tmp_path, prefix=f"as-{request.param}")
@@ -128,17 +131,22 @@ def test_burst_scales_up_at_once_and_steady_load_scales_down_without_losing_a_jo
     wait_until(lambda: scaling.decisions(submitted_at), 10, "no decision after the burst")
     first = scaling.decisions(submitted_at)[0]
     assert first[2] > POLICY.min_workers, first
-    assert float(first[0]) - submitted_at < POLL_S + 1.0, "not within one poll"
+    # within a poll, give or take a loaded machine: a scale-down waits out stabilization_s
+    assert float(first[0]) - submitted_at < POLL_S + 2.0, "not at the first poll"
     ups = [d for d in scaling.decisions(burst_at) if d[3] == "up"]
     assert ups and ups[0][4]["observation"]["backlog"] > 0
 
-    # And while a steady trickle keeps coming (one worker keeps up), the pool shrinks
-    trickle_end = time.monotonic() + 14
-    while time.monotonic() < trickle_end:
+    # And while a steady trickle keeps coming (one worker keeps up), the pool shrinks once
+    # the burst is drained and stabilization_s has passed (how soon depends on how fast the
+    # new workers started, so the trickle goes on until then, within a bound)
+    def downs() -> list[Any]:
+        return [d for d in scaling.decisions(burst_at) if d[3] == "down"]
+
+    trickle_end = time.monotonic() + 90
+    while not downs():
+        assert time.monotonic() < trickle_end, "the pool never shrank during the steady load"
         jobs += submit(http, keys.alice, 1)
         time.sleep(0.5)
-    downs = [d for d in scaling.decisions(burst_at) if d[3] == "down"]
-    assert downs, "the pool never shrank during the steady load"
 
     # And every job succeeds exactly once: none lost, none run twice
     def unfinished() -> int:

@@ -18,6 +18,7 @@ import pytest
 import redis
 from flask.testing import FlaskClient
 
+from api.app import create_app
 from db.registry import add_version, ensure_model, get_model
 from db.training import get_run
 from inferq.artifacts import pack, unpack
@@ -304,8 +305,11 @@ def test_one_beat_sends_the_schedule_even_when_two_run(settings: Settings, logs_
         # When the holder dies, the other takes over within the lock's TTL
         first.kill()
         wait_for_log(second, "holding the beat lock", timeout=15)
-        time.sleep(2.5)
-        origins = {m["origin"].split("@")[0] for m in queued_training(beat_settings)}
+        deadline = time.monotonic() + 30  # its schedule fires every second from now on
+        origins: set[str] = set()
+        while f"gen{second.pid}" not in origins and time.monotonic() < deadline:
+            time.sleep(0.5)
+            origins = {m["origin"].split("@")[0] for m in queued_training(beat_settings)}
         assert origins == {f"gen{first.pid}", f"gen{second.pid}"}
     finally:
         first.stop()
@@ -397,15 +401,19 @@ def test_a_model_whose_feedback_accuracy_drops_retrains_early(
 
 
 def test_a_real_training_worker_runs_a_requested_run(
-    admin: Caller, settings: Settings, logs_dir: Path
+    settings: Settings, admin_key: str, logs_dir: Path
 ) -> None:
-    # Given a worker process that consumes the training lane alone, and a model it can train
+    # Given a worker process that consumes the training lane alone (a namespace of its own:
+    # runs earlier tests left on this run's training queue are not its business), and a
+    # model it can train
+    own = dataclasses.replace(settings, namespace=f"{settings.namespace}tr{uuid.uuid4().hex[:4]}")
+    admin = Caller(create_app(own).test_client(), admin_key)
     good = digits_variants()["good"]
-    model = new_model(settings, "digits", good.data, good.sha256, good.metrics)
+    model = new_model(own, "digits", good.data, good.sha256, good.metrics)
     worker = ServiceProcess(
         f"trainer-{uuid.uuid4().hex[:6]}",
         ["worker", "--name", f"trainer-{uuid.uuid4().hex[:6]}", "--lanes", "training"],
-        settings,
+        own,
         logs_dir,
     )
     try:

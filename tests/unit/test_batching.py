@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from celery import Celery
 from celery.contrib.testing.mocks import TaskMessage
 
@@ -49,6 +49,27 @@ def strategy(flush_every: int, max_items: int, sparse_gap_s: float = 60) -> tupl
     return predict.Strategy(predict, app, consumer), pool
 
 
+class Clock:
+    """The batching rule's clock, moved by the test alone (a loaded machine's pauses between
+    two deliveries would otherwise read as lulls)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr("workers.batching.time", fake)
+    return fake
+
+
 def deliver(handler: Any, ids: list[str]) -> None:
     message = TaskMessage("t.predict", id=uuid.uuid4().hex, args=[ids])
     handler(message, None, lambda: None, lambda: None, set())
@@ -80,30 +101,32 @@ def test_a_malformed_message_counts_as_one_item() -> None:
     assert items_in(SimpleNamespace(payload=([[]], {}, {})), None) == 1
 
 
-def test_a_message_after_a_lull_goes_at_once_and_close_ones_wait_to_share_a_batch() -> None:
+def test_a_message_after_a_lull_goes_at_once_and_close_ones_wait_to_share_a_batch(
+    clock: Clock,
+) -> None:
     handler, pool = strategy(flush_every=64, max_items=64, sparse_gap_s=0.05)
-    time.sleep(0.06)
+    clock.sleep(0.06)
     deliver(handler, ["a"])
     assert pool.batches == [[["a"]]]  # nothing came for a while: no reason to wait
     deliver(handler, ["b"])
     deliver(handler, ["c"])
     assert pool.batches == [[["a"]]]  # close behind: these wait for company (gap or deadline)
-    time.sleep(0.06)
+    clock.sleep(0.06)
     deliver(handler, ["d"])  # not a lull's first: the buffer still holds b and c
     assert pool.batches == [[["a"]]]
 
 
-def test_after_a_lull_a_message_carrying_load_still_waits_for_company() -> None:
+def test_after_a_lull_a_message_carrying_load_still_waits_for_company(clock: Clock) -> None:
     handler, pool = strategy(flush_every=64, max_items=3, sparse_gap_s=0.05)
     # Given a full batch (load)
     for ids in (["a"], ["b"], ["c"]):
         deliver(handler, ids)
     assert pool.batches == [[["a"], ["b"], ["c"]]]
     # When a lone job comes after a lull, it waits: the last batch says load
-    time.sleep(0.06)
+    clock.sleep(0.06)
     deliver(handler, ["d"])
     assert len(pool.batches) == 1
     handler, pool = strategy(flush_every=64, max_items=64, sparse_gap_s=0.05)
-    time.sleep(0.06)
+    clock.sleep(0.06)
     deliver(handler, ["e", "f"])  # a message of several jobs after a lull is load too
     assert pool.batches == []
