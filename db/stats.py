@@ -137,6 +137,13 @@ _TIMELINE = text(
 )
 
 
+def as_of(session: Session) -> float:
+    """The transaction's ``now()`` in epoch seconds: the instant windows and timelines read in
+    this session end at (a clock read after the queries could start the timeline a bucket
+    later than the counts, and drop that bucket's jobs)."""
+    return float(session.scalar(text("SELECT extract(epoch FROM now())")))
+
+
 def timeline(session: Session, window_s: float, bucket_s: float) -> list[Bucket]:
     """Finished jobs per ``bucket_s`` slice over the last ``window_s`` (empty slices absent)."""
     rows = session.execute(_TIMELINE, {"window": window_s, "bucket": bucket_s})

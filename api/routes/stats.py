@@ -23,6 +23,7 @@ from db.scaling import recent_decisions
 from db.stats import (
     Bucket,
     Window,
+    as_of,
     lane_counts,
     quality,
     recent_training_runs,
@@ -77,7 +78,7 @@ def build(st: ApiState, window_s: int) -> dict[str, Any]:
     bucket_s = bucket_for(window_s)
     with st.sessions() as session:
         recent = window(session, window_s)
-        slices = timeline(session, window_s, bucket_s)
+        slices, ends = timeline(session, window_s, bucket_s), as_of(session)
         lanes = lane_counts(session)
         models = quality(session, st.settings.quality_window_s)
         versions = recent_versions(session)
@@ -107,7 +108,7 @@ def build(st: ApiState, window_s: int) -> dict[str, Any]:
             "pools": pools,
             "list": [beat.to_dict(now) for beat in beats],
         },
-        "timeline": {"bucket_s": bucket_s, "points": _points(slices, now, window_s, bucket_s)},
+        "timeline": {"bucket_s": bucket_s, "points": _points(slices, ends, window_s, bucket_s)},
         "quality": [
             {
                 "model": q.model,
