@@ -98,6 +98,23 @@ def quiet_lane(settings: Any, lane: str = "online") -> None:
         )
 
 
+def running_on(database_url: str, worker: str) -> int:
+    """How many jobs a worker (by its ``--name``, any incarnation) holds as running now."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(database_url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            count = conn.scalar(
+                text("SELECT count(*) FROM jobs WHERE status = 'running' AND worker LIKE :w"),
+                {"w": f"{worker}@%"},
+            )
+    finally:
+        engine.dispose()
+    return int(count or 0)
+
+
 @dataclasses.dataclass(frozen=True)
 class Artifact:
     """Weights to register as a model version."""

@@ -8,27 +8,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from inferq.settings import Settings
 from tests.conftest import Keys
 from tests.e2e.conftest import Stack
-from tests.factories import holdout, register_fixture_model
+from tests.factories import holdout, register_fixture_model, running_on
 
 pytestmark = pytest.mark.e2e
 
 JOBS = 40
-
-
-def running_on(settings: Settings, worker: str) -> int:
-    engine = create_engine(settings.database_url or "")
-    with engine.connect() as conn:
-        count = conn.scalar(
-            text("SELECT count(*) FROM jobs WHERE status = 'running' AND worker LIKE :w"),
-            {"w": worker + "@%"},
-        )
-    engine.dispose()
-    return int(count or 0)
 
 
 def crash_and_recover(stack: Stack, keys: Keys) -> None:
@@ -45,7 +33,7 @@ def crash_and_recover(stack: Stack, keys: Keys) -> None:
         jobs = list(pool.map(lambda pair: client.submit("slow-digits", pair[0]), pairs))
     victim = stack.start_worker(f"victim-{settings.namespace}")
     deadline = time.monotonic() + 30
-    while running_on(settings, f"victim-{settings.namespace}") == 0:
+    while running_on(settings.database_url or "", f"victim-{settings.namespace}") == 0:
         assert time.monotonic() < deadline, "the victim never started a job"
         time.sleep(0.05)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.factories import register_fixture_model
+from tests.factories import register_fixture_model, running_on
 from tests.faults.ledger import HEADER, Outcome, account
 from tests.faults.load import Load
 from tests.faults.services import Postgres, RabbitMQ, Redis
@@ -116,26 +116,10 @@ def assert_clean(outcome: Outcome, failures: int = 0) -> None:
     assert outcome.failed == failures, outcome
 
 
-def running_on(system: System, worker: str) -> int:
-    """How many jobs ``worker`` holds as running right now."""
-    engine = create_engine(system.database_url)
-    try:
-        with engine.connect() as conn:
-            return int(
-                conn.scalar(
-                    text("SELECT count(*) FROM jobs WHERE status = 'running' AND worker LIKE :w"),
-                    {"w": f"{worker}@%"},
-                )
-                or 0
-            )
-    finally:
-        engine.dispose()
-
-
 def wait_for_running_on(system: System, worker: str, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if running_on(system, worker):
+        if running_on(system.database_url, worker):
             return
         time.sleep(0.02)
     raise TimeoutError(f"{worker} never ran a job")
@@ -149,7 +133,7 @@ def kill_mid_batch(system: System, program: str, worker: str, tries: int = 3) ->
         pid = system.pid(program)
         wait_for_running_on(system, worker)
         system.kill(program, pid=pid)
-        orphaned = running_on(system, worker)  # a dead worker's batch stays running
+        orphaned = running_on(system.database_url, worker)  # a dead worker's batch stays running
         system.wait_running(program)
         if orphaned:
             return
