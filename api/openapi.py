@@ -3,7 +3,7 @@ validate with: ``SUBMIT_SCHEMA`` with each model's input schema from the registr
 ``FEEDBACK_SCHEMA`` and the other request schemas the route modules define.
 
 Every route under ``/v1`` is listed, also one this module has no details for: its scope
-comes from :func:`api.auth.require`, and a generic body and responses stand in.
+comes from :func:`api.http.auth.require`, and a generic body and responses stand in.
 """
 
 from __future__ import annotations

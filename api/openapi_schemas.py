@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from db.models import JOB_STATUSES
+from db.tables import JOB_STATUSES
 
 STRING_OR_NULL = {"type": ["string", "null"]}
 TIME = {"type": "string", "format": "date-time"}

@@ -13,7 +13,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from inferq.settings import Settings
+from inferq.core.settings import Settings
 
 
 class ApiServer(BaseApplication):
@@ -23,12 +23,12 @@ class ApiServer(BaseApplication):
         self.settings = settings
         self.options = {
             "bind": bind,
-            "workers": settings.api_processes,
+            "workers": settings.api.api_processes,
             "worker_class": "gthread",
-            "threads": settings.api_threads,
+            "threads": settings.api.api_threads,
             # A long-poll may legitimately hold a request for max_wait_s.
-            "timeout": int(settings.max_wait_s) + 30,
-            "graceful_timeout": int(settings.max_wait_s) + 5,
+            "timeout": int(settings.api.max_wait_s) + 30,
+            "graceful_timeout": int(settings.api.max_wait_s) + 5,
             "keepalive": 75,
             "accesslog": None,
             "errorlog": "-",

@@ -13,9 +13,9 @@ from celery import Celery
 from flask import Flask, current_app
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.publisher import GroupPublisher
-from api.waiters import CompletionWaiter
-from inferq.settings import Settings
+from api.services.publisher import GroupPublisher
+from api.services.waiters import CompletionWaiter
+from inferq.core.settings import Settings
 
 K = TypeVar("K")
 V = TypeVar("V")

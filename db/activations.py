@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, aliased, defer
 
-from db.models import Model, ModelActivation, ModelVersion
+from db.tables import Model, ModelActivation, ModelVersion
 
 
 @dataclasses.dataclass(frozen=True)

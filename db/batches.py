@@ -18,7 +18,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
-from db.models import Batch, Job, Model, ModelVersion
+from db.tables import Batch, Job, Model, ModelVersion
 
 #: The jobs columns an item is copied into; the others take their defaults.
 _COPY = (

@@ -54,3 +54,17 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One session, committed on success and rolled back on any error."""
     with factory() as session, session.begin():
         yield session
+
+
+@contextmanager
+def short_session(url: str, application_name: str = "inferq-cli") -> Iterator[Session]:
+    """A one-off session on its own single-connection engine, committed on success.
+
+    For commands and launchers that touch the database once or twice and exit.
+    """
+    engine = make_engine(url, pool_size=1, application_name=application_name)
+    try:
+        with transaction(make_session_factory(engine)) as session:
+            yield session
+    finally:
+        engine.dispose()

@@ -19,7 +19,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.models import Experiment, Model
+from db.tables import Experiment, Model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,7 +267,7 @@ def shadow_stats(session: Session, experiment_id: uuid.UUID) -> list[ShadowStats
 
 def shadow_inputs(session: Session, job_ids: Sequence[uuid.UUID]) -> list[ShadowInput]:
     """The inputs of jobs a shadow arm should run (jobs that no longer exist are absent)."""
-    from db.models import Job
+    from db.tables import Job
 
     rows = session.execute(
         select(Job.id, Job.input, Job.created_at).where(Job.id.in_(list(job_ids)))

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from db.models import Feedback
+from db.tables import Feedback
 
 
 def add_feedback(

@@ -14,7 +14,7 @@ from sqlalchemy import delete, func, literal_column, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from db.models import IdempotencyKey
+from db.tables import IdempotencyKey
 
 
 def _cutoff(ttl_s: float) -> object:

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.orm import Session
 
-from db.models import Job
+from db.tables import Job
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +119,7 @@ class JobView:
 
 def get_job_view(session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID) -> JobView | None:
     """The tenant's job with its model name and version number, or None."""
-    from db.models import Model, ModelVersion
+    from db.tables import Model, ModelVersion
 
     row = session.execute(
         select(Job, Model.name, ModelVersion.version)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from db.models import ApiKey, Tenant
+from db.tables import ApiKey, Tenant
 
 KEY_PREFIX = "iq_"
 SCOPES = ("submit", "read", "admin")

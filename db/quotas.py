@@ -11,7 +11,7 @@ import uuid
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.models import Job
+from db.tables import Job
 
 
 def queued_jobs_of_tenant(session: Session, tenant_id: uuid.UUID, cap: int) -> int:

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from db.models import Model, ModelActivation, ModelVersion
+from db.tables import Model, ModelActivation, ModelVersion
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from db.models import ScalingDecision
+from db.tables import ScalingDecision
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from db.models import Model, TrainingRun
+from db.tables import Model, TrainingRun
 
 
 @dataclasses.dataclass(frozen=True)

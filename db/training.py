@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.models import Feedback, Job, Model, TrainingRun
+from db.tables import Feedback, Job, Model, TrainingRun
 
 OPEN = ("queued", "running")
 

@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from db.jobs import JobView, get_job_view
-from db.models import Job, Webhook, WebhookDelivery, WebhookSecret
+from db.tables import Job, Webhook, WebhookDelivery, WebhookSecret
 
 
 def add_webhook(session: Session, job_id: uuid.UUID, url: str) -> None:

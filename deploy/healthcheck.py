@@ -29,8 +29,8 @@ def check_worker() -> None:
     Workers name themselves ``<name>@<hostname>/<incarnation>`` and a container's hostname is
     its own.
     """
-    from inferq.settings import Settings
-    from inferq.status import live_workers, make_redis
+    from inferq.core.settings import Settings
+    from inferq.core.status import live_workers, make_redis
 
     settings = Settings.from_env()
     here = socket.gethostname()
@@ -43,8 +43,8 @@ def check_deps() -> None:
     """Postgres and Redis answer."""
     from sqlalchemy import create_engine, text
 
-    from inferq.settings import Settings
-    from inferq.status import make_redis
+    from inferq.core.settings import Settings
+    from inferq.core.status import make_redis
 
     settings = Settings.from_env()
     engine = create_engine(

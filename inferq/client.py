@@ -5,7 +5,7 @@
     job = client.submit("digits", {"pixels": [...]}, wait=10)
     job = client.wait(job["id"])
 
-Problems come back as the typed errors of :mod:`inferq.errors` (``NotFound``, ``InvalidInput``…).
+Problems come back as the typed errors of :mod:`inferq` (``NotFound``, ``InvalidInput``…).
 
 Reads are retried (``retries`` times, with backoff, honouring ``Retry-After``) when a
 connection fails, a response is cut off, or the service answers 502/503/504: an API node that
@@ -22,7 +22,7 @@ from typing import IO, Any
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
-from inferq.errors import Problem, ServerError, problem_from_response
+from inferq.core.errors import Problem, ServerError, problem_from_response
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 LONG_POLL_S = 25.0

@@ -1,2 +1,2 @@
 """nginx's config template for inferq (``inferq.conf.template``), shipped as package data so
-``inferq up`` finds it in a plain (non-editable) install too; see inferq/nginx.py."""
+``inferq up`` finds it in a plain (non-editable) install too; see inferq/local/nginx.py."""

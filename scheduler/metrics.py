@@ -19,9 +19,9 @@ from celery import Celery
 
 from db.experiments import running_ids
 from db.stats import Quality, lane_counts, ping, quality
-from inferq.fleet import per_lane, worker_beats
-from inferq.metrics import SchedulerMetrics, serve, with_process_metrics
-from inferq.settings import LANES, Settings
+from inferq.core.metrics import SchedulerMetrics, serve, with_process_metrics
+from inferq.core.settings import LANES, Settings
+from inferq.domain.fleet import per_lane, worker_beats
 from scheduler.reconciler import Reconciler, ReconcileReport
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,11 @@ class Observer:
         with self.reconciler.sessions() as session:
             counts = {c.lane: c for c in lane_counts(session)}
             experiments = len(running_ids(session))
-            models = quality(session, self.settings.quality_window_s) if with_quality else None
+            models = (
+                quality(session, self.settings.observability.quality_window_s)
+                if with_quality
+                else None
+            )
         for lane in LANES:
             count = counts.get(lane)
             self.metrics.queue_depth.labels(lane).set(count.queued if count else 0)
@@ -112,7 +116,7 @@ class Observer:
 def broker_ping(app: Celery, settings: Settings) -> None:
     """Connect to the broker once, within the publish timeout (raises when it is down)."""
     with app.connection_for_write() as connection:
-        connection.ensure_connection(max_retries=1, timeout=settings.publish_timeout_s)
+        connection.ensure_connection(max_retries=1, timeout=settings.api.publish_timeout_s)
 
 
 def _probe(check: Callable[[], None]) -> bool:
@@ -139,10 +143,14 @@ def start(reconciler: Reconciler, stop: threading.Event) -> Observer:
     observer = Observer(reconciler)
     settings = reconciler.settings
     with_process_metrics(observer.metrics.registry)
-    serve(observer.metrics.registry, settings.metrics_host, settings.metrics_port)
+    serve(
+        observer.metrics.registry,
+        settings.observability.metrics_host,
+        settings.observability.metrics_port,
+    )
     threading.Thread(
         target=collect_forever,
-        args=(observer, settings.metrics_interval_s, stop),
+        args=(observer, settings.observability.metrics_interval_s, stop),
         name="inferq-metrics",
         daemon=True,
     ).start()

@@ -34,10 +34,11 @@ from db.jobs import (
     running_workers,
     take_unpublished,
 )
-from inferq.queues import publish_predict
-from inferq.settings import LANES, Settings
-from inferq.status import announce, live_workers
-from inferq.webhooks import notify_finished
+from inferq.core.broker import publish
+from inferq.core.messages import PredictRequest
+from inferq.core.settings import LANES, Settings
+from inferq.core.status import announce, live_workers
+from inferq.domain.webhooks import notify_finished
 from scheduler.autoscaler.observe import broker_ready_counts
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class Reconciler:
     def run_once(self) -> ReconcileReport:
         """One pass; safe to run from several processes at once."""
         requeued = self._requeue_lost()
-        age = self.settings.stale_queued_s
+        age = self.settings.scheduler.stale_queued_s
         with self.sessions.begin() as session:
             expired = expire_jobs(session)
             # The broker is asked only when some lane has jobs old enough to be stale.
@@ -110,7 +111,7 @@ class Reconciler:
         alive = live_workers(self.redis, self.settings)
         back: list[tuple[uuid.UUID, str]] = []
         with self.sessions.begin() as session:
-            overdue = overdue_jobs(session, self.settings.job_time_limit_s)
+            overdue = overdue_jobs(session, self.settings.scheduler.job_time_limit_s)
             for worker, jobs in running_workers(session).items():
                 lost = [job_id for job_id, _, _ in jobs if worker not in alive or job_id in overdue]
                 if lost:
@@ -120,7 +121,7 @@ class Reconciler:
                     )
                     back += requeue_jobs(session, lost, worker)
         # One message each: jobs whose worker died may hold a poison input; apart, the
-        # worker can isolate them (see workers.batch.isolate_suspects).
+        # worker can isolate them (see workers.runner.isolate_suspects).
         self._publish(back, chunk=1)
         return back
 
@@ -132,7 +133,7 @@ class Reconciler:
             for start in range(0, len(ids), chunk):
                 part = ids[start : start + chunk]
                 try:
-                    publish_predict(self.app, self.settings, part, lane)
+                    publish(self.app, self.settings, PredictRequest(tuple(part), lane))
                 except Exception:  # broker down: the next pass tries these again
                     log.exception("could not publish; will retry", extra={"jobs": len(part)})
                     with self.sessions.begin() as session:

@@ -31,10 +31,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.registry import list_models
 from db.training import last_run_at, mean_input, version_accuracy
-from inferq.errors import ConfigError, Conflict
-from inferq.messages import TRAIN_TASK
-from inferq.settings import Settings
-from inferq.training import publish_training, request_run, train_options
+from inferq.core.broker import publish, route
+from inferq.core.errors import ConfigError, Conflict
+from inferq.core.messages import TrainRequest
+from inferq.core.settings import Settings
+from inferq.domain.training import request_run
 from scheduler.rollout import apply_pending
 
 log = logging.getLogger(__name__)
@@ -68,12 +69,12 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     """Beat's entries: one training task per scheduled model."""
     return {
         f"retrain {model}": {
-            "task": TRAIN_TASK,
+            "task": TrainRequest.task,
             "schedule": when,
-            "args": [model, None, "schedule"],
-            "options": train_options(settings),
+            "args": TrainRequest(model).to_args(),
+            "options": route(settings, TrainRequest.lane),
         }
-        for model, when in parse_schedule(settings.retrain_schedule).items()
+        for model, when in parse_schedule(settings.retraining.retrain_schedule).items()
     }
 
 
@@ -88,7 +89,7 @@ class BeatLock:
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self.redis = client
         self.key = f"{settings.namespace}:beat-lock"
-        self.ttl_ms = int(settings.beat_lock_ttl_s * 1000)
+        self.ttl_ms = int(settings.scheduler.beat_lock_ttl_s * 1000)
         self.identity = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
 
     def acquire(self) -> bool:
@@ -151,31 +152,34 @@ def _try(call: Callable[[], bool]) -> bool | None:
 def drift_reason(session: Session, settings: Settings, model_id: int, active_id: int) -> str | None:
     """Why the model should retrain now, or None."""
     now = dt.datetime.now(dt.UTC)
-    window = dt.timedelta(seconds=settings.drift_window_s)
-    if settings.drift_min_accuracy > 0:
+    window = dt.timedelta(seconds=settings.retraining.drift_window_s)
+    if settings.retraining.drift_min_accuracy > 0:
         judged, correct = version_accuracy(session, active_id, now - window)
-        if judged >= settings.drift_min_feedback and correct / judged < settings.drift_min_accuracy:
+        if (
+            judged >= settings.retraining.drift_min_feedback
+            and correct / judged < settings.retraining.drift_min_accuracy
+        ):
             return (
                 f"feedback accuracy {correct / judged:.3f} over {judged} judged jobs is below "
-                f"{settings.drift_min_accuracy:g}"
+                f"{settings.retraining.drift_min_accuracy:g}"
             )
-    if settings.drift_input_shift > 0:
+    if settings.retraining.drift_input_shift > 0:
         recent_n, recent = mean_input(session, model_id, now - window, now)
         before_n, before = mean_input(session, model_id, now - 2 * window, now - window)
-        enough = min(recent_n, before_n) >= settings.drift_min_feedback
+        enough = min(recent_n, before_n) >= settings.retraining.drift_min_feedback
         if enough and recent is not None and before:
             shift = abs(recent - before) / abs(before)
-            if shift > settings.drift_input_shift:
+            if shift > settings.retraining.drift_input_shift:
                 return f"mean input moved from {before:.3f} to {recent:.3f} ({shift:.1%})"
     return None
 
 
 def check_drift(sessions: sessionmaker[Session], settings: Settings, app: Celery) -> list[str]:
     """Start a drift-triggered run for each drifting model not trained within the window."""
-    if settings.drift_min_accuracy <= 0 and settings.drift_input_shift <= 0:
+    if settings.retraining.drift_min_accuracy <= 0 and settings.retraining.drift_input_shift <= 0:
         return []
     started = []
-    cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=settings.drift_window_s)
+    cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=settings.retraining.drift_window_s)
     with sessions() as session:
         models = [(m.id, m.name, m.active_version_id) for m in list_models(session)]
     for model_id, name, active_id in models:
@@ -192,7 +196,7 @@ def check_drift(sessions: sessionmaker[Session], settings: Settings, app: Celery
                 )
             except Conflict:
                 continue
-        publish_training(app, settings, name, run_id, "drift")
+        publish(app, settings, TrainRequest(name, str(run_id), "drift"))
         log.info("drift: retraining early", extra={"model": name, "reason": reason})
         started.append(name)
     return started
@@ -202,7 +206,7 @@ def retrain_forever(
     sessions: sessionmaker[Session], settings: Settings, app: Celery, stop: threading.Event
 ) -> None:
     """Roll out finished runs and check for drift every ``retrain_check_interval_s``."""
-    while not stop.wait(settings.retrain_check_interval_s):
+    while not stop.wait(settings.retraining.retrain_check_interval_s):
         try:
             apply_pending(sessions, settings)
         except Exception:

@@ -21,12 +21,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import Model, ModelVersion, TrainingRun
+from db.tables import Model, ModelVersion, TrainingRun
 from db.training import lock_pending, pending_rollouts
-from inferq.errors import ConfigError, InferqError
-from inferq.experiments import start
-from inferq.promotion import promote
-from inferq.settings import Settings
+from inferq.core.errors import ConfigError, InferqError
+from inferq.core.settings import Settings
+from inferq.domain.experiments import start
+from inferq.domain.promotion import promote
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def _experiment_body(model: str, policy: Policy, active: int, candidate: int) ->
 def roll_out(session: Session, settings: Settings, run: TrainingRun) -> tuple[str, str]:
     """Apply the model's policy to the run's candidate; returns ``(rollout, reason)``."""
     model = session.get_one(Model, run.model_id)
-    policy = parse_policies(settings.retrain_policy).get(model.name, Policy())
+    policy = parse_policies(settings.retraining.retrain_policy).get(model.name, Policy())
     candidate = session.get(ModelVersion, run.candidate_version_id)
     if candidate is None:
         return "held", "the candidate version is gone"

@@ -8,11 +8,11 @@ import threading
 from collections.abc import Callable
 
 from db.engine import make_engine, make_session_factory
-from inferq.queues import make_celery
-from inferq.settings import Settings
-from inferq.status import make_redis
+from inferq.core.broker import make_celery
+from inferq.core.settings import Settings
+from inferq.core.status import make_redis
 from scheduler import metrics, retraining
-from scheduler.experiments import judge_forever
+from scheduler.experiment_checks import judge_forever
 from scheduler.reconciler import Reconciler, ReconcileReport
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def run_scheduler(settings: Settings) -> None:
     observer = metrics.start(reconciler, stop)
     thread = threading.Thread(
         target=reconcile_forever,
-        args=(reconciler, settings.reconcile_interval_s, stop, observer.reconciled),
+        args=(reconciler, settings.scheduler.reconcile_interval_s, stop, observer.reconciled),
         name="inferq-reconciler",
         daemon=True,
     )
@@ -63,7 +63,7 @@ def run_scheduler(settings: Settings) -> None:
     # Experiment decisions run here, beside the reconciler, never in a worker.
     threading.Thread(
         target=judge_forever,
-        args=(reconciler.sessions, settings.experiment_interval_s, stop),
+        args=(reconciler.sessions, settings.scheduler.experiment_interval_s, stop),
         name="inferq-experiments",
         daemon=True,
     ).start()

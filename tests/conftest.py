@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from inferq.settings import LANES, Settings
+from inferq.core.settings import LANES, Settings
 from tests.services import (
     CI,
     Services,
@@ -49,7 +49,7 @@ def settings(
     database_url: str, services: Services, namespace: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Settings:
     """Settings of this test run; short timeouts so recovery paths run within a test."""
-    return Settings(
+    return Settings.of(
         env="test",
         home=tmp_path_factory.mktemp("home"),
         database_url=database_url,
@@ -77,9 +77,7 @@ def amqp_settings(settings: Settings, services: Services) -> Iterator[Settings]:
         if CI:
             pytest.fail("CI: RabbitMQ does not answer on 127.0.0.1:5672")
         pytest.skip("no RabbitMQ server on 127.0.0.1:5672")
-    amqp = dataclasses.replace(
-        settings, broker_url=services.amqp_url, namespace=settings.namespace + "amqp"
-    )
+    amqp = settings.replace(broker_url=services.amqp_url, namespace=settings.namespace + "amqp")
     yield amqp
     delete_amqp_queues(services.amqp_url, amqp.namespace, LANES)
 

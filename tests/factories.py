@@ -79,7 +79,7 @@ def quiet_lane(settings: Any, lane: str = "online") -> None:
     from sqlalchemy import text
 
     from inferq.cli.common import db_session
-    from inferq.queues import make_celery, queue_name
+    from inferq.core.broker import make_celery, queue_name
 
     app = make_celery(settings)
     # on RabbitMQ a queue never declared holds nothing, and purging it is an error
@@ -131,7 +131,7 @@ def digits_variants() -> dict[str, Artifact]:
     bytes that are no safetensors (every job on them fails)."""
     import numpy as np
 
-    from inferq.artifacts import digest, pack
+    from inferq.core.artifacts import digest, pack
     from workers.handlers.digits import dataset, evaluate, fit
 
     split = dataset()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from inferq.settings import Settings
+from inferq.core.settings import Settings
 
 
 def free_port() -> int:

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from inferq.settings import Settings
-from inferq.webhooks import verify
+from inferq.core.settings import Settings
+from inferq.domain.webhooks import verify
 
 PROBLEM = "application/problem+json"
 

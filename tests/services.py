@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import redis
 from sqlalchemy import create_engine, text
 
-from inferq.embedded import reachable, start_postgres, start_redis
+from inferq.local.embedded import reachable, start_postgres, start_redis
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

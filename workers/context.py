@@ -9,11 +9,12 @@ from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import make_engine, make_session_factory
-from inferq.metrics import WorkerMetrics
-from inferq.settings import Settings
-from inferq.status import make_redis
+from inferq.core.metrics import WorkerMetrics
+from inferq.core.settings import Settings
+from inferq.core.status import make_redis
 from workers.device import choose_device, configure_threads
 from workers.liveness import Liveness
+from workers.middleware import Middleware, default_middleware
 from workers.runtime import ModelRuntime
 
 
@@ -29,6 +30,8 @@ class WorkerContext:
     runtime: ModelRuntime
     liveness: Liveness = dataclasses.field(default_factory=Liveness)
     metrics: WorkerMetrics = dataclasses.field(default_factory=WorkerMetrics)
+    #: Hooks around every batch (workers/middleware.py).
+    middleware: list[Middleware] = dataclasses.field(default_factory=default_middleware)
 
     @classmethod
     def create(cls, settings: Settings, name: str, app: Celery) -> WorkerContext:
@@ -40,7 +43,7 @@ class WorkerContext:
             pre_ping=False,  # the batch path retries once on a dropped connection instead
         )
         sessions = make_session_factory(engine)
-        configure_threads(settings.torch_threads)
+        configure_threads(settings.worker.torch_threads)
         metrics = WorkerMetrics()
 
         def loaded(model: str, seconds: float) -> None:
@@ -52,6 +55,6 @@ class WorkerContext:
             app=app,
             sessions=sessions,
             redis=make_redis(settings),
-            runtime=ModelRuntime(sessions, choose_device(settings.device), on_load=loaded),
+            runtime=ModelRuntime(sessions, choose_device(settings.worker.device), on_load=loaded),
             metrics=metrics,
         )

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from inferq.errors import ConfigError
+from inferq.core.errors import ConfigError
 
 
 def configure_threads(threads: int) -> None:

@@ -2,18 +2,16 @@
 
 celery-batches buffers messages and runs them as one call, and sends none of the events
 Celery's default strategy sends for a task; without them Flower would list every predict
-message as sent and never received. These hooks send them (when ``INFERQ_TASK_EVENTS`` is
+message as sent and never received. These functions send them (when ``INFERQ_TASK_EVENTS`` is
 on): ``task-received`` as a message enters the buffer, ``task-started`` and
-``task-succeeded`` (or ``task-failed``) around the batch that runs it. A failing hook is
-logged and never fails the batch.
+``task-succeeded`` (or ``task-failed``) around the batch that runs it (the ``TaskEvents``
+middleware calls them). A failing send is logged and never fails the batch.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from celery import signals
@@ -49,19 +47,19 @@ def _received(sender: Any = None, request: Any = None, **_: Any) -> None:
     )
 
 
-@contextmanager
-def batch(requests: Sequence[Any]) -> Iterator[None]:
-    """Around one batch: ``task-started`` for each message, then ``task-succeeded`` or,
-    when the batch raises, ``task-failed``."""
-    send = _sender()
-    started = time.monotonic()
-    _each(send, "task-started", requests)
-    try:
-        yield
-    except BaseException as exc:
-        _each(send, "task-failed", requests, exception=repr(exc)[:1024], traceback="")
-        raise
-    _each(send, "task-succeeded", requests, result="None", runtime=time.monotonic() - started)
+def started(requests: Sequence[Any]) -> None:
+    """``task-started`` for each message of a batch that starts."""
+    _each(_sender(), "task-started", requests)
+
+
+def succeeded(requests: Sequence[Any], runtime_s: float) -> None:
+    """``task-succeeded`` for each message of a batch that ran."""
+    _each(_sender(), "task-succeeded", requests, result="None", runtime=runtime_s)
+
+
+def failed(requests: Sequence[Any], error: BaseException) -> None:
+    """``task-failed`` for each message of a batch that raised."""
+    _each(_sender(), "task-failed", requests, exception=repr(error)[:1024], traceback="")
 
 
 def _each(send: Callable[..., Any], kind: str, requests: Sequence[Any], **fields: Any) -> None:

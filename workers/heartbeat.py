@@ -13,8 +13,8 @@ import time
 
 import redis
 
-from inferq.settings import Settings
-from inferq.status import worker_key
+from inferq.core.settings import Settings
+from inferq.core.status import worker_key
 from workers.liveness import Liveness
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class Heartbeat:
         self._info = {
             "name": name,
             "pid": os.getpid(),
-            "lanes": list(settings.lanes),
+            "lanes": list(settings.worker.lanes),
             "started_at": time.time(),
         }
 
@@ -47,7 +47,7 @@ class Heartbeat:
     def beat(self) -> None:
         """Refresh the key; a Redis outage is logged and retried on the next beat."""
         try:
-            ttl_ms = int(self._settings.heartbeat_ttl_s * 1000)
+            ttl_ms = int(self._settings.worker.heartbeat_ttl_s * 1000)
             stalled = self._liveness.stalled_for() if self._liveness else 0.0
             beat = {
                 **self._info,
@@ -68,9 +68,9 @@ class Heartbeat:
             log.warning("could not remove heartbeat key", exc_info=True)
 
     def _run(self) -> None:
-        while not self._stop.wait(self._settings.heartbeat_interval_s):
+        while not self._stop.wait(self._settings.worker.heartbeat_interval_s):
             self.beat()
-            if self._liveness and self._liveness.stalled_for() > self._settings.stall_exit_s:
+            if self._liveness and self._liveness.stalled_for() > self._settings.worker.stall_exit_s:
                 self._give_up()
 
     def _give_up(self) -> None:

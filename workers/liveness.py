@@ -30,17 +30,25 @@ class Liveness:
         """Called from the consumer's event loop."""
         self._last_mark = time.monotonic()
 
-    @contextmanager
-    def busy(self) -> Iterator[None]:
-        """A batch runs: the loop is blocked on purpose (solo pool), not stalled."""
+    def enter(self) -> None:
+        """A batch starts: the loop is blocked on purpose (solo pool), not stalled."""
         with self._lock:
             self._busy += 1
+
+    def leave(self) -> None:
+        """The batch ended: the loop runs again."""
+        with self._lock:
+            self._busy = max(0, self._busy - 1)
+        self.mark()
+
+    @contextmanager
+    def busy(self) -> Iterator[None]:
+        """Busy for the duration of the block (see :meth:`enter`)."""
+        self.enter()
         try:
             yield
         finally:
-            with self._lock:
-                self._busy -= 1
-            self.mark()
+            self.leave()
 
     def stalled_for(self) -> float:
         """Seconds since the loop last ran outside a batch (0 while a batch runs)."""

@@ -7,8 +7,8 @@ Prometheus scrapes every worker as its own target (compose: each replica on port
 That was chosen over a shared multiprocess directory: workers live on many hosts and
 containers, and a target per worker keeps ``up`` per worker meaningful.
 
-:func:`after_batch` is the one hook the batch path calls; like every hook it logs its own
-failures and never fails the batch.
+:func:`after_batch` and :func:`batch_failed` are called by the ``Metrics`` middleware
+(workers/middleware.py); like every hook they never fail the batch.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from db.jobs import ClaimedJob, JobResult, StoredResult
-from inferq.metrics import WorkerMetrics, serve, with_process_metrics
-from inferq.settings import Settings
+from inferq.core.metrics import WorkerMetrics, serve, with_process_metrics
+from inferq.core.settings import Settings
 
 if TYPE_CHECKING:
     from workers.context import WorkerContext
@@ -35,10 +35,12 @@ UNKNOWN_MODEL = "unknown"
 def start(ctx: WorkerContext, settings: Settings) -> int | None:
     """Describe this worker in its metrics and serve them; returns the port (None: off)."""
     metrics = ctx.metrics
-    metrics.info.labels(str(ctx.runtime.device), ",".join(settings.lanes)).set(1)
+    metrics.info.labels(str(ctx.runtime.device), ",".join(settings.worker.lanes)).set(1)
     with_process_metrics(metrics.registry)
     observe_gpu(metrics, ctx.runtime.device)
-    return serve(metrics.registry, settings.metrics_host, settings.metrics_port)
+    return serve(
+        metrics.registry, settings.observability.metrics_host, settings.observability.metrics_port
+    )
 
 
 def after_batch(

@@ -11,9 +11,9 @@ import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.registry import loadable_version
-from inferq.artifacts import unpack
-from inferq.errors import ArtifactError
-from inferq.handlers import ModelHandler, handler_class
+from inferq.core.artifacts import unpack
+from inferq.core.errors import ArtifactError
+from inferq.core.handlers import ModelHandler, handler_class
 
 log = logging.getLogger(__name__)
 

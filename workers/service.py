@@ -8,8 +8,8 @@ from typing import Any
 
 from celery import signals
 
-from inferq.queues import declare_dead_letters, make_celery, queue_name
-from inferq.settings import Settings
+from inferq.core.broker import declare_dead_letters, make_celery, queue_name
+from inferq.core.settings import Settings
 from workers import events as task_events
 from workers.context import WorkerContext
 from workers.heartbeat import Heartbeat
@@ -44,7 +44,7 @@ def run_worker(settings: Settings, name: str | None = None, concurrency: int = 1
     heartbeat = Heartbeat(context().redis, settings, identity, context().liveness)
     heartbeat.start()
     start_metrics(context(), settings)
-    if settings.task_events:
+    if settings.observability.task_events:
         task_events.connect()
 
     @signals.worker_shutdown.connect(weak=False)
@@ -53,7 +53,7 @@ def run_worker(settings: Settings, name: str | None = None, concurrency: int = 1
 
     if (settings.broker_url or "").startswith(("amqp", "pyamqp")):
         declare_dead_letters(app, settings)
-    queues = ",".join(queue_name(settings, lane) for lane in settings.lanes)
+    queues = ",".join(queue_name(settings, lane) for lane in settings.worker.lanes)
     argv = [
         "worker",
         f"--hostname={hostname}",

@@ -9,16 +9,16 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
-from api import experiments_service as svc
-from api.auth import require
-from api.body import json_object
+from api.http.auth import require
+from api.http.body import json_object
+from api.http.validation import check
+from api.services import experiments as svc
 from api.state import state
-from api.validation import check
 from db.experiments import list_experiments
-from db.models import EXPERIMENT_STATUSES
-from inferq.errors import BadRequest
-from inferq.experiment_report import summary
-from inferq.experiments import ACTIONS, MAX_ARMS, MODES, start
+from db.tables import EXPERIMENT_STATUSES
+from inferq.core.errors import BadRequest
+from inferq.domain.experiment_report import summary
+from inferq.domain.experiments import ACTIONS, MAX_ARMS, MODES, start
 
 bp = Blueprint("experiments", __name__, url_prefix="/v1/experiments")
 

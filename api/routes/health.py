@@ -35,7 +35,7 @@ def readyz() -> tuple[Response, int]:
 
     def broker() -> None:
         with st.celery.connection_for_write() as connection:
-            connection.ensure_connection(max_retries=1, timeout=st.settings.publish_timeout_s)
+            connection.ensure_connection(max_retries=1, timeout=st.settings.api.publish_timeout_s)
 
     checks = {
         "database": _check(database),

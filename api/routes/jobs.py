@@ -7,20 +7,21 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
-from api import experiments_service, render, whereis
-from api import jobs_service as svc
-from api.auth import current_principal, require
-from api.body import json_object
-from api.intake import accept as accept_submission
+from api.http import render
+from api.http.auth import current_principal, require
+from api.http.body import json_object
+from api.http.validation import check
+from api.services import experiments as experiments_service
+from api.services import jobs as svc
+from api.services import position as whereis
+from api.services.webhooks import finished as webhooks_finished
 from api.state import state
-from api.validation import check
-from api.webhooks import finished as webhooks_finished
 from db.feedback import add_feedback
 from db.jobs import cancel_job, get_job_view
-from db.models import TERMINAL_STATUSES
-from inferq.errors import Conflict, InvalidInput, NotFound
-from inferq.settings import LANES
-from inferq.status import announce
+from db.tables import TERMINAL_STATUSES
+from inferq.core.errors import Conflict, InvalidInput, NotFound
+from inferq.core.settings import LANES
+from inferq.core.status import announce
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
@@ -68,9 +69,9 @@ def submit() -> Response:
     st = state()
     info = svc.model_for(st, body["model"])
     check(info.input_schema, body["input"], "/input")
-    wait = svc.prefer_wait(request.headers.get("Prefer"), st.settings.max_wait_s)
+    wait = svc.prefer_wait(request.headers.get("Prefer"), st.settings.api.max_wait_s)
     expires_in = svc.cancel_after(request.headers.get("Cancel-After"))
-    view, replayed = accept_submission(st, current_principal(), info, body, expires_in)
+    view, replayed = svc.accept(st, current_principal(), info, body, expires_in)
     job_id = str(view.job.id)
     if not view.job.cached:
         with st.waiter.expect(job_id) if wait else nullcontext() as signal:
@@ -96,7 +97,7 @@ def submit() -> Response:
 def get_job(job_id: str) -> Response:
     """The job; ``?wait=N`` holds the request until it is terminal or N seconds pass."""
     st = state()
-    wait = svc.query_wait(request.args.get("wait"), st.settings.max_wait_s)
+    wait = svc.query_wait(request.args.get("wait"), st.settings.api.max_wait_s)
     ident = svc.parse_job_id(job_id)
     tenant = current_principal().tenant_id
     if not wait:

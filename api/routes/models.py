@@ -8,18 +8,18 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
-from api import render
-from api.auth import require
-from api.body import json_object
-from api.experiments_service import actor
+from api.http import render
+from api.http.auth import require
+from api.http.body import json_object
+from api.http.validation import check
+from api.services.experiments import actor
 from api.state import state
-from api.validation import check
 from db.activations import history
 from db.experiments import running_experiment
 from db.registry import get_model, list_models, list_versions
 from db.training import latest_run, run_dict, version_accuracy
-from inferq.errors import NotFound
-from inferq.promotion import promote, rollback
+from inferq.core.errors import NotFound
+from inferq.domain.promotion import promote, rollback
 
 bp = Blueprint("models", __name__, url_prefix="/v1/models")
 
@@ -61,7 +61,7 @@ def _quality(session: Any, model: Any) -> dict[str, Any] | None:
     """The active version's accuracy from feedback over the quality window."""
     if model.active_version_id is None:
         return None
-    window = state().settings.quality_window_s
+    window = state().settings.observability.quality_window_s
     since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=window)
     judged, correct = version_accuracy(session, model.active_version_id, since)
     accuracy = round(correct / judged, 4) if judged else None

@@ -11,10 +11,10 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from api.auth import require
+from api.http.auth import require
 from api.state import state
 from db.scaling import recent_decisions
-from inferq.status import live_workers
+from inferq.core.status import live_workers
 
 bp = Blueprint("scaling", __name__, url_prefix="/v1/scaling")
 

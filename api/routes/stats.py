@@ -16,7 +16,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from api.auth import require
+from api.http.auth import require
 from api.state import ApiState, TtlCache, state
 from db.experiments import list_experiments
 from db.scaling import recent_decisions
@@ -32,10 +32,10 @@ from db.stats import (
     window,
 )
 from db.training import run_dict
-from inferq.errors import BadRequest
-from inferq.experiment_report import build_report, summary
-from inferq.fleet import per_lane, worker_beats
-from inferq.settings import LANES
+from inferq.core.errors import BadRequest
+from inferq.core.settings import LANES
+from inferq.domain.experiment_report import build_report, summary
+from inferq.domain.fleet import per_lane, worker_beats
 
 bp = Blueprint("stats", __name__, url_prefix="/v1/stats")
 
@@ -80,7 +80,7 @@ def build(st: ApiState, window_s: int) -> dict[str, Any]:
         recent = window(session, window_s)
         slices, ends = timeline(session, window_s, bucket_s), as_of(session)
         lanes = lane_counts(session)
-        models = quality(session, st.settings.quality_window_s)
+        models = quality(session, st.settings.observability.quality_window_s)
         versions = recent_versions(session)
         runs = [run_dict(run, name) for run, name in recent_training_runs(session)]
         pools = _pools(recent_decisions(session, DECISIONS_READ))

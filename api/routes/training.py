@@ -10,12 +10,14 @@ import uuid
 
 from flask import Blueprint, Response, jsonify, url_for
 
-from api.auth import require
-from api.experiments_service import actor
+from api.http.auth import require
+from api.services.experiments import actor
 from api.state import state
 from db.training import get_run, run_dict
-from inferq.errors import NotFound
-from inferq.training import publish_training, request_run
+from inferq.core.broker import publish
+from inferq.core.errors import NotFound
+from inferq.core.messages import TrainRequest
+from inferq.domain.training import request_run
 
 bp = Blueprint("training", __name__)
 
@@ -27,7 +29,7 @@ def retrain(name: str) -> Response:
     st = state()
     with st.sessions.begin() as session:
         run_id = request_run(session, st.settings, name, trigger="manual", requested_by=actor())
-    publish_training(st.celery, st.settings, name, run_id, "manual")
+    publish(st.celery, st.settings, TrainRequest(name, str(run_id), "manual"))
     response = show(str(run_id))
     response.status_code = 202
     response.headers["Location"] = url_for("training.show", run_id=str(run_id))

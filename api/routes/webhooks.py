@@ -8,14 +8,14 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
-from api import jobs_service as svc
-from api import webhooks
-from api.auth import current_principal, require
+from api.http.auth import current_principal, require
+from api.services import jobs as svc
+from api.services import webhooks
 from api.state import state
-from db.models import TERMINAL_STATUSES
+from db.tables import TERMINAL_STATUSES
 from db.webhooks import DeliveryLog, delivery_log, ensure_secret, get_secret, rotate_secret
-from inferq.errors import Conflict
-from inferq.webhooks import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, new_secret
+from inferq.core.errors import Conflict
+from inferq.domain.webhooks import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, new_secret
 
 bp = Blueprint("webhooks", __name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool, text
 
-from db.models import Base
+from db.tables import Base
 
 # Two processes upgrading at once (two API nodes starting together) must not race.
 MIGRATION_LOCK = 7_311_224_001

@@ -7,7 +7,7 @@ import json
 import click
 
 from inferq.cli.common import db_session, load_settings, reports_errors
-from inferq.logs import configure
+from inferq.core.logs import configure
 
 BACKENDS = ["auto", "local", "compose", "kubernetes", "dry-run"]
 
@@ -16,84 +16,76 @@ BACKENDS = ["auto", "local", "compose", "kubernetes", "dry-run"]
 @click.option(
     "--backend",
     type=click.Choice(BACKENDS),
-    default="auto",
-    show_default=True,
+    default=None,
     help="auto: kubernetes in a pod, compose next to a Docker socket, else local.",
 )
-@click.option(
-    "--lanes", default=None, help="Lanes of the pool scaled (default: INFERQ_WORKER_LANES)."
-)
-@click.option("--min-workers", type=int, default=1, show_default=True)
-@click.option("--max-workers", type=int, default=4, show_default=True)
-@click.option(
-    "--target-wait",
-    type=float,
-    default=30.0,
-    show_default=True,
-    help="Seconds within which a backlog should drain (target_queue_wait_s).",
-)
-@click.option("--poll", type=float, default=5.0, show_default=True, help="Seconds between polls.")
-@click.option(
-    "--window",
-    type=float,
-    default=60.0,
-    show_default=True,
-    help="Seconds over which arrival and service rates are measured.",
-)
+@click.option("--lanes", default=None, help="Lanes of the pool scaled (INFERQ_WORKER_LANES).")
+@click.option("--min-workers", type=int, default=None)
+@click.option("--max-workers", type=int, default=None)
+@click.option("--target-wait", type=float, default=None, help="Seconds to drain a backlog.")
+@click.option("--poll", type=float, default=None, help="Seconds between polls.")
+@click.option("--window", type=float, default=None, help="Seconds rates are measured over.")
 @click.option(
     "--stabilization",
     type=float,
-    default=60.0,
-    show_default=True,
-    help="Scale down only to the highest need of this many seconds.",
+    default=None,
+    help="Seconds of need a scale-down looks back.",
 )
 @click.option(
-    "--cooldown",
-    type=float,
-    default=30.0,
-    show_default=True,
-    help="No scale-down within this many seconds of the last change.",
+    "--cooldown", type=float, default=None, help="Seconds without scale-down after a change."
 )
-@click.option("--max-step", type=int, default=4, show_default=True)
+@click.option("--max-step", type=int, default=None, help="Most workers one change adds or removes.")
 @click.option(
     "--activation",
     type=int,
-    default=1,
-    show_default=True,
-    help="Jobs that must wait before a pool at zero starts a worker.",
+    default=None,
+    help="Jobs waiting that wake a pool at zero.",
 )
 @click.option("--docker-url", default=None, help="compose: the Docker Engine API (http://).")
 @click.option("--compose-project", default=None, help="compose: default, this container's.")
-@click.option("--compose-service", default="worker", show_default=True)
+@click.option("--compose-service", default=None, help="compose: the service scaled.")
 @click.option("--k8s-namespace", default=None, help="kubernetes: default, this pod's.")
-@click.option("--k8s-deployment", default="inferq-worker", show_default=True)
-@click.option(
-    "--grace",
-    type=int,
-    default=60,
-    show_default=True,
-    help="compose: seconds a stopping worker gets to drain before SIGKILL.",
-)
+@click.option("--k8s-deployment", default=None, help="kubernetes: the Deployment scaled.")
+@click.option("--grace", type=int, default=None, help="compose: seconds to drain before SIGKILL.")
 @reports_errors
-def autoscaler(backend: str, lanes: str | None, min_workers: int, max_workers: int,
-               target_wait: float, poll: float, window: float, stabilization: float,
-               cooldown: float, max_step: int, activation: int, docker_url: str | None,
-               compose_project: str | None, compose_service: str, k8s_namespace: str | None,
-               k8s_deployment: str, grace: int) -> None:  # fmt: skip
-    """Scale the workers on queue depth and arrival rate (run exactly one)."""
+def autoscaler(backend: str | None, lanes: str | None, min_workers: int | None,
+               max_workers: int | None, target_wait: float | None, poll: float | None,
+               window: float | None, stabilization: float | None, cooldown: float | None,
+               max_step: int | None, activation: int | None, docker_url: str | None,
+               compose_project: str | None, compose_service: str | None,
+               k8s_namespace: str | None, k8s_deployment: str | None,
+               grace: int | None) -> None:  # fmt: skip
+    """Scale the workers on queue depth and arrival rate (run exactly one).
+
+    Every option defaults to its INFERQ_AUTOSCALER_* setting (README: Settings); a flag
+    given here overrides it.
+    """
     from scheduler.autoscaler.policy import Policy
     from scheduler.autoscaler.service import BackendOptions, run_autoscaler
 
-    settings = load_settings(worker_lanes=lanes)
+    settings = load_settings(
+        worker_lanes=lanes, autoscaler_backend=backend, autoscaler_min_workers=min_workers,
+        autoscaler_max_workers=max_workers, autoscaler_target_wait_s=target_wait,
+        autoscaler_poll_s=poll, autoscaler_window_s=window,
+        autoscaler_stabilization_s=stabilization, autoscaler_cooldown_s=cooldown,
+        autoscaler_max_step=max_step, autoscaler_activation=activation,
+        autoscaler_docker_url=docker_url, autoscaler_compose_project=compose_project,
+        autoscaler_compose_service=compose_service, autoscaler_k8s_namespace=k8s_namespace,
+        autoscaler_k8s_deployment=k8s_deployment, autoscaler_grace_s=grace,
+    )  # fmt: skip
     configure(settings.log_level)
     try:
-        policy = Policy(min_workers, max_workers, target_wait, max_step, stabilization,
-                        cooldown, activation)  # fmt: skip
+        policy = Policy.from_settings(settings.autoscaler)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
-    options = BackendOptions(backend, docker_url, compose_project, compose_service,
-                             k8s_namespace, k8s_deployment, grace)  # fmt: skip
-    run_autoscaler(settings, policy, options, poll, window)
+    scaling = settings.autoscaler
+    run_autoscaler(
+        settings,
+        policy,
+        BackendOptions.from_settings(scaling),
+        scaling.autoscaler_poll_s,
+        scaling.autoscaler_window_s,
+    )
 
 
 @click.command()

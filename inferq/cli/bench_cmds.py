@@ -12,6 +12,7 @@ import click
 
 from inferq.cli.client_cmds import make_client
 from inferq.cli.common import info, load_settings, reports_errors
+from inferq.core.settings import Settings
 
 
 def _progress(total_s: float) -> tuple[Any, Any]:
@@ -62,7 +63,7 @@ def bench(
     """Load a running system and report throughput, latency and cost per job (JSON on stdout)."""
     from inferq.bench import load, probes
     from inferq.bench.inputs import inputs_for
-    from inferq.bench.stats import histogram, summary
+    from inferq.bench.summary import histogram, summary
 
     client = make_client()
     database_url, redis_url = _service_urls()
@@ -133,8 +134,34 @@ def _baseline(
     info("baseline: trivial endpoint through the same front door…")
     trivial = asyncio.run(load.trivial_rps(target.url, concurrency, 8.0))
     info("baseline: the model in-process at batch sizes 1..128…")
-    in_process = in_process_throughput(load_settings(), model, inputs_for(model, inputs_path))
+    handler = _active_handler(load_settings(), model)
+    in_process = in_process_throughput(handler, inputs_for(model, inputs_path))
     return {"trivial_endpoint_rps": round(trivial, 1), "in_process_inputs_s": in_process}
+
+
+def _active_handler(settings: Settings, model: str) -> Any:
+    """``model``'s active version loaded as a worker process loads it."""
+    # The bench is a CLI command: it reaches into the worker runtime lazily, here only.
+    from db.engine import make_engine, make_session_factory
+    from db.registry import serving_info
+    from workers.device import choose_device, configure_threads
+    from workers.runtime import ModelRuntime
+
+    configure_threads(settings.worker.torch_threads)
+    engine = make_engine(
+        settings.require_database_url(), pool_size=1, application_name="inferq-bench"
+    )
+    sessions = make_session_factory(engine)
+    with sessions() as session:
+        serving = serving_info(session, model)
+    if serving is None or serving.active_version_id is None:
+        raise SystemExit(f"model {model!r} has no active version")
+    try:
+        return ModelRuntime(sessions, choose_device(settings.worker.device)).handler(
+            serving.active_version_id
+        )
+    finally:
+        engine.dispose()
 
 
 def _ratios(report: dict[str, Any]) -> dict[str, float]:

@@ -12,7 +12,7 @@ import click
 
 from inferq.cli.common import load_settings, reports_errors
 from inferq.client import Client
-from inferq.errors import ConfigError
+from inferq.core.errors import ConfigError
 
 
 def make_client() -> Client:

@@ -10,8 +10,9 @@ from typing import Any, TypeVar
 
 import click
 
-from inferq.errors import InferqError
-from inferq.settings import Settings
+from inferq.core.errors import InferqError
+from inferq.core.logs import info as info
+from inferq.core.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -38,18 +39,7 @@ def reports_errors(func: F) -> F:
 @contextmanager
 def db_session(settings: Settings) -> Iterator[Any]:
     """A committed-on-success session on the configured database."""
-    from db.engine import make_engine, make_session_factory, transaction
+    from db.engine import short_session
 
-    engine = make_engine(
-        settings.require_database_url(), pool_size=1, application_name="inferq-cli"
-    )
-    try:
-        with transaction(make_session_factory(engine)) as session:
-            yield session
-    finally:
-        engine.dispose()
-
-
-def info(message: str) -> None:
-    """Human-facing progress goes to stderr, keeping stdout for results."""
-    click.echo(message, err=True)
+    with short_session(settings.require_database_url()) as session:
+        yield session

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from inferq.cli.common import db_session, info, load_settings, reports_errors
-from inferq.errors import BadRequest, Conflict, NotFound
+from inferq.core.errors import BadRequest, Conflict, NotFound
 
 
 def _id(raw: str) -> uuid.UUID:
@@ -26,7 +26,7 @@ def _id(raw: str) -> uuid.UUID:
 def load_report(session: Any, experiment_id: uuid.UUID) -> dict[str, Any]:
     """The experiment's live report as JSON data, or NotFound."""
     from db.experiments import get_experiment
-    from inferq.experiment_report import build_report
+    from inferq.domain.experiment_report import build_report
 
     found = get_experiment(session, experiment_id)
     if found is None:
@@ -71,7 +71,7 @@ def experiments() -> None:
 def list_(model: str | None, status: str | None) -> None:
     """List experiments (newest first) as JSON."""
     from db.experiments import list_experiments
-    from inferq.experiment_report import summary
+    from inferq.domain.experiment_report import summary
 
     with db_session(load_settings()) as session:
         rows = list_experiments(session, model=model, status=status)

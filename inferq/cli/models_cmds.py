@@ -7,7 +7,7 @@ import json
 import click
 
 from inferq.cli.common import db_session, info, load_settings, reports_errors
-from inferq.settings import Settings
+from inferq.core.settings import Settings
 
 
 def train_model(
@@ -20,8 +20,8 @@ def train_model(
     import torch
 
     from db.registry import add_version, ensure_model, get_model, serving_info
-    from inferq.artifacts import pack
-    from inferq.handlers import handler_class
+    from inferq.core.artifacts import pack
+    from inferq.core.handlers import handler_class
     from workers.device import configure_threads
 
     with db_session(settings) as session:
@@ -32,7 +32,7 @@ def train_model(
     # as workers do: on a busy host, more OpenMP threads than free cores spin at every
     # barrier (measured on 2 cores beside one busy process: 7 s with one thread, 15 s to
     # minutes with two)
-    configure_threads(settings.torch_threads)
+    configure_threads(settings.worker.torch_threads)
     info(f"training {name} (seed {seed})…")
     trained = cls(torch.device("cpu")).train(seed=seed)
     artifact, sha256 = pack(trained.tensors, trained.metadata)
@@ -120,7 +120,7 @@ def list_() -> None:
 @reports_errors
 def promote(name: str, version: int, reason: str | None) -> None:
     """Make VERSION of NAME the active version (refused while an experiment runs on it)."""
-    from inferq.promotion import promote as promote_version
+    from inferq.domain.promotion import promote as promote_version
 
     with db_session(load_settings()) as session:
         change = promote_version(session, name, version, by="inferq models promote", reason=reason)
@@ -137,7 +137,7 @@ def promote(name: str, version: int, reason: str | None) -> None:
 @reports_errors
 def rollback(name: str) -> None:
     """Make the version active before the current one of NAME active again."""
-    from inferq.promotion import rollback as rollback_model
+    from inferq.domain.promotion import rollback as rollback_model
 
     with db_session(load_settings()) as session:
         change = rollback_model(session, name, by="inferq models rollback")

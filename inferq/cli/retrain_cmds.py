@@ -11,19 +11,20 @@ from typing import Any
 import click
 
 from inferq.cli.common import db_session, info, load_settings, reports_errors
-from inferq.settings import Settings
+from inferq.core.settings import Settings
 
 TERMINAL = ("succeeded", "failed")
 
 
 def start_run(settings: Settings, name: str) -> uuid.UUID:
     """Open a manual run of ``name`` and send it to the training lane."""
-    from inferq.queues import make_celery
-    from inferq.training import publish_training, request_run
+    from inferq.core.broker import make_celery, publish
+    from inferq.core.messages import TrainRequest
+    from inferq.domain.training import request_run
 
     with db_session(settings) as session:
         run_id = request_run(session, settings, name, trigger="manual", requested_by="inferq cli")
-    publish_training(make_celery(settings), settings, name, run_id, "manual")
+    publish(make_celery(settings), settings, TrainRequest(name, str(run_id), "manual"))
     return run_id
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from inferq.cli.common import load_settings, reports_errors
-from inferq.logs import configure
+from inferq.core.logs import configure
 
 METRICS_PORT_HELP = "Serve Prometheus /metrics on this port; 0: off (default: INFERQ_METRICS_PORT)."
 
@@ -20,7 +20,7 @@ def api(host: str, port: int | None) -> None:
 
     settings = load_settings()
     configure(settings.log_level)
-    serve(settings, host, port or settings.port)
+    serve(settings, host, port or settings.local.port)
 
 
 @click.command()

@@ -10,7 +10,7 @@ import click
 from inferq.cli.common import info, load_settings, reports_errors
 
 if TYPE_CHECKING:
-    from inferq.stack import StackPaths
+    from inferq.local.stack import StackPaths
 
 
 @click.command()
@@ -52,7 +52,7 @@ def up(
     starts an embedded PostgreSQL and Redis under INFERQ_HOME (default ./var), which keep
     their data between runs.
     """
-    from inferq import stack
+    from inferq.local import stack
 
     settings = load_settings(
         port=port,
@@ -62,7 +62,7 @@ def up(
         autoscale=autoscale,
     )
     paths = stack.StackPaths(settings.home.resolve())
-    url = f"http://127.0.0.1:{settings.port}"
+    url = f"http://127.0.0.1:{settings.local.port}"
     sys.exit(stack.run(settings, on_ready=lambda: _say_ready(url, paths)))
 
 
@@ -84,7 +84,7 @@ def _say_ready(url: str, paths: StackPaths) -> None:
 @reports_errors
 def down() -> None:
     """Stop the `inferq up` that runs from INFERQ_HOME, and wait until it has stopped."""
-    from inferq import stack
+    from inferq.local import stack
 
     paths = stack.StackPaths(load_settings().home.resolve())
     running = stack.read_running(paths)

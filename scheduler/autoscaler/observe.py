@@ -22,9 +22,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import transaction
 from db.scaling import busy_workers, lane_activity
-from inferq.queues import queue_name
-from inferq.settings import Settings
-from inferq.status import worker_key
+from inferq.core.broker import queue_name
+from inferq.core.settings import Settings
+from inferq.core.status import worker_key
 from scheduler.autoscaler.policy import Observation
 
 log = logging.getLogger(__name__)

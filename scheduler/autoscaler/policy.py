@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from inferq.core.settings import AutoscalerSettings
+
 
 @dataclasses.dataclass(frozen=True)
 class Policy:
@@ -27,6 +29,19 @@ class Policy:
     activation_backlog: int = 1
     #: Jobs per second one worker is assumed to finish before any was measured.
     default_service_rate: float = 1.0
+
+    @classmethod
+    def from_settings(cls, scaling: AutoscalerSettings) -> Policy:
+        """The policy the ``INFERQ_AUTOSCALER_*`` settings describe."""
+        return cls(
+            min_workers=scaling.autoscaler_min_workers,
+            max_workers=scaling.autoscaler_max_workers,
+            target_queue_wait_s=scaling.autoscaler_target_wait_s,
+            max_step=scaling.autoscaler_max_step,
+            stabilization_s=scaling.autoscaler_stabilization_s,
+            cooldown_s=scaling.autoscaler_cooldown_s,
+            activation_backlog=scaling.autoscaler_activation,
+        )
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_workers <= self.max_workers or self.max_workers < 1:

@@ -14,8 +14,8 @@ from typing import Any
 from prometheus_client import start_http_server
 
 from db.engine import make_engine, make_session_factory
-from inferq.errors import ConfigError
-from inferq.settings import Settings
+from inferq.core.errors import ConfigError
+from inferq.core.settings import AutoscalerSettings, Settings
 from scheduler.autoscaler.loop import Autoscaler
 from scheduler.autoscaler.observe import Observer
 from scheduler.autoscaler.policy import Policy
@@ -38,6 +38,19 @@ class BackendOptions:
     k8s_namespace: str | None = None
     k8s_deployment: str = "inferq-worker"
     grace_s: int = 60
+
+    @classmethod
+    def from_settings(cls, scaling: AutoscalerSettings) -> BackendOptions:
+        """The backend the ``INFERQ_AUTOSCALER_*`` settings describe (empty: the default)."""
+        return cls(
+            kind=scaling.autoscaler_backend,
+            docker_url=scaling.autoscaler_docker_url or None,
+            compose_project=scaling.autoscaler_compose_project or None,
+            compose_service=scaling.autoscaler_compose_service,
+            k8s_namespace=scaling.autoscaler_k8s_namespace or None,
+            k8s_deployment=scaling.autoscaler_k8s_deployment,
+            grace_s=scaling.autoscaler_grace_s,
+        )
 
 
 def resolve_kind(kind: str) -> str:
@@ -96,13 +109,13 @@ def run_autoscaler(
     window_s: float,
     **_: Any,
 ) -> None:
-    """Scale the workers of ``settings.worker_lanes`` until SIGTERM or SIGINT."""
+    """Scale the workers of ``settings.worker.worker_lanes`` until SIGTERM or SIGINT."""
     engine = make_engine(
         settings.require_database_url(), pool_size=2, application_name="inferq-autoscaler"
     )
     sessions = make_session_factory(engine)
-    observer = Observer(settings, settings.lanes, sessions, window_s)
-    backend = make_backend(settings, options, settings.worker_lanes)
+    observer = Observer(settings, settings.worker.lanes, sessions, window_s)
+    backend = make_backend(settings, options, settings.worker.worker_lanes)
     scaler = Autoscaler(policy, observer, backend, sessions, poll_s)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

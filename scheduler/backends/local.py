@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from inferq.settings import Settings
+from inferq.core.settings import Settings
 from scheduler.backends import idle_first
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ class LocalBackend:
         self._settings = settings
         self._logs = logs
         self._prefix = prefix
-        self._lanes = lanes or settings.worker_lanes
+        self._lanes = lanes or settings.worker.worker_lanes
         self._numbers = itertools.count(1)
         self._running: dict[str, subprocess.Popen[bytes]] = {}
         self._draining: dict[str, subprocess.Popen[bytes]] = {}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from inferq.client import Client
-from inferq.settings import Settings
+from inferq.core.settings import Settings
 from tests.processes import ServiceProcess, free_port, wait_for_http, wait_for_log
 
 

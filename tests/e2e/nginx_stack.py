@@ -18,8 +18,8 @@ import psutil
 import pytest
 import requests
 
-from inferq import nginx
-from inferq.settings import Settings
+from inferq.core.settings import Settings
+from inferq.local import nginx
 from tests.processes import free_port
 from tests.services import CI
 
@@ -39,7 +39,7 @@ class Nginx:
 
     def __init__(self, settings: Settings, home: Path, node_ports: list[int]) -> None:
         self.paths = nginx.NginxPaths(home)
-        self.url = f"http://127.0.0.1:{settings.port}"
+        self.url = f"http://127.0.0.1:{settings.local.port}"
         binary = nginx_binary()
         nginx.write_config(settings, self.paths, node_ports)
         nginx.check_config(binary, self.paths)

@@ -20,11 +20,11 @@ import pytest
 import requests
 from sqlalchemy import create_engine, func, select, text
 
-from db.models import Batch, Job
+from db.tables import Batch, Job
 from inferq.client import Client
-from inferq.errors import InvalidInput, PayloadTooLarge
-from inferq.queues import make_celery
-from inferq.settings import Settings
+from inferq.core.broker import make_celery
+from inferq.core.errors import InvalidInput, PayloadTooLarge
+from inferq.core.settings import Settings
 from tests.conftest import Keys
 from tests.e2e.nginx_stack import UpStack, nginx_binary
 from tests.e2e.test_nginx_stack import kill_tree
@@ -209,7 +209,7 @@ def test_killing_the_batch_worker_mid_batch_loses_nothing_and_duplicates_nothing
         ).one()
     assert tuple(row[:4]) == (count, count, 0, count - 1)
     # and only what the killed worker held was run again: one chunk at most, never done items
-    assert row[4] <= settings.batch_chunk_size, row
+    assert row[4] <= settings.batches.batch_chunk_size, row
     out = io.BytesIO()
     assert c.batch_results(batch["id"], out) == count
     indexes = [json.loads(line)["index"] for line in out.getvalue().splitlines()]

@@ -4,7 +4,6 @@ saved as test-artifacts/dashboard.png."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import shutil
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 
-from inferq.settings import Settings
+from inferq.core.settings import Settings
 from tests.conftest import Keys
 from tests.e2e.conftest import Stack, start_stack
 from tests.factories import Artifact, experiment_model, holdout
@@ -56,7 +55,7 @@ def playwright() -> Any:
 
 @pytest.fixture
 def stack(settings: Settings, digits_version: int, keys: Keys, tmp_path: Path) -> Iterator[Stack]:
-    running = start_stack(dataclasses.replace(settings, cache_ttl_s=60), tmp_path, workers=1)
+    running = start_stack(settings.replace(cache_ttl_s=60), tmp_path, workers=1)
     yield running
     running.stop()
 

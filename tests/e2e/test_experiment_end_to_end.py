@@ -3,7 +3,6 @@ worker runs the candidate and stores its outputs, the scheduler decides on its o
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from inferq.settings import Settings
+from inferq.core.settings import Settings
 from tests.conftest import Keys
 from tests.e2e.conftest import Stack, start_stack
 from tests.factories import digits_variants, experiment_model, holdout
@@ -25,7 +24,7 @@ JOBS = 80
 @pytest.fixture
 def stack(settings: Settings, digits_version: int, keys: Keys, tmp_path: Path) -> Iterator[Stack]:
     # The scheduler checks experiments every second here, instead of every 30.
-    fast = dataclasses.replace(settings, experiment_interval_s=1.0)
+    fast = settings.replace(experiment_interval_s=1.0)
     running = start_stack(fast, tmp_path, workers=1)
     yield running
     running.stop()

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-from inferq.settings import Settings
+from inferq.core.settings import Settings
 from tests.conftest import Keys
 from tests.e2e.conftest import Stack
 from tests.factories import holdout
@@ -52,7 +52,7 @@ class Observed:
 
 
 def start_observed(settings: Settings, logs: Path) -> Observed:
-    settings = dataclasses.replace(settings, metrics_interval_s=1.0)
+    settings = settings.replace(metrics_interval_s=1.0)
     port, worker_port, scheduler_port = free_port(), free_port(), free_port()
     api = ServiceProcess("api", ["api", "--port", str(port)], settings, logs)
     scheduler = ServiceProcess(
@@ -178,7 +178,7 @@ class Events:
     """Celery task events on the deployment's event exchange, as Flower receives them."""
 
     def __init__(self, settings: Settings) -> None:
-        from inferq.queues import make_celery
+        from inferq.core.broker import make_celery
 
         self.app = make_celery(settings)
         self.seen: list[dict[str, Any]] = []

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from inferq.settings import Settings
+from inferq.core.settings import Settings
 from tests.e2e.nginx_stack import Nginx, at_once
 from tests.processes import free_port
 
@@ -75,7 +75,7 @@ def run_nginx(tmp_path: Path) -> Iterator:
     running: list[Nginx] = []
 
     def run(ports: list[int], **overrides: object) -> Nginx:
-        settings = Settings(port=free_port(), **overrides)  # type: ignore[arg-type]
+        settings = Settings.of(port=free_port(), **overrides)  # type: ignore[arg-type]
         running.append(Nginx(settings, tmp_path / f"home{len(running)}", ports))
         return running[-1]
 

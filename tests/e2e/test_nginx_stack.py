@@ -22,8 +22,8 @@ import pytest
 import requests
 
 from inferq.client import TERMINAL, Client
-from inferq.errors import Problem
-from inferq.settings import Settings
+from inferq.core.errors import Problem
+from inferq.core.settings import Settings
 from tests.conftest import Keys
 from tests.e2e.nginx_stack import ROOT, UpStack, api_access_lines, at_once, nginx_binary
 from tests.factories import holdout

@@ -5,7 +5,6 @@ when its result actually came."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import time
 from collections.abc import Iterator
@@ -13,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from api import whereis
-from inferq.settings import Settings
+from api.services import position as whereis
+from inferq.core.settings import Settings
 from tests.conftest import Keys
 from tests.e2e.conftest import Stack, start_stack
 from tests.factories import holdout, quiet_lane, register_fixture_model
@@ -28,7 +27,7 @@ JOBS = 16
 
 @pytest.fixture
 def stack(settings: Settings, digits_version: int, keys: Keys, tmp_path: Path) -> Iterator[Stack]:
-    one_at_a_time = dataclasses.replace(settings, max_batch_size=1)
+    one_at_a_time = settings.replace(max_batch_size=1)
     register_fixture_model(
         one_at_a_time, MODEL, "tests.fixture_models.slow:SlowDigits", {"delay_s": DELAY_S}
     )

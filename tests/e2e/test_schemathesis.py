@@ -3,7 +3,6 @@ spec (valid and invalid) and checks that no answer is a 5xx or breaks the spec."
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import shutil
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from inferq.settings import Settings
+from inferq.core.settings import Settings
 from tests.processes import ServiceProcess, free_port, wait_for_http
 from tests.security import make_key
 from tests.services import wipe_redis
@@ -38,9 +37,7 @@ def api_url(
 ) -> Iterator[str]:
     # Its own namespace: nothing it queues reaches another test's workers. Long-polls are
     # capped short: schemathesis reuses the ids of jobs it made, which stay queued here.
-    fuzzed = dataclasses.replace(
-        settings, namespace=settings.namespace + "fz", api_processes=1, max_wait_s=2.0
-    )
+    fuzzed = settings.replace(namespace=settings.namespace + "fz", api_processes=1, max_wait_s=2.0)
     port = free_port()
     api = ServiceProcess("api", ["api", "--port", str(port)], fuzzed, tmp_path_factory.mktemp("fz"))
     url = f"http://127.0.0.1:{port}"

@@ -3,7 +3,6 @@ job and, on the webhooks lane, delivers it to a receiver on loopback that fails 
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from inferq.settings import Settings
+from inferq.core.settings import Settings
 from tests.conftest import Keys
 from tests.e2e.conftest import Stack, start_stack
 from tests.factories import holdout
@@ -25,8 +24,7 @@ pytestmark = pytest.mark.e2e
 def hook_stack(
     settings: Settings, digits_version: int, keys: Keys, tmp_path: Path
 ) -> Iterator[Stack]:
-    hooked = dataclasses.replace(
-        settings,
+    hooked = settings.replace(
         namespace=settings.namespace + "wh",  # its own queues: no other test's deliveries
         worker_lanes="online,webhooks",
         webhook_allowlist="127.0.0.1",

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from inferq.settings import Settings
+from inferq.core.settings import Settings
 from tests.conftest import Keys
 from tests.e2e.conftest import Stack
 from tests.factories import holdout, register_fixture_model, running_on
@@ -63,11 +62,11 @@ def crash_and_recover(stack: Stack, keys: Keys) -> None:
 def test_sigkill_loses_no_job_on_redis(
     settings: Settings, stacks: Callable[[Settings, int], Stack], keys: Keys
 ) -> None:
-    crash_and_recover(stacks(dataclasses.replace(settings, max_batch_size=4), 0), keys)
+    crash_and_recover(stacks(settings.replace(max_batch_size=4), 0), keys)
 
 
 @pytest.mark.rabbitmq
 def test_sigkill_loses_no_job_on_rabbitmq(
     amqp_settings: Settings, stacks: Callable[[Settings, int], Stack], keys: Keys
 ) -> None:
-    crash_and_recover(stacks(dataclasses.replace(amqp_settings, max_batch_size=4), 0), keys)
+    crash_and_recover(stacks(amqp_settings.replace(max_batch_size=4), 0), keys)

@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from inferq.embedded import EmbeddedService, start_postgres, start_redis
+from inferq.local.embedded import EmbeddedService, start_postgres, start_redis
 from tests.processes import free_port
 from tests.services import CI
 

@@ -14,10 +14,10 @@ import psutil
 import requests
 from sqlalchemy import create_engine, text
 
-from inferq.settings import Settings
+from inferq.core.settings import Settings
 from tests.processes import free_port
 
-#: Recovery timings short enough for a test, each explained in inferq/settings.py.
+#: Recovery timings short enough for a test, each explained in inferq/core/settings.py.
 FAST = {
     "INFERQ_HEARTBEAT_INTERVAL_S": "0.5",
     "INFERQ_HEARTBEAT_TTL_S": "3",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from inferq.handlers import Example, TrainedModel
+from inferq import Example, TrainedModel
 from workers.handlers.digits import DigitsHandler
 
 

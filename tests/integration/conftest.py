@@ -13,8 +13,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from api.app import create_app
-from inferq.queues import queue_name
-from inferq.settings import Settings
+from inferq.core.broker import queue_name
+from inferq.core.settings import Settings
 from tests.conftest import Keys
 
 

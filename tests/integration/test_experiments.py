@@ -11,16 +11,16 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from db.models import ShadowResult
-from inferq.messages import SHADOW_TASK, ShadowRequest
-from inferq.queues import make_celery
-from inferq.settings import Settings
-from scheduler.experiments import evaluate_all
+from db.tables import ShadowResult
+from inferq.core.broker import make_celery
+from inferq.core.messages import SHADOW_TASK, ShadowRequest
+from inferq.core.settings import Settings
+from scheduler.experiment_checks import evaluate_all
 from tests.factories import digits_variants, experiment_model, holdout
 from tests.integration.conftest import Caller, queued_task_args
-from workers.batch import run_batch
 from workers.context import WorkerContext
-from workers.shadow import run_shadows
+from workers.runner import run_batch
+from workers.shadow_runs import run_shadows
 
 
 @pytest.fixture

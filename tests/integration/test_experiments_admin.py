@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from flask.testing import FlaskClient
 
 from inferq.cli import main
-from inferq.settings import Settings
+from inferq.core.settings import Settings
 from tests.conftest import Keys
 from tests.factories import digits_variants, experiment_model, holdout
 from tests.integration.conftest import Caller

@@ -1,4 +1,4 @@
-"""Submits that arrive together share one predict message on the real broker (api.publisher)."""
+"""Submits that arrive together share one predict message on the real broker (api.services.publisher)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import time
 from flask import Flask
 
 from api.state import ApiState
-from inferq.messages import PREDICT_TASK
-from inferq.settings import Settings
+from inferq.core.messages import PREDICT_TASK
+from inferq.core.settings import Settings
 from tests.conftest import Keys
 from tests.factories import holdout
 from tests.integration.conftest import Caller, queued_task_args

@@ -3,7 +3,6 @@ the stats endpoint; where a job is (position, ETA, why it is stuck)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import uuid
 from collections.abc import Iterator
@@ -13,14 +12,14 @@ import pytest
 import redis
 from flask import Flask
 
-from api import whereis
 from api.app import create_app
+from api.services import position as whereis
 from db.jobs import claim_jobs, fail_jobs
 from inferq.cli.common import db_session
-from inferq.metrics import sample_names
-from inferq.queues import make_celery
-from inferq.settings import Settings
-from inferq.status import worker_key
+from inferq.core.broker import make_celery
+from inferq.core.metrics import sample_names
+from inferq.core.settings import Settings
+from inferq.core.status import worker_key
 from scheduler.metrics import Observer
 from scheduler.reconciler import ReconcileReport
 from scheduler.service import make_reconciler
@@ -28,8 +27,8 @@ from tests.conftest import Keys
 from tests.factories import holdout
 from tests.integration.conftest import Caller
 from tests.prometheus import Scrape
-from workers.batch import run_batch
 from workers.context import WorkerContext
+from workers.runner import run_batch
 
 
 @pytest.fixture
@@ -170,7 +169,7 @@ def test_a_worker_counts_its_jobs_waits_batches_failures_and_model_loads(
 def test_submits_answered_from_the_cache_count_as_hits(
     settings: Settings, keys: Keys, digits_version: int
 ) -> None:
-    cached = dataclasses.replace(settings, cache_ttl_s=60)
+    cached = settings.replace(cache_ttl_s=60)
     app = create_app(cached)
     alice = Caller(app.test_client(), keys.alice)
     ctx = WorkerContext.create(cached, "metrics-cache@test", make_celery(cached))
@@ -217,7 +216,7 @@ def test_the_scheduler_measures_queues_workers_dependencies_and_the_reconciler(
 
 
 def test_a_dependency_that_does_not_answer_is_reported_down(settings: Settings) -> None:
-    dead = dataclasses.replace(settings, redis_url="redis://127.0.0.1:1/0")
+    dead = settings.replace(redis_url="redis://127.0.0.1:1/0")
     reconciler = make_reconciler(dead)
     reconciler.redis = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
     observer = Observer(reconciler)

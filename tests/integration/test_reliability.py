@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import time
 import uuid
@@ -13,15 +12,15 @@ from sqlalchemy import func, select, update
 
 from api.app import create_app
 from db.jobs import claim_jobs, mark_unpublished, requeue_jobs, take_unpublished
-from db.models import Job
-from inferq.queues import make_celery
-from inferq.settings import LANES, Settings
+from db.tables import Job
+from inferq.core.broker import make_celery
+from inferq.core.settings import LANES, Settings
 from scheduler.service import make_reconciler
 from tests.conftest import Keys
 from tests.factories import pixels
 from tests.integration.conftest import Caller
-from workers.batch import run_batch
 from workers.context import WorkerContext
+from workers.runner import run_batch
 
 
 @pytest.fixture
@@ -94,9 +93,7 @@ def test_jobs_from_a_crashed_batch_are_retried_one_at_a_time(
 def test_an_unreachable_database_is_503_not_500(
     settings: Settings, digits_version: int, keys: Keys
 ) -> None:
-    down = dataclasses.replace(
-        settings, database_url="postgresql+psycopg2://postgres@127.0.0.1:1/none"
-    )
+    down = settings.replace(database_url="postgresql+psycopg2://postgres@127.0.0.1:1/none")
     caller = Caller(create_app(down).test_client(), keys.alice)
     response = caller.get(f"/v1/jobs/{uuid.uuid4()}")
     assert response.status_code == 503
@@ -162,13 +159,13 @@ def test_the_broker_is_asked_only_when_some_lane_has_jobs_old_enough_to_be_stale
 
     # Given no job queued for as long as a day (after a pass that re-sends what was never
     # published), a pass does not bother the broker
-    reconciler = make_reconciler(dataclasses.replace(settings, stale_queued_s=86_400))
+    reconciler = make_reconciler(settings.replace(stale_queued_s=86_400))
     reconciler.run_once()
     reconciler.broker_ready = ready
     reconciler.run_once()
     assert asked == []
     # and with a wait short enough, it asks about the lanes holding such jobs only
-    reconciler.settings = dataclasses.replace(settings, stale_queued_s=0)
+    reconciler.settings = settings.replace(stale_queued_s=0)
     reconciler.run_once()
     assert asked and "online" in asked[0] and set(asked[0]) <= set(LANES)
 
@@ -177,7 +174,7 @@ def test_a_job_whose_publish_failed_is_sent_at_the_next_pass_however_young(
     alice: Caller, settings: Settings
 ) -> None:
     job_id = alice.post("/v1/jobs", {"model": "digits", "input": pixels()}).get_json()["id"]
-    reconciler = make_reconciler(dataclasses.replace(settings, stale_queued_s=86_400))
+    reconciler = make_reconciler(settings.replace(stale_queued_s=86_400))
     with reconciler.sessions.begin() as session:
         mark_unpublished(session, [uuid.UUID(job_id)])
     report = reconciler.run_once()

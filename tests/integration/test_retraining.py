@@ -5,7 +5,6 @@ of them; failed runs leave serving alone; one beat sends the schedule, however m
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 import threading
 import time
@@ -21,20 +20,20 @@ from flask.testing import FlaskClient
 from api.app import create_app
 from db.registry import add_version, ensure_model, get_model
 from db.training import get_run
-from inferq.artifacts import pack, unpack
 from inferq.cli.common import db_session
-from inferq.messages import TRAIN_TASK
-from inferq.queues import make_celery, queue_name
-from inferq.settings import Settings
+from inferq.core.artifacts import pack, unpack
+from inferq.core.broker import make_celery, queue_name
+from inferq.core.messages import TRAIN_TASK
+from inferq.core.settings import Settings
 from scheduler.retraining import beat_schedule
 from scheduler.rollout import apply_pending
 from tests.factories import digits_variants
 from tests.integration.conftest import Caller
 from tests.processes import ServiceProcess, wait_for_log
-from workers.batch import run_batch
 from workers.context import WorkerContext
 from workers.handlers.digits import DigitsNet, dataset, evaluate, fit
-from workers.training import run_training
+from workers.runner import run_batch
+from workers.trainer import run_training
 
 WEAK_DIGIT = 7
 FAST = {"train_options": {"epochs": 12}}
@@ -96,7 +95,7 @@ def accuracy_on(tensors: dict, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def version_tensors(settings: Settings, model: str, number: int) -> dict:
-    from db.models import ModelVersion
+    from db.tables import ModelVersion
 
     with db_session(settings) as session:
         row = get_model(session, model)
@@ -127,8 +126,7 @@ def test_feedback_on_a_weak_digit_retrains_and_rolls_out_a_better_version(
         response = alice.post(f"/v1/jobs/{job['id']}/feedback", {"label": WEAK_DIGIT})
         assert response.status_code == 201
     # ...and retraining starts the way beat starts it: the scheduled task, sent on its lane
-    settings = dataclasses.replace(
-        ctx.settings,
+    settings = ctx.settings.replace(
         retrain_schedule=f"{model}=0 3 * * *",
         retrain_policy=f"{model}=promote:0.005",
     )
@@ -205,7 +203,7 @@ def test_the_ab_policy_starts_an_experiment_for_a_candidate_not_worse_on_the_hol
             rollout="pending",
         )
         run_id = run.id
-    settings = dataclasses.replace(ctx.settings, retrain_policy=f"{model}=ab:0.25")
+    settings = ctx.settings.replace(retrain_policy=f"{model}=ab:0.25")
 
     # When the scheduler rolls it out
     assert apply_pending(ctx.sessions, settings) == {run_id: "experiment"}
@@ -275,8 +273,7 @@ def queued_training(settings: Settings) -> list[dict]:
 def test_one_beat_sends_the_schedule_even_when_two_run(settings: Settings, logs_dir: Path) -> None:
     # Given two schedulers (beat + its threads) with a schedule firing every second, on their
     # own namespace, their other periodic work idle
-    beat_settings = dataclasses.replace(
-        settings,
+    beat_settings = settings.replace(
         namespace=f"beat{uuid.uuid4().hex[:6]}",
         retrain_schedule="digits=every 1s",
         beat_lock_ttl_s=3.0,
@@ -375,8 +372,8 @@ def test_a_model_whose_feedback_accuracy_drops_retrains_early(
         assert (
             alice.post(f"/v1/jobs/{job['id']}/feedback", {"label": int(label)}).status_code == 201
         )
-    settings = dataclasses.replace(
-        ctx.settings, drift_min_accuracy=0.95, drift_min_feedback=30, drift_window_s=600.0
+    settings = ctx.settings.replace(
+        drift_min_accuracy=0.95, drift_min_feedback=30, drift_window_s=600.0
     )
 
     quality = alice.get(f"/v1/models/{model}").get_json()["quality"]
@@ -406,7 +403,7 @@ def test_a_real_training_worker_runs_a_requested_run(
     # Given a worker process that consumes the training lane alone (a namespace of its own:
     # runs earlier tests left on this run's training queue are not its business), and a
     # model it can train
-    own = dataclasses.replace(settings, namespace=f"{settings.namespace}tr{uuid.uuid4().hex[:4]}")
+    own = settings.replace(namespace=f"{settings.namespace}tr{uuid.uuid4().hex[:4]}")
     admin = Caller(create_app(own).test_client(), admin_key)
     good = digits_variants()["good"]
     model = new_model(own, "digits", good.data, good.sha256, good.metrics)

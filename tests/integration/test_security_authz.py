@@ -7,7 +7,6 @@ scope, and answer another tenant's job ids with 404.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import re
 import time
@@ -20,7 +19,7 @@ from flask.testing import FlaskClient
 
 from api.app import create_app
 from db.keys import SCOPES
-from inferq.settings import Settings
+from inferq.core.settings import Settings
 from tests.conftest import Keys
 from tests.factories import pixels
 from tests.integration.conftest import Caller
@@ -63,7 +62,7 @@ def call(http: FlaskClient, method: str, path: str, key: str | None, body: Any =
 @pytest.fixture
 def app(settings: Settings, digits_version: int) -> Flask:
     # Webhooks to a closed loopback port: nothing here ever reaches beyond this machine.
-    return create_app(dataclasses.replace(settings, webhook_allowlist="127.0.0.1"))
+    return create_app(settings.replace(webhook_allowlist="127.0.0.1"))
 
 
 @pytest.fixture

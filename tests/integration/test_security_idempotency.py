@@ -3,7 +3,6 @@ one job under concurrent duplicates, forgotten after the TTL."""
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 import uuid
@@ -15,8 +14,8 @@ from flask.testing import FlaskClient
 from sqlalchemy import create_engine, func, select
 
 from api.app import create_app
-from db.models import IdempotencyKey, Job
-from inferq.settings import Settings
+from db.tables import IdempotencyKey, Job
+from inferq.core.settings import Settings
 from tests.conftest import Keys
 from tests.factories import pixels
 from tests.security import assert_problem, make_key
@@ -126,7 +125,7 @@ def test_concurrent_duplicates_make_one_job(app: Flask, keys: Keys, settings: Se
 def test_a_key_is_forgotten_after_its_ttl(
     settings: Settings, keys: Keys, digits_version: int
 ) -> None:
-    http = create_app(dataclasses.replace(settings, idempotency_ttl_s=4)).test_client()
+    http = create_app(settings.replace(idempotency_ttl_s=4)).test_client()
     idem = str(uuid.uuid4())
     first = post(http, keys.alice, BODY, idem).get_json()["id"]
     time.sleep(4.2)
@@ -139,9 +138,7 @@ def test_a_key_is_forgotten_after_its_ttl(
 
 
 def test_a_replay_is_not_refused_by_quotas(settings: Settings, digits_version: int) -> None:
-    http = create_app(
-        dataclasses.replace(settings, tenant_max_queued=1, admission_cache_s=0.0)
-    ).test_client()
+    http = create_app(settings.replace(tenant_max_queued=1, admission_cache_s=0.0)).test_client()
     key = make_key(settings, f"erin-{uuid.uuid4().hex[:6]}", ["submit"])
     idem = str(uuid.uuid4())
     first = post(http, key, BODY, idem)

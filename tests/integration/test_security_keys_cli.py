@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from flask.testing import FlaskClient
 
 from inferq.cli import main
-from inferq.settings import Settings
+from inferq.core.settings import Settings
 
 
 def run(settings: Settings, *args: str) -> tuple[int, str]:

@@ -3,7 +3,6 @@ decompression bomb that passes the API's cheap checks but fails alone in the wor
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections.abc import Iterator
 
@@ -11,14 +10,14 @@ import pytest
 from flask.testing import FlaskClient
 
 from api.app import create_app
-from inferq.queues import make_celery
-from inferq.settings import Settings
+from inferq.core.broker import make_celery
+from inferq.core.settings import Settings
 from tests.conftest import Keys
 from tests.factories import holdout, pixels
 from tests.integration.test_bad_input import job_count
 from tests.security import assert_problem, png_header_only
-from workers.batch import run_batch
 from workers.context import WorkerContext
+from workers.runner import run_batch
 
 
 def auth(key: str) -> dict[str, str]:
@@ -46,7 +45,7 @@ def test_request_ids_are_bounded(http: FlaskClient, keys: Keys) -> None:
 def test_an_image_over_the_models_size_limit_is_422_even_under_a_larger_body_limit(
     settings: Settings, keys: Keys, digits_version: int
 ) -> None:
-    http = create_app(dataclasses.replace(settings, max_body_bytes=4_000_000)).test_client()
+    http = create_app(settings.replace(max_body_bytes=4_000_000)).test_client()
     body = {"model": "digits", "input": {"image": "iVBORw0KGgo" + "A" * 2_000_001}}
     problem = assert_problem(http.post("/v1/jobs", json=body, headers=auth(keys.alice)), 422)
     assert problem["errors"][0]["pointer"] == "/input/image"

@@ -3,7 +3,6 @@ and a per-lane backlog limit, each answering with ``Retry-After`` and creating n
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import uuid
 from typing import Any
@@ -14,15 +13,15 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
 from api.app import create_app
-from db.models import Job
 from db.quotas import queued_jobs_in_lane
-from inferq.settings import Settings
+from db.tables import Job
+from inferq.core.settings import Settings
 from tests.factories import pixels
 from tests.security import assert_problem, make_key
 
 
 def client(settings: Settings, **changes: Any) -> FlaskClient:
-    return create_app(dataclasses.replace(settings, **changes)).test_client()
+    return create_app(settings.replace(**changes)).test_client()
 
 
 def auth(key: str) -> dict[str, str]:
@@ -123,7 +122,7 @@ def test_a_lane_past_its_backlog_gets_503_with_retry_after(
     [{"key_rate_per_s": -1.0}, {"webhook_max_attempts": 0}, {"lane_backlogs": "express=5"}],
 )
 def test_quota_settings_are_checked(settings: Settings, changes: dict[str, Any]) -> None:
-    from inferq.errors import ConfigError
+    from inferq.core.errors import ConfigError
 
     with pytest.raises(ConfigError):
-        dataclasses.replace(settings, **changes).validate()
+        settings.replace(**changes).validate()

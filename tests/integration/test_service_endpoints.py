@@ -7,8 +7,8 @@ from alembic.migration import MigrationContext
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine
 
-from db.models import Base
-from inferq.settings import Settings
+from db.tables import Base
+from inferq.core.settings import Settings
 from tests.integration.conftest import Caller
 
 
@@ -45,13 +45,10 @@ def test_health_and_readiness(http: FlaskClient) -> None:
 def test_readiness_fails_when_the_database_is_unreachable(
     settings: Settings, digits_version: int
 ) -> None:
-    import dataclasses
 
     from api.app import create_app
 
-    broken = dataclasses.replace(
-        settings, database_url="postgresql+psycopg2://nobody@127.0.0.1:1/none"
-    )
+    broken = settings.replace(database_url="postgresql+psycopg2://nobody@127.0.0.1:1/none")
     response = create_app(broken).test_client().get("/readyz")
     assert response.status_code == 503
     assert response.get_json()["checks"]["database"].startswith("unavailable")

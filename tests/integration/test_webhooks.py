@@ -14,20 +14,20 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from api.app import create_app
-from inferq.queues import make_celery
-from inferq.settings import Settings
-from inferq.webhooks import ID_HEADER
+from inferq.core.broker import make_celery
+from inferq.core.settings import Settings
+from inferq.domain.webhooks import ID_HEADER
 from tests.conftest import Keys
 from tests.factories import holdout, pixels
 from tests.security import Receiver, assert_problem, make_key
-from workers.batch import run_batch
 from workers.context import WorkerContext
-from workers.webhooks import deliver
+from workers.delivery import deliver
+from workers.runner import run_batch
 
 
 @pytest.fixture
 def hook_settings(settings: Settings) -> Settings:
-    return dataclasses.replace(settings, webhook_allowlist="127.0.0.1", webhook_max_attempts=3)
+    return settings.replace(webhook_allowlist="127.0.0.1", webhook_max_attempts=3)
 
 
 @pytest.fixture
@@ -118,9 +118,7 @@ def test_redirects_are_not_followed(http: FlaskClient, ctx: WorkerContext, keys:
 def test_the_guard_runs_again_at_delivery_after_dns(
     http: FlaskClient, ctx: WorkerContext, keys: Keys
 ) -> None:
-    strict = dataclasses.replace(
-        ctx, settings=dataclasses.replace(ctx.settings, webhook_allowlist="")
-    )
+    strict = dataclasses.replace(ctx, settings=ctx.settings.replace(webhook_allowlist=""))
     with Receiver().running() as receiver:
         # a host name passes at submit; at delivery it resolves to loopback, not allowlisted
         url = receiver.url.replace("127.0.0.1", "localhost")
@@ -199,8 +197,8 @@ def test_unsafe_webhooks_are_422_at_submit(
 
 def webhook_messages(settings: Settings) -> int:
     """Messages waiting on this run's webhooks lane (Redis transport: a list per queue)."""
-    from inferq.queues import queue_name
-    from inferq.status import make_redis
+    from inferq.core.broker import queue_name
+    from inferq.core.status import make_redis
 
     client = make_redis(settings)
     try:

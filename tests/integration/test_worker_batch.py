@@ -12,18 +12,18 @@ import pytest
 import redis
 from sqlalchemy import select
 
-from api import jobs_service
+from api.services import jobs as jobs_service
 from db.jobs import JobResult, claim_jobs, requeue_jobs, store_results
-from db.models import Job
-from inferq.messages import Completion
-from inferq.queues import make_celery
-from inferq.settings import Settings
-from inferq.status import completion_channel, status_key
+from db.tables import Job
+from inferq.core.broker import make_celery
+from inferq.core.messages import Completion
+from inferq.core.settings import Settings
+from inferq.core.status import completion_channel, status_key
 from tests.conftest import Keys
 from tests.factories import holdout, pixels
 from tests.integration.conftest import Caller
-from workers.batch import run_batch
 from workers.context import WorkerContext
+from workers.runner import run_batch
 
 
 @pytest.fixture
@@ -116,14 +116,14 @@ def test_a_job_that_keeps_failing_its_worker_is_failed_after_max_attempts(
     alice: Caller, ctx: WorkerContext
 ) -> None:
     job_id = submit(alice, pixels(4.0))
-    for attempt in range(ctx.settings.max_attempts):  # each claim is a worker that then died
+    for attempt in range(ctx.settings.worker.max_attempts):  # each claim is a worker that then died
         with ctx.sessions.begin() as session:
             assert claim_jobs(session, [job_id], f"dead-{attempt}@test")
             requeue_jobs(session, [uuid.UUID(job_id)], f"dead-{attempt}@test")
     (result,) = run_batch(ctx, [job_id])
     assert result.status == "failed" and result.error is not None
     assert result.error["type"] == "attempts-exhausted"
-    assert row(ctx, job_id).attempts == ctx.settings.max_attempts + 1
+    assert row(ctx, job_id).attempts == ctx.settings.worker.max_attempts + 1
 
 
 def test_malformed_ids_in_a_message_are_dropped(ctx: WorkerContext) -> None:
@@ -203,11 +203,10 @@ def test_incomplete_completion_fields_fall_back_to_a_read() -> None:
 def test_the_cache_answers_a_repeated_input_without_a_worker(
     settings: Settings, digits_version: int, keys: Keys
 ) -> None:
-    import dataclasses
 
     from api.app import create_app
 
-    cached_settings = dataclasses.replace(settings, cache_ttl_s=60)
+    cached_settings = settings.replace(cache_ttl_s=60)
     alice = Caller(create_app(cached_settings).test_client(), keys.alice)
     ctx = WorkerContext.create(cached_settings, "cache-filler@test", make_celery(cached_settings))
     # Given an input a worker has answered once

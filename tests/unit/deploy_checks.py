@@ -3,7 +3,6 @@ and the INFERQ_* variables they set are settings inferq reads."""
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import shlex
 from pathlib import Path
@@ -11,10 +10,10 @@ from pathlib import Path
 import click
 
 from inferq.cli import main
-from inferq.settings import LANES, PREFIX, Settings
+from inferq.core.settings import FIELDS, LANES, PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-SETTINGS_VARS = {PREFIX + field.name.upper() for field in dataclasses.fields(Settings)}
+SETTINGS_VARS = {PREFIX + name.upper() for name in FIELDS}
 INFERQ_VAR = re.compile(r"\bINFERQ_[A-Z0-9_]+\b")
 #: A command another issue adds (the autoscaler, issue 5): allowed only where the caller says
 #: so, which it does only for the service that runs it, and only until the command exists.
@@ -75,7 +74,7 @@ def lanes_consumed(command: list[str] | str, env: dict[str, str] | None = None) 
     """The lanes the ``inferq worker`` invocations in ``command`` consume (or the workers an
     ``inferq autoscaler --backend local`` starts): ``--lanes``, else INFERQ_WORKER_LANES from
     ``env``, else the settings' default."""
-    default = (env or {}).get(PREFIX + "WORKER_LANES", Settings().worker_lanes)
+    default = (env or {}).get(PREFIX + "WORKER_LANES", Settings().worker.worker_lanes)
     found: set[str] = set()
     for argv in inferq_invocations(command):
         local_scaler = argv[:1] == ["autoscaler"] and "local" in argv  # it runs the workers

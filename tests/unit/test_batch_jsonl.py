@@ -6,8 +6,8 @@ import io
 
 import pytest
 
-from api.jsonl import Limits, read_lines
-from inferq.errors import InvalidInput, PayloadTooLarge
+from api.http.jsonl import Limits, read_lines
+from inferq.core.errors import InvalidInput, PayloadTooLarge
 
 ROOMY = Limits(max_bytes=1 << 20, max_lines=100, max_line_bytes=1000)
 
@@ -79,7 +79,7 @@ def test_the_first_bad_line_is_named(data: bytes, kind: type, detail: str) -> No
 
 
 def test_what_parses_but_is_too_deep_to_walk_is_a_problem_not_a_crash() -> None:
-    from api.jsonl import unstorable
+    from api.http.jsonl import unstorable
 
     value: object = 1.0
     for _ in range(5000):

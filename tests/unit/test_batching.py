@@ -10,7 +10,7 @@ import pytest
 from celery import Celery
 from celery.contrib.testing.mocks import TaskMessage
 
-from workers.batching import DynamicBatches, items_in
+from workers.dynamic_batching import DynamicBatches, items_in
 
 
 class Pool:
@@ -66,7 +66,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
-    monkeypatch.setattr("workers.batching.time", fake)
+    monkeypatch.setattr("workers.dynamic_batching.time", fake)
     return fake
 
 

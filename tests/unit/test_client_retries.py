@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from inferq.client import Client
-from inferq.errors import Problem, ServiceUnavailable
+from inferq.core.errors import Problem, ServiceUnavailable
 
 JOB = {"id": "3f1b3c9e-7a51-4a53-9f3c-0d3c54a7a001", "status": "succeeded"}
 

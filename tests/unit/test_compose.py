@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from inferq.nginx import placeholders
+from inferq.local.nginx import placeholders
 from tests.services import CI
 from tests.unit.deploy_checks import (
     CONSUMED_LANES,

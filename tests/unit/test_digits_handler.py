@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inferq.artifacts import pack, unpack
-from inferq.errors import ArtifactError, InputError, ModelError
-from inferq.handlers import handler_class, handler_names
+from inferq.core.artifacts import pack, unpack
+from inferq.core.errors import ArtifactError, InputError, ModelError
+from inferq.core.handlers import handler_class, handler_names
 from tests.factories import png_of
 from workers.handlers.digits import DigitsHandler, dataset, fit
 
@@ -28,7 +28,7 @@ def test_digits_is_registered_as_an_entry_point() -> None:
     with pytest.raises(ModelError):
         handler_class("no-such-model")
     with pytest.raises(ModelError):
-        handler_class("inferq.settings:Settings")
+        handler_class("inferq.core.settings:Settings")
 
 
 def test_artifact_digest_is_checked_before_loading() -> None:

@@ -11,7 +11,8 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from inferq.embedded import (
+from inferq.core.settings import Settings
+from inferq.local.embedded import (
     EmbeddedError,
     EmbeddedService,
     free_port,
@@ -22,7 +23,6 @@ from inferq.embedded import (
     start_postgres,
     start_redis,
 )
-from inferq.settings import Settings
 
 
 @pytest.fixture
@@ -163,21 +163,21 @@ def test_with_nothing_configured_the_embedded_redis_is_broker_and_store() -> Non
 
 
 def test_a_configured_redis_broker_also_serves_status_and_caches() -> None:
-    settings = Settings(broker_url="redis://cache:6379/0")
+    settings = Settings.of(broker_url="redis://cache:6379/0")
 
     assert not needs_redis(settings)
     assert redis_changes(settings, None) == {}
 
 
 def test_a_rabbitmq_broker_still_gets_an_embedded_redis_for_status_and_caches() -> None:
-    settings = Settings(broker_url="amqp://guest:guest@127.0.0.1:5672//")
+    settings = Settings.of(broker_url="amqp://guest:guest@127.0.0.1:5672//")
 
     assert needs_redis(settings)
     assert redis_changes(settings, EMBEDDED) == {"redis_url": EMBEDDED}
 
 
 def test_a_configured_redis_without_a_broker_is_the_broker_too() -> None:
-    settings = Settings(redis_url="redis://cache:6379/2")
+    settings = Settings.of(redis_url="redis://cache:6379/2")
 
     assert not needs_redis(settings)
     assert redis_changes(settings, None) == {"broker_url": "redis://cache:6379/2"}

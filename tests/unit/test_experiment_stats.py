@@ -8,12 +8,17 @@ from typing import Any
 
 import pytest
 
-from db.models import Experiment
-from inferq.errors import InvalidInput
-from inferq.experiment_report import ArmReport, Report, compare
-from inferq.experiments import Arm, Policy, bucket, choose_arm, subject_of, weights_for
-from inferq.stats import paired_proportions, two_proportions, wilson_interval, z_critical
-from scheduler.experiments import decide
+from db.tables import Experiment
+from inferq.core.errors import InvalidInput
+from inferq.domain.experiment_report import ArmReport, Report, compare
+from inferq.domain.experiments import Arm, Policy, bucket, choose_arm, subject_of, weights_for
+from inferq.domain.significance import (
+    paired_proportions,
+    two_proportions,
+    wilson_interval,
+    z_critical,
+)
+from scheduler.experiment_checks import decide
 
 
 def test_critical_values_match_the_tables() -> None:

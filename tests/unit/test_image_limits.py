@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from inferq.errors import InputError
+from inferq.core.errors import InputError
 from tests.security import png_header_only
 from workers.handlers.digits import MAX_IMAGE_PIXELS, image_to_pixels
 

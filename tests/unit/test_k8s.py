@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
-from inferq.nginx import placeholders
-from inferq.queues import make_celery, queue_name
-from inferq.settings import Settings
+from inferq.core.broker import make_celery, queue_name
+from inferq.core.settings import Settings
+from inferq.local.nginx import placeholders
 from tests.unit.deploy_checks import (
     CONSUMED_LANES,
     ROOT,
@@ -163,7 +163,7 @@ def test_keda_scales_the_workers_on_the_redis_list_of_the_online_lane(objects: d
     assert trigger["type"] == "redis"
     # The list kombu keeps the lane in: global_keyprefix "<namespace>:", then the queue name.
     namespace = objects[("ConfigMap", "inferq-config")]["data"]["INFERQ_NAMESPACE"]
-    settings = Settings(namespace=namespace, broker_url="redis://redis:6379/0")
+    settings = Settings.of(namespace=namespace, broker_url="redis://redis:6379/0")
     prefix = make_celery(settings).conf.broker_transport_options["global_keyprefix"]
     assert trigger["metadata"]["listName"] == prefix + queue_name(settings, "online")
     assert trigger["metadata"]["listName"] == "inferq:inferq.online"

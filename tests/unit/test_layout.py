@@ -1,8 +1,11 @@
-"""The layout rules of DESIGN.md, enforced: services never import each other, db imports
-nothing of ours, and the API never imports torch (import-linter contracts in pyproject)."""
+"""The layout rules of DESIGN.md and ARCHITECTURE.md, enforced: services never import each
+other, db imports nothing of ours, the API never imports torch, inferq is in layers
+(import-linter contracts in pyproject); module names say what they hold; the architecture
+page names what exists."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,4 +22,59 @@ def test_import_contracts_hold() -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "3 kept, 0 broken" in result.stdout
+    assert "5 kept, 0 broken" in result.stdout
+
+
+PACKAGES = ("inferq", "api", "workers", "scheduler", "db")
+#: Base names production modules may share, because they are the same concept in different
+#: rooms (a resource's route, service and repository; each service's own metrics…).
+SHARED_NAMES = {
+    "batches": "offline batches (/v1/batches): route, service, repository",
+    "experiments": "A/B and shadow experiments: rules, route, service, repository",
+    "idempotency": "Idempotency-Key: the API's gate and its repository",
+    "jobs": "jobs: route, service, repository",
+    "metrics": "Prometheus metrics: the shared definitions and each service's own",
+    "quotas": "admission control: the API's gate and its counts",
+    "scaling": "the autoscaler's decisions: route and repository",
+    "service": "a service's entry point (worker, scheduler, autoscaler)",
+    "stats": "the operator's stats: route and repository",
+    "training": "training runs: rules, route, task, repository",
+    "webhooks": "webhooks: rules, route, service, task, repository",
+}
+
+
+def production_modules() -> list[Path]:
+    return [
+        path
+        for package in PACKAGES
+        for path in (ROOT / package).rglob("*.py")
+        if "migrations" not in path.parts and path.name not in ("__init__.py", "__main__.py")
+    ]
+
+
+def test_no_two_modules_share_a_name_unless_they_are_one_concept() -> None:
+    """Catches: a new module named like another that holds something else (four `stats`
+    meaning four things); rename it after what it holds, or add it here with its meaning."""
+    by_name: dict[str, list[str]] = {}
+    for path in production_modules():
+        by_name.setdefault(path.stem, []).append(str(path.relative_to(ROOT)))
+    shared = {name: paths for name, paths in by_name.items() if len(paths) > 1}
+    assert set(shared) <= set(SHARED_NAMES), {n: shared[n] for n in set(shared) - set(SHARED_NAMES)}
+
+
+def test_architecture_names_only_paths_that_exist() -> None:
+    """Catches: ARCHITECTURE.md left behind by a move or a rename."""
+    text = (ROOT / "ARCHITECTURE.md").read_text()
+    named = set(re.findall(r"`((?:inferq|api|workers|scheduler|db|nginx|deploy)/[\w/.]*)`", text))
+    assert len(named) > 20  # the page names the rooms and the job's path
+    assert [path for path in sorted(named) if not (ROOT / path).exists()] == []
+    for package in PACKAGES:  # every top-level room is on the page
+        assert f"`{package}/" in text
+
+
+def test_architecture_names_every_room_of_inferq_and_api() -> None:
+    text = (ROOT / "ARCHITECTURE.md").read_text()
+    for package in ("inferq", "api", "workers", "scheduler"):
+        for room in (ROOT / package).iterdir():
+            if room.is_dir() and (room / "__init__.py").exists():
+                assert f"`{package}/{room.name}/`" in text, f"{package}/{room.name}/ is missing"

@@ -1,9 +1,29 @@
 from __future__ import annotations
 
+import dataclasses
+import json
+from typing import Any
+
 import pytest
 
-from inferq.errors import InvalidInput, NotFound, RateLimited, ServerError, problem_from_response
-from inferq.messages import Completion, PredictRequest, chunks
+from inferq.core.broker import RETRY_POLICY, publish
+from inferq.core.errors import (
+    InvalidInput,
+    NotFound,
+    RateLimited,
+    ServerError,
+    problem_from_response,
+)
+from inferq.core.messages import (
+    Completion,
+    PredictRequest,
+    ShadowRequest,
+    TaskMessage,
+    TrainRequest,
+    WebhookRequest,
+    chunks,
+)
+from inferq.core.settings import Settings
 
 
 def test_completion_round_trips_and_tolerates_garbage() -> None:
@@ -37,3 +57,49 @@ def test_client_rebuilds_typed_problems(status: int, cls: type) -> None:
     assert problem.status == status
     assert problem.detail == "why"
     assert problem.to_dict()["status"] == status
+
+
+@pytest.mark.parametrize(
+    ("message", "task", "lane"),
+    [
+        (PredictRequest(("a", "b"), "batch"), "inferq.predict", "batch"),
+        (ShadowRequest(("a",), "e1", (("b", 7),), "online"), "inferq.shadow", "online"),
+        (WebhookRequest("j1", True), "inferq.webhook", "webhooks"),
+        (TrainRequest("digits", "r1", "manual"), "inferq.train", "training"),
+        (TrainRequest("digits"), "inferq.train", "training"),
+    ],
+)
+def test_every_message_goes_through_one_publish_to_its_lane(
+    message: TaskMessage, task: str, lane: str
+) -> None:
+    """Catches: a message sent with another retry policy or to another queue than its lane."""
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    class App:
+        def send_task(self, name: str, **options: Any) -> None:
+            sent.append((name, options))
+
+    publish(App(), Settings.of(namespace="ns"), message)  # type: ignore[arg-type]
+    ((name, options),) = sent
+    assert name == task
+    assert options["queue"] == f"ns.{lane}" and options["routing_key"] == lane
+    assert options["retry"] is True and options["retry_policy"] == RETRY_POLICY
+    assert json.loads(json.dumps(options["args"])) == message.to_args()
+    if hasattr(type(message), "from_args"):
+        assert type(message).from_args(message.to_args()) == dataclasses.replace(message)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("cls", "args"),
+    [
+        (WebhookRequest, []),
+        (WebhookRequest, [7]),
+        (TrainRequest, []),
+        (TrainRequest, [None, None, "x"]),
+        (TrainRequest, ["m", 5]),
+        (ShadowRequest, ["a"]),
+    ],
+)
+def test_malformed_message_args_are_refused(cls: Any, args: list[Any]) -> None:
+    with pytest.raises(ValueError):
+        cls.from_args(args)

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from supervisor.options import ServerOptions
 
-from inferq import nginx
-from inferq.errors import ConfigError
-from inferq.settings import Settings
-from inferq.stack import Front, StackPaths, plan_front, programs
-from inferq.supervise import supervisord_conf
+from inferq.core.errors import ConfigError
+from inferq.core.settings import Settings
+from inferq.local import nginx
+from inferq.local.stack import Front, StackPaths, plan_front, programs
+from inferq.local.supervise import supervisord_conf
 from tests.services import CI
 
 LAUNCHER = ("/opt/py/bin/python", "-m", "inferq")
@@ -40,7 +40,7 @@ def test_the_template_has_a_value_for_every_placeholder(tmp_path: Path) -> None:
 
 
 def test_the_rendered_site_follows_the_settings(tmp_path: Path) -> None:
-    settings = Settings(
+    settings = Settings.of(
         port=9000, max_body_bytes=12345, max_wait_s=40, rate_limit_rps=7, rate_limit_burst=9
     )
     text = rendered(settings, tmp_path, [9001, 9002])
@@ -54,7 +54,7 @@ def test_the_rendered_site_follows_the_settings(tmp_path: Path) -> None:
     assert directive(text, "client_max_body_size")[0] == "12345"
     # and waits longer than the longest long-poll
     for name in ("proxy_read_timeout", "proxy_send_timeout"):
-        assert int(directive(text, name)[0].rstrip("s")) > settings.max_wait_s
+        assert int(directive(text, name)[0].rstrip("s")) > settings.api.max_wait_s
     assert "rate=7r/s" in directive(text, "limit_req_zone")[0]
     assert set(directive(text, "limit_req")) == {"zone=inferq_per_client burst=9 nodelay"}
     assert directive(text, "limit_req_status") == ["429"]
@@ -63,7 +63,7 @@ def test_the_rendered_site_follows_the_settings(tmp_path: Path) -> None:
 
 
 def test_only_batch_uploads_may_be_as_large_as_the_batch_limit(tmp_path: Path) -> None:
-    text = rendered(Settings(max_body_bytes=12345, max_batch_bytes=67890), tmp_path, [9001])
+    text = rendered(Settings.of(max_body_bytes=12345, max_batch_bytes=67890), tmp_path, [9001])
     server, batches = text.split("location = /v1/batches {", 1)
     batches = batches.split("\n    }", 1)[0]
 
@@ -113,7 +113,7 @@ def test_nginx_itself_accepts_the_config(tmp_path: Path) -> None:
             pytest.fail("CI: nginx is not installed (.ci/run installs it)")
         pytest.skip("nginx is not installed")
     paths = nginx.NginxPaths(tmp_path / "a 100% home")
-    nginx.write_config(Settings(port=9000), paths, [9001, 9002, 9003])
+    nginx.write_config(Settings.of(port=9000), paths, [9001, 9002, 9003])
 
     nginx.check_config(binary, paths)  # raises with nginx's complaint
 
@@ -130,7 +130,7 @@ def test_a_placeholder_without_a_value_is_an_error() -> None:
 def test_with_nginx_the_stack_runs_api_nodes_on_loopback_behind_it_on_the_public_port(
     tmp_path: Path,
 ) -> None:
-    settings = Settings(port=9000, api_nodes=3, workers=1, batch_workers=0)
+    settings = Settings.of(port=9000, api_nodes=3, workers=1, batch_workers=0)
     front = Front(nginx.command("/usr/sbin/nginx", nginx.NginxPaths(tmp_path)), (9101, 9102, 9103))
 
     progs = programs(settings, LAUNCHER, front)
@@ -152,7 +152,7 @@ def test_with_nginx_the_stack_runs_api_nodes_on_loopback_behind_it_on_the_public
 def test_supervisord_reads_the_nginx_program_back(tmp_path: Path) -> None:
     paths = StackPaths(tmp_path)
     front = Front(nginx.command("/usr/sbin/nginx", paths.nginx_paths), (9101, 9102))
-    progs = programs(Settings(api_nodes=2), LAUNCHER, front)
+    progs = programs(Settings.of(api_nodes=2), LAUNCHER, front)
     paths.logs.mkdir()
     paths.conf.write_text(supervisord_conf(paths, progs))
     options = ServerOptions()
@@ -171,7 +171,7 @@ def test_without_nginx_the_stack_says_so_and_serves_one_node_on_the_public_port(
     # Given a machine where nginx is nowhere to be found
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr(nginx, "SEARCH_PATH", ())
-    settings = Settings(port=9000, api_nodes=3)
+    settings = Settings.of(port=9000, api_nodes=3)
 
     # When the stack plans what to run
     front = plan_front(settings, StackPaths(tmp_path))
@@ -187,11 +187,11 @@ def test_without_nginx_the_stack_says_so_and_serves_one_node_on_the_public_port(
 
 
 def test_nginx_can_be_turned_off_or_named(tmp_path: Path) -> None:
-    assert plan_front(Settings(nginx="off"), StackPaths(tmp_path)) is None
+    assert plan_front(Settings.of(nginx="off"), StackPaths(tmp_path)) is None
     fake = tmp_path / "my-nginx"
     fake.write_text("#!/bin/sh\n")
     fake.chmod(0o755)
-    front = plan_front(Settings(nginx=str(fake), api_nodes=2), StackPaths(tmp_path))
+    front = plan_front(Settings.of(nginx=str(fake), api_nodes=2), StackPaths(tmp_path))
     assert front is not None and front.nginx_argv[0] == str(fake)
     assert len(set(front.node_ports)) == 2
     with pytest.raises(ConfigError, match="not an executable"):

@@ -61,11 +61,11 @@ def test_a_wheel_install_renders_nginx_and_finds_its_migrations(tmp_path: Path) 
     script = f"""
 import sys; sys.path.insert(0, {str(site)!r})
 from pathlib import Path
-import inferq.nginx as n, db.migrate as m
-from inferq.settings import Settings
+import inferq.local.nginx as n, db.migrate as m
+from inferq.core.settings import Settings
 assert n.__file__.startswith({str(site)!r}), n.__file__
 paths = n.NginxPaths(Path({str(tmp_path / "home")!r}))
-n.write_config(Settings(home=paths.home), paths, [9001, 9002])
+n.write_config(Settings.of(home=paths.home), paths, [9001, 9002])
 print(paths.site.read_text().count("server 127.0.0.1:900"), sorted(p.name for p in m.MIGRATIONS.iterdir())[:2])
 """
     run = subprocess.run(

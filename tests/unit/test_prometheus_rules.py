@@ -12,7 +12,7 @@ import subprocess
 import pytest
 import yaml
 
-from inferq.metrics import all_names, sample_names
+from inferq.core.metrics import all_names, sample_names
 from tests.prometheus import ROOT, RULES, rule_expressions
 from tests.services import CI
 

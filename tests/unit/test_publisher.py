@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from api.publisher import GroupPublisher, PublishError
+from api.services.publisher import GroupPublisher, PublishError
 
 
 class Broker:

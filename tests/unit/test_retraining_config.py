@@ -7,9 +7,9 @@ import datetime as dt
 import pytest
 from celery.schedules import crontab, schedule
 
-from inferq.errors import ConfigError
-from inferq.messages import TRAIN_TASK
-from inferq.settings import Settings
+from inferq.core.errors import ConfigError
+from inferq.core.messages import TRAIN_TASK
+from inferq.core.settings import Settings
 from scheduler.retraining import beat_schedule, parse_schedule
 from scheduler.rollout import Policy, decide, parse_policies
 
@@ -29,7 +29,7 @@ def test_a_malformed_schedule_is_a_config_error(text: str) -> None:
 
 
 def test_beat_sends_the_training_task_to_the_training_lane() -> None:
-    entries = beat_schedule(Settings(namespace="ns", retrain_schedule="digits=*/5 * * * *"))
+    entries = beat_schedule(Settings.of(namespace="ns", retrain_schedule="digits=*/5 * * * *"))
 
     entry = entries["retrain digits"]
     assert entry["task"] == TRAIN_TASK

@@ -6,15 +6,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from inferq.scrape_targets import assign_ports, write_targets
-from inferq.settings import Settings
-from inferq.stack import programs
+from inferq.core.settings import Settings
+from inferq.local.scrape_targets import assign_ports, write_targets
+from inferq.local.stack import programs
 
 LAUNCHER = ("/usr/bin/python3", "-m", "inferq")
 
 
 def test_workers_and_the_scheduler_get_ports_of_their_own(tmp_path: Path) -> None:
-    progs, ports = assign_ports(programs(Settings(workers=2), launcher=LAUNCHER), LAUNCHER)
+    progs, ports = assign_ports(programs(Settings.of(workers=2), launcher=LAUNCHER), LAUNCHER)
     by_name = {p.name: p for p in progs}
 
     assert {"worker-1", "worker-2", "beat"} <= set(ports)

@@ -4,15 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from inferq.errors import ConfigError
-from inferq.settings import Settings
+from inferq.core.errors import ConfigError
+from inferq.core.settings import Settings
 
 
 def test_defaults_need_no_environment() -> None:
     settings = Settings.from_env({})
     assert settings.env == "development"
     assert settings.home == Path("var")
-    assert settings.lanes == ("online",)
+    assert settings.worker.lanes == ("online",)
 
 
 def test_variables_are_typed() -> None:
@@ -24,10 +24,10 @@ def test_variables_are_typed() -> None:
             "INFERQ_WORKER_LANES": "online,batch",
         }
     )
-    assert settings.max_wait_s == 12.5
-    assert settings.workers == 3
+    assert settings.api.max_wait_s == 12.5
+    assert settings.local.workers == 3
     assert settings.home == Path("/tmp/x")
-    assert settings.lanes == ("online", "batch")
+    assert settings.worker.lanes == ("online", "batch")
 
 
 def test_round_trips_through_the_environment() -> None:
@@ -55,6 +55,39 @@ def test_bad_settings_are_refused_with_the_variable_named(
 
 
 def test_redis_url_defaults_to_a_redis_broker_only() -> None:
-    assert Settings(broker_url="redis://h:1/2").effective_redis_url == "redis://h:1/2"
+    assert Settings.of(broker_url="redis://h:1/2").effective_redis_url == "redis://h:1/2"
     with pytest.raises(ConfigError):
-        _ = Settings(broker_url="amqp://guest@h//").effective_redis_url
+        _ = Settings.of(broker_url="amqp://guest@h//").effective_redis_url
+
+
+def test_each_variable_lands_in_its_section() -> None:
+    settings = Settings.from_env(
+        {"INFERQ_MAX_BATCH_SIZE": "8", "INFERQ_KEY_RATE_BURST": "5", "INFERQ_RATE_LIMIT_RPS": "9"}
+    )
+    assert settings.worker.max_batch_size == 8
+    assert settings.quotas.key_rate_burst == 5
+    assert settings.front.rate_limit_rps == 9
+    assert Settings().worker.max_batch_size == 64  # the defaults are untouched
+
+
+def test_replace_routes_each_name_to_its_section_and_refuses_unknown_names() -> None:
+    base = Settings.of(namespace="a")
+    changed = base.replace(cache_ttl_s=5, port=9001, namespace="b")
+    assert (changed.worker.cache_ttl_s, changed.local.port, changed.namespace) == (5, 9001, "b")
+    assert (base.worker.cache_ttl_s, base.local.port) == (3600, 8080)
+    with pytest.raises(TypeError, match="no field 'cache_ttl'"):
+        base.replace(cache_ttl=5)
+
+
+def test_the_autoscaler_policy_comes_from_settings_and_its_flags_override_them() -> None:
+    from click.testing import CliRunner
+
+    from inferq.cli import main
+    from scheduler.autoscaler.policy import Policy
+
+    env = {"INFERQ_AUTOSCALER_MIN_WORKERS": "0", "INFERQ_AUTOSCALER_MAX_WORKERS": "9"}
+    policy = Policy.from_settings(Settings.from_env(env).autoscaler)
+    assert (policy.min_workers, policy.max_workers, policy.target_queue_wait_s) == (0, 9, 30.0)
+    # a flag wins over its setting: max 9 from the environment, min 12 from the flag
+    result = CliRunner().invoke(main, ["autoscaler", "--min-workers", "12"], env=env)
+    assert result.exit_code == 2 and "min_workers <= max_workers" in result.output

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from inferq.errors import UnsafeUrl
-from inferq.ssrf import Allowlist, check_url
-from inferq.webhooks import (
+from inferq.core.errors import UnsafeUrl
+from inferq.domain.ssrf import Allowlist, check_url
+from inferq.domain.webhooks import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     backoff_s,

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from supervisor.options import ClientOptions, ServerOptions
 
-from inferq.errors import ConfigError
-from inferq.settings import Settings
-from inferq.stack import (
+from inferq.core.errors import ConfigError
+from inferq.core.settings import Settings
+from inferq.local.stack import (
     StackError,
     StackPaths,
     claim,
@@ -23,7 +23,7 @@ from inferq.stack import (
     read_running,
     release,
 )
-from inferq.supervise import stop_timeout, supervisord_conf
+from inferq.local.supervise import stop_timeout, supervisord_conf
 from tests.unit.deploy_checks import CONSUMED_LANES, lanes_consumed
 
 LAUNCHER = ("/opt/my python/bin/python", "-m", "inferq")
@@ -48,7 +48,7 @@ def by_name(options: ServerOptions) -> dict[str, object]:
 
 
 def test_the_stack_runs_workers_beat_and_one_api_node_on_the_public_port() -> None:
-    progs = programs(Settings(port=9123, workers=3), launcher=LAUNCHER)
+    progs = programs(Settings.of(port=9123, workers=3), launcher=LAUNCHER)
 
     assert [p.name for p in progs] == [
         *("worker-1", "worker-2", "worker-3", "batch-1", "trainer", "webhooks", "beat", "api")
@@ -62,12 +62,12 @@ def test_the_stack_runs_workers_beat_and_one_api_node_on_the_public_port() -> No
     assert launched == (*LAUNCHER, "worker", "--name", "batch-1", "--lanes", "batch")
     # at a lower CPU priority: on a shared host an online job never waits behind a batch
     assert nice[0].endswith("nice") and nice[1:] == ("-n", "10")
-    assert [p.name for p in programs(Settings(batch_workers=0), LAUNCHER)] == [
+    assert [p.name for p in programs(Settings.of(batch_workers=0), LAUNCHER)] == [
         *("worker-1", "trainer", "webhooks", "beat", "api")
     ]
 
 
-@pytest.mark.parametrize("settings", [Settings(), Settings(autoscale="0:2")], ids=str)
+@pytest.mark.parametrize("settings", [Settings(), Settings.of(autoscale="0:2")], ids=str)
 def test_every_lane_work_is_published_to_has_a_worker(settings: Settings) -> None:
     consumed = set()
     for program in programs(settings, launcher=LAUNCHER):
@@ -76,7 +76,7 @@ def test_every_lane_work_is_published_to_has_a_worker(settings: Settings) -> Non
 
 
 def test_with_autoscale_the_autoscaler_runs_in_place_of_fixed_workers(tmp_path: Path) -> None:
-    progs = programs(Settings(workers=3, autoscale="0:4"), launcher=LAUNCHER)
+    progs = programs(Settings.of(workers=3, autoscale="0:4"), launcher=LAUNCHER)
 
     assert [p.name for p in progs] == [
         *("autoscaler", "batch-1", "trainer", "webhooks", "beat", "api")
@@ -94,13 +94,13 @@ def test_with_autoscale_the_autoscaler_runs_in_place_of_fixed_workers(tmp_path: 
 @pytest.mark.parametrize("bad", ["4", "3:1", "a:b", "0:0", "-1:2", "1:2:3"])
 def test_a_malformed_autoscale_is_refused(bad: str) -> None:
     with pytest.raises(ConfigError, match="INFERQ_AUTOSCALE"):
-        Settings(autoscale=bad).validate()
+        Settings.of(autoscale=bad).validate()
 
 
 def test_supervisord_reads_back_every_program_as_written(tmp_path: Path) -> None:
     # A home with a space and a percent sign: both need care in supervisord's config language.
     paths = StackPaths(tmp_path / "my 100% home")
-    progs = programs(Settings(workers=2), launcher=LAUNCHER)
+    progs = programs(Settings.of(workers=2), launcher=LAUNCHER)
 
     processes = by_name(parse(paths, supervisord_conf(paths, progs)))
 
@@ -119,7 +119,7 @@ def test_supervisord_reads_back_every_program_as_written(tmp_path: Path) -> None
 
 def test_workers_stop_warmly_and_together(tmp_path: Path) -> None:
     paths = StackPaths(tmp_path)
-    progs = programs(Settings(workers=2), launcher=LAUNCHER)
+    progs = programs(Settings.of(workers=2), launcher=LAUNCHER)
 
     options = parse(paths, supervisord_conf(paths, progs))
 
@@ -157,7 +157,7 @@ def test_a_home_too_deep_for_a_unix_socket_puts_the_socket_in_tmp(tmp_path: Path
 
 
 def test_stop_timeout_adds_up_groups_because_supervisord_stops_them_in_turn() -> None:
-    progs = programs(Settings(workers=4), launcher=LAUNCHER)
+    progs = programs(Settings.of(workers=4), launcher=LAUNCHER)
 
     assert stop_timeout(progs, margin=0) == 10 + 5 + 30
 

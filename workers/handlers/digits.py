@@ -18,8 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from inferq.errors import InputError
-from inferq.handlers import Example, ModelHandler, TrainedModel
+from inferq import Example, InputError, ModelHandler, TrainedModel
 
 HOLDOUT_FRACTION = 0.2
 #: Decoded images larger than this are refused before decoding (decompression bombs).

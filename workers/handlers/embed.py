@@ -15,8 +15,7 @@ from typing import Any
 
 import torch
 
-from inferq.errors import ModelError
-from inferq.handlers import Example, ModelHandler, TrainedModel
+from inferq import Example, ModelError, ModelHandler, TrainedModel
 
 MAX_TEXT = 10_000
 DIMENSIONS = 384

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from celery import Celery
 
-from inferq.settings import Settings
+from inferq.core.settings import Settings
 from workers.context import WorkerContext
 from workers.tasks import predict, shadow, training
 from workers.tasks import webhooks as webhook_tasks

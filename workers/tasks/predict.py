@@ -17,13 +17,11 @@ from typing import Any
 from celery import Celery
 from celery_batches import SimpleRequest
 
-from inferq.messages import PREDICT_TASK
-from inferq.settings import Settings
-from workers import events as task_events
-from workers.batch import run_batch
-from workers.batching import TICK_S, DynamicBatches
+from inferq.core.messages import PREDICT_TASK
+from inferq.core.settings import Settings
 from workers.context import WorkerContext
-from workers.metrics import batch_failed
+from workers.dynamic_batching import TICK_S, DynamicBatches
+from workers.runner import run_batch
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +43,7 @@ def flush_every(settings: Settings) -> int:
     batch-lane message already carries a chunk of jobs (``batch_chunk_size``), so a worker of
     that lane alone runs each message as it comes: it holds one chunk at a time, and a kill
     leaves at most that chunk to be redone (and to be run alone, as suspects)."""
-    return 1 if settings.lanes == ("batch",) else settings.max_batch_size
+    return 1 if settings.worker.lanes == ("batch",) else settings.worker.max_batch_size
 
 
 def register(app: Celery, settings: Settings, context: Callable[[], WorkerContext]) -> None:
@@ -57,18 +55,16 @@ def register(app: Celery, settings: Settings, context: Callable[[], WorkerContex
         ignore_result=True,
         flush_every=flush_every(settings),
         flush_interval=TICK_S,
-        idle_gap_s=settings.batch_idle_gap_ms / 1000,
-        max_delay_s=settings.max_batch_delay_ms / 1000,
-        max_items=settings.max_batch_size,
+        idle_gap_s=settings.worker.batch_idle_gap_ms / 1000,
+        max_delay_s=settings.worker.max_batch_delay_ms / 1000,
+        max_items=settings.worker.max_batch_size,
         # a lull is two quiet gaps long: then the next message has no company coming
-        sparse_gap_s=2 * settings.batch_idle_gap_ms / 1000,
+        sparse_gap_s=2 * settings.worker.batch_idle_gap_ms / 1000,
     )
     def predict(requests: Sequence[SimpleRequest]) -> None:
         ids = job_ids_of(requests)
         try:
-            with task_events.batch(requests):
-                run_batch(context(), ids)
+            run_batch(context(), ids, requests)
         except Exception:
             # The claimed jobs were released (or the reconciler will); never lose the worker.
             log.exception("predict batch failed", extra={"job_ids": [str(i) for i in ids]})
-            batch_failed(context(), "exception")

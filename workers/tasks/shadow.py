@@ -11,11 +11,11 @@ from collections.abc import Callable, Sequence
 from celery import Celery
 from celery_batches import Batches, SimpleRequest
 
-from inferq.messages import SHADOW_TASK, ShadowRequest
-from inferq.settings import Settings
-from workers import events as task_events
+from inferq.core.messages import SHADOW_TASK, ShadowRequest
+from inferq.core.settings import Settings
 from workers.context import WorkerContext
-from workers.shadow import run_shadows
+from workers.middleware import Batch, around
+from workers.shadow_runs import run_shadows
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +38,13 @@ def register(app: Celery, settings: Settings, context: Callable[[], WorkerContex
         name=SHADOW_TASK,
         base=Batches,
         ignore_result=True,
-        flush_every=settings.max_batch_size,
-        flush_interval=settings.max_batch_delay_ms / 1000,
+        flush_every=settings.worker.max_batch_size,
+        flush_interval=settings.worker.max_batch_delay_ms / 1000,
     )
     def shadow(requests: Sequence[SimpleRequest]) -> None:
         try:
-            with task_events.batch(requests):
-                run_shadows(context(), shadow_requests(requests))
+            ctx = context()
+            with around(ctx, Batch("shadow", requests)):
+                run_shadows(ctx, shadow_requests(requests))
         except Exception:  # best effort: a lost copy costs one comparison, never a job
             log.exception("shadow batch failed")

@@ -6,29 +6,36 @@ up other deliveries, never predictions.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task
 
-from inferq.messages import WEBHOOK_TASK
-from inferq.queues import queue_name
-from inferq.settings import Settings
-from inferq.webhooks import backoff_s
+from inferq.core.broker import route
+from inferq.core.messages import WebhookRequest
+from inferq.core.settings import Settings
+from inferq.domain.webhooks import backoff_s
 from workers.context import WorkerContext
-from workers.webhooks import deliver
+from workers.delivery import deliver
+
+log = logging.getLogger(__name__)
 
 
 def register(app: Celery, settings: Settings, context: Callable[[], WorkerContext]) -> None:
     """Register ``inferq.webhook`` on ``app``."""
 
-    @app.task(name=WEBHOOK_TASK, bind=True, ignore_result=True, max_retries=None)
-    def webhook(self: Task, job_id: Any, redelivery: Any = False) -> None:
+    @app.task(name=WebhookRequest.task, bind=True, ignore_result=True, max_retries=None)
+    def webhook(self: Task, *args: Any) -> None:
+        try:
+            message = WebhookRequest.from_args(args)
+        except ValueError:
+            log.warning("dropping a malformed webhook message", extra={"args": repr(args)[:200]})
+            return
         try_number = self.request.retries + 1
-        outcome = deliver(context(), str(job_id), try_number, bool(redelivery))
+        outcome = deliver(context(), message.job_id, try_number, message.redelivery)
         if outcome.retry:
             raise self.retry(
-                countdown=backoff_s(try_number, settings.webhook_backoff_s),
-                queue=queue_name(settings, "webhooks"),
-                routing_key="webhooks",
+                countdown=backoff_s(try_number, settings.webhooks.webhook_backoff_s),
+                **route(settings, message.lane),
             )

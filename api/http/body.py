@@ -1,0 +1,96 @@
+"""Reading request bodies strictly: JSON objects only, finite numbers, bounded size."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from flask import request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from inferq.core.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+def parse_json(raw: bytes) -> Any:
+    """Parse ``raw`` as strict JSON (no NaN or Infinity, no overflowing numbers), holding
+    nothing Postgres cannot store (NUL characters, unpaired surrogates)."""
+    try:
+        body = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+    except UnicodeDecodeError as exc:
+        raise BadRequest("The body is not UTF-8.") from exc
+    except RecursionError as exc:
+        raise BadRequest("The JSON body is nested too deeply.") from exc
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        raise BadRequest(f"The body is not valid JSON: {str(exc)[:200]}") from exc
+    # Both can only come as a \u escape or as UTF-8-encoded surrogates (json.loads lets
+    # those through), whose bytes start with 0xED: most bodies skip the walk.
+    if b"\\u" in raw or b"\xed" in raw:
+        problem = unstorable(body)
+        if problem:
+            raise InvalidInput(f"The body {problem}.")
+    return body
+
+
+def unstorable(value: Any) -> str | None:
+    """Why Postgres could not store ``value`` (parsed JSON) as JSONB or text, or None."""
+    try:
+        return _unstorable(value)
+    except RecursionError:
+        return "is nested too deeply"
+
+
+def _unstorable(value: Any) -> str | None:
+    if isinstance(value, float):
+        return None if math.isfinite(value) else "holds a number out of range"
+    if isinstance(value, str):
+        return _bad_string(value)
+    if isinstance(value, list):
+        return next(filter(None, map(_unstorable, value)), None)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            problem = _bad_string(key) or _unstorable(item)
+            if problem:
+                return problem
+    return None
+
+
+def _bad_string(value: str) -> str | None:
+    if "\x00" in value:
+        return "holds a NUL character (\\u0000), which cannot be stored"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "holds an unpaired surrogate (\\ud800-\\udfff), which cannot be stored"
+    return None
+
+
+def json_object(*, optional: bool = False) -> dict[str, Any]:
+    """The request's JSON object body (an empty object when ``optional`` and absent)."""
+    try:
+        raw = request.get_data(cache=True)
+    except RequestEntityTooLarge as exc:
+        raise PayloadTooLarge(
+            f"The body is larger than {request.max_content_length} bytes."
+        ) from exc
+    if not raw and optional:
+        return {}
+    if not request.mimetype or not (
+        request.mimetype == "application/json" or request.mimetype.endswith("+json")
+    ):
+        raise UnsupportedMediaType("Send the body as 'Content-Type: application/json'.")
+    body = parse_json(raw)
+    if not isinstance(body, dict):
+        raise BadRequest("The JSON body must be an object.")
+    return body

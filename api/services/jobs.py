@@ -1,0 +1,266 @@
+"""The job operations behind the routes: accept (gates, then commit), publish, wait."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from api.http.auth import Principal
+from api.services import experiments as experiments_service
+from api.services import idempotency, quotas, webhooks
+from api.services.waiters import Signal
+from api.state import ApiState
+from db.engine import retry_on_disconnect
+from db.jobs import (
+    JobView,
+    create_job,
+    get_job_view,
+    mark_unpublished,
+)
+from db.registry import ServingInfo, serving_info
+from db.tables import TERMINAL_STATUSES, Job
+from inferq.core.errors import BadRequest, InvalidInput, NotFound, ServiceUnavailable
+from inferq.domain import result_cache as cache
+
+log = logging.getLogger(__name__)
+
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IGNORECASE)
+
+
+def parse_job_id(raw: str) -> uuid.UUID:
+    """``raw`` as a UUID, or a 400 problem."""
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise BadRequest(f"Job ids are UUIDs; {raw[:64]!r} is not one.") from None
+
+
+def prefer_wait(header: str | None, max_wait_s: float) -> float:
+    """Seconds asked for by ``Prefer: wait=N`` (RFC 7240), capped; 0 when absent or unusable."""
+    match = _PREFER_WAIT.search(header or "")
+    return min(float(match.group(1)), max_wait_s) if match else 0.0
+
+
+def query_wait(raw: str | None, max_wait_s: float) -> float:
+    """Seconds asked for by ``?wait=N``, capped at ``max_wait_s``; a bad value is a 400."""
+    if raw is None or raw == "":
+        return 0.0
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise BadRequest(f"wait must be a number of seconds, not {raw[:32]!r}.") from None
+    if not 0 <= seconds < float("inf"):
+        raise BadRequest("wait must be a non-negative number of seconds.")
+    return min(seconds, max_wait_s)
+
+
+MAX_CANCEL_AFTER_S = 86_400.0
+
+
+def cancel_after(header: str | None) -> float | None:
+    """Seconds from ``Cancel-After: N``: a job not started by then fails as ``expired``."""
+    if header is None:
+        return None
+    try:
+        seconds = float(header)
+    except ValueError:
+        raise BadRequest("Cancel-After must be a number of seconds.") from None
+    if not 0 < seconds <= MAX_CANCEL_AFTER_S:
+        raise BadRequest(f"Cancel-After must be more than 0 and at most {MAX_CANCEL_AFTER_S:g} s.")
+    return seconds
+
+
+def model_for(st: ApiState, name: str) -> ServingInfo:
+    """The model a job names, or a 422 naming the known ones."""
+
+    def load() -> ServingInfo | None:
+        with st.sessions() as session:
+            return serving_info(session, name)
+
+    info = st.models.get(name, load)
+    if info is None:
+        raise InvalidInput(
+            f"There is no model named {name[:64]!r}.",
+            errors=[{"pointer": "/model", "detail": "unknown model (GET /v1/models lists them)"}],
+        )
+    if info.active_version_id is None or info.active_version is None:
+        raise ServiceUnavailable(
+            f"Model {name!r} has no active version yet.", headers={"Retry-After": "30"}
+        )
+    return info
+
+
+def accept(
+    st: ApiState,
+    principal: Principal,
+    info: ServingInfo,
+    body: dict[str, Any],
+    expires_in_s: float | None,
+) -> tuple[JobView, bool]:
+    """The job for a validated submission, and whether it is a replay of an earlier one.
+
+    The gates come first (idempotency replay, webhook URL, quotas), then the job is
+    committed. A replay (same ``Idempotency-Key``, same request) skips quotas: it creates
+    nothing.
+    """
+    key = idempotency.header_key()
+    print_ = idempotency.fingerprint(body) if key else ""
+    if key:
+        earlier = idempotency.replay(st, principal, key, print_)
+        if earlier is not None:
+            return earlier, True
+    url = body.get("webhook")
+    if url:
+        webhooks.vet(st, url)
+    quotas.admit(st, principal.tenant_id, body.get("lane", "online"))
+    hooks: list[Callable[[Session, Job], None]] = []
+    if url:
+        hooks.append(webhooks.attacher(url))
+    if key:
+        hooks.append(idempotency.claimer(st, principal, key, print_))
+
+    def on_insert(session: Session, job: Job) -> None:
+        for hook in hooks:
+            hook(session, job)
+
+    try:
+        view = _commit(st, principal.tenant_id, info, body, expires_in_s, on_insert=on_insert)
+    except idempotency.KeyTaken:
+        # A concurrent request with the same key won; answer with its job.
+        earlier = idempotency.replay(st, principal, key or "", print_)
+        if earlier is None:
+            raise ServiceUnavailable(
+                "A concurrent request with this Idempotency-Key did not finish; retry.",
+                headers={"Retry-After": "1"},
+            ) from None
+        return earlier, True
+    if url and view.job.cached:  # born finished: nothing else will deliver its webhook
+        webhooks.finished(st, [view.job.id])
+    return view, False
+
+
+def _commit(
+    st: ApiState,
+    tenant_id: uuid.UUID,
+    info: ServingInfo,
+    body: dict[str, Any],
+    expires_in_s: float | None = None,
+    on_insert: Callable[[Session, Job], None] | None = None,
+) -> JobView:
+    """Commit the job; it is durable from here on, whatever happens to the broker.
+
+    ``on_insert`` runs in the job's transaction (idempotency key, webhook); if it raises,
+    the job is rolled back.
+    """
+    assert info.active_version_id is not None and info.active_version is not None
+    # The active version serves the job, unless a running experiment puts it in another arm.
+    chosen = experiments_service.route(st, info, tenant_id, body.get("user"))
+    cached = None
+    if chosen.sha256 and info.config.get("cache", True):
+        cached = cache.lookup(
+            st.redis, st.settings, chosen.version_id, chosen.sha256, body["input"]
+        )
+
+    def insert() -> Job:
+        with st.sessions.begin() as session:
+            job = create_job(
+                session,
+                tenant_id=tenant_id,
+                model_id=info.model_id,
+                version_id=chosen.version_id,
+                lane=body.get("lane", "online"),
+                input=body["input"],
+                user=body.get("user"),
+                cached_output=cached,
+                expires_in_s=expires_in_s,
+                experiment_id=chosen.experiment_id,
+                arm=chosen.arm,
+            )
+            if on_insert is not None:
+                on_insert(session, job)
+            return job
+
+    return JobView(retry_on_disconnect(insert), info.name, chosen.version)
+
+
+def publish(st: ApiState, view: JobView) -> None:
+    """Send the job to its lane (in one message with the jobs other threads accepted meanwhile,
+    see api.services.publisher); on failure leave it to the reconciler (the job is safe)."""
+    try:
+        st.publisher.publish(str(view.job.id), view.job.lane)
+    except Exception:
+        log.warning(
+            "publish failed; the reconciler will republish",
+            extra={"job_id": str(view.job.id)},
+            exc_info=True,
+        )
+        with st.sessions.begin() as session:
+            mark_unpublished(session, [view.job.id])
+
+
+def load(st: ApiState, job_id: uuid.UUID, tenant_id: uuid.UUID) -> JobView:
+    """The tenant's job, or 404 (also for another tenant's job)."""
+
+    def read() -> JobView | None:
+        with st.sessions() as session:
+            return get_job_view(session, job_id, tenant_id)
+
+    view = retry_on_disconnect(read)
+    if view is None:
+        raise NotFound(f"No job {job_id}.")
+    return view
+
+
+def wait_until_terminal(st: ApiState, view: JobView, seconds: float, signal: Signal) -> JobView:
+    """Block until the job is terminal or ``seconds`` pass. When signalled, answer from the
+    fields the worker sent with the signal; read the job again only when it sent none."""
+    deadline = time.monotonic() + seconds
+    while view.job.status not in TERMINAL_STATUSES:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not signal.wait(remaining):
+            return load(st, view.job.id, view.job.tenant_id)
+        finished, signal.payload = signal.payload, None
+        signal.clear()
+        view = with_final_fields(view, finished) or load(st, view.job.id, view.job.tenant_id)
+    return view
+
+
+#: What a worker sends with a completion (workers.runner.final_fields), all needed to answer.
+FINAL_FIELDS = frozenset(
+    {"status", "output", "error", "worker", "attempts", "batch_size", "predict_ms"}
+    | {"started_at", "completed_at"}
+)
+
+
+def with_final_fields(view: JobView, fields: Mapping[str, Any] | None) -> JobView | None:
+    """``view`` updated with a finished job's fields, or None when they are incomplete.
+
+    The job row was read before it finished and is detached from its session: the fields
+    are set on it for rendering and never written back.
+    """
+    if not fields or not fields.keys() >= FINAL_FIELDS:
+        return None
+    if fields["status"] not in TERMINAL_STATUSES:
+        return None
+    try:
+        started = _timestamp(fields["started_at"])
+        completed = _timestamp(fields["completed_at"])
+    except ValueError:
+        return None
+    job = view.job
+    job.status, job.output, job.error = fields["status"], fields["output"], fields["error"]
+    job.worker, job.attempts = fields["worker"], fields["attempts"]
+    job.batch_size, job.predict_ms = fields["batch_size"], fields["predict_ms"]
+    job.started_at, job.completed_at = started, completed
+    return view
+
+
+def _timestamp(value: Any) -> dt.datetime | None:
+    return None if value is None else dt.datetime.fromisoformat(str(value))

@@ -1,0 +1,133 @@
+"""Where is my job: its place in the lane, when it should finish, and why it might not.
+
+``eta_s`` is the expected number of seconds until the job's result: the worker time of the
+jobs queued ahead of it, of itself, and of half of those running (on average half done),
+shared by the lane's consuming workers. A job's worker time is its model's, measured over
+that model's latest jobs in the lane (a batch's time shared by its jobs, so batching under a
+backlog shows); a model not run lately counts at the lane's average.
+
+Without a consuming worker there is no ETA, and ``stuck`` says why: no live worker for the
+lane, or workers that stopped consuming. A running job whose worker stopped beating, or
+that runs past the time limit, is ``stuck`` too (the reconciler puts it back in the queue).
+
+Lane and model figures are cached per API process for a second; the jobs ahead are counted
+for each request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+from flask import current_app
+
+from api.state import ApiState, TtlCache
+from db.jobs import JobView
+from db.stats import ahead_by_model, lane_counts, seconds_per_job
+from inferq.domain.fleet import worker_beats
+
+LANE_CACHE_S = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Lane:
+    """How one lane is being served right now."""
+
+    consuming: int
+    stalled: int
+    running: int
+    #: worker seconds per job over the lane's latest jobs, None when none ran lately
+    per_job_s: float | None
+    live: frozenset[str]
+
+
+def _cache(name: str) -> TtlCache[Any, Any]:
+    return current_app.extensions.setdefault(name, TtlCache(LANE_CACHE_S))
+
+
+def lane(st: ApiState, name: str) -> Lane:
+    """The lane's workers, running jobs and time per job (cached for a second)."""
+    found = _cache("inferq.lanes").get(name, lambda: _measure(st, name))
+    assert found is not None
+    return found
+
+
+def _measure(st: ApiState, name: str) -> Lane:
+    beats = worker_beats(st.redis, st.settings)
+    mine = [beat for beat in beats if name in beat.lanes]
+    consuming = sum(1 for beat in mine if beat.consuming)
+    with st.sessions() as session:
+        running = next((c.running for c in lane_counts(session) if c.lane == name), 0)
+        per_job = seconds_per_job(session, name)
+    return Lane(
+        consuming, len(mine) - consuming, running, per_job, frozenset(b.name for b in beats)
+    )
+
+
+def model_seconds(st: ApiState, name: str, model_id: int) -> float | None:
+    """Worker seconds per job of one model in the lane (cached for a second; misses too)."""
+
+    def measure() -> tuple[float | None]:
+        with st.sessions() as session:
+            return (seconds_per_job(session, name, model_id),)
+
+    found = _cache("inferq.models_per_job").get((name, model_id), measure)
+    return found[0] if found else None
+
+
+def locate(st: ApiState, view: JobView) -> dict[str, Any]:
+    """The fields that say where an open job is: ``position``, ``eta_s`` (queued) and
+    ``stuck`` (queued or running; None when nothing is wrong). Empty for finished jobs."""
+    job = view.job
+    if job.status not in ("queued", "running"):
+        return {}
+    now = lane(st, job.lane)
+    if job.status == "running":
+        return {"stuck": _running_stuck(st, view, now)}
+    with st.sessions() as session:
+        ahead = ahead_by_model(session, job.lane, job.created_at)
+    eta = None
+    if now.consuming and now.per_job_s:
+        lane_s = now.per_job_s
+
+        def cost(model_id: int) -> float:
+            return model_seconds(st, job.lane, model_id) or lane_s
+
+        work = sum(n * cost(m) for m, n in ahead.items()) + cost(job.model_id)
+        eta = round((work + now.running * lane_s / 2) / now.consuming, 3)
+    return {"position": sum(ahead.values()), "eta_s": eta, "stuck": _queued_stuck(job.lane, now)}
+
+
+def _queued_stuck(name: str, now: Lane) -> dict[str, str] | None:
+    if now.consuming:
+        return None
+    if now.stalled:
+        return {
+            "reason": "workers-not-consuming",
+            "detail": f"{now.stalled} live worker(s) of lane {name!r} stopped taking jobs; "
+            "they exit and are replaced, and the job waits in the queue meanwhile.",
+        }
+    return {
+        "reason": "no-live-worker",
+        "detail": f"No live worker consumes lane {name!r}; the job waits in the queue "
+        "until one starts.",
+    }
+
+
+def _running_stuck(st: ApiState, view: JobView, now: Lane) -> dict[str, str] | None:
+    job = view.job
+    if job.worker and job.worker not in now.live:
+        return {
+            "reason": "worker-lost",
+            "detail": f"Its worker {job.worker!r} stopped beating; the reconciler puts the "
+            "job back in the queue for another worker.",
+        }
+    limit = st.settings.scheduler.job_time_limit_s
+    if job.started_at is not None and time.time() - job.started_at.timestamp() > limit:
+        return {
+            "reason": "over-time-limit",
+            "detail": f"It has run for more than {limit:g} s; the reconciler puts it back "
+            "in the queue for another worker.",
+        }
+    return None

@@ -1,0 +1,46 @@
+"""Model artifacts: safetensors bytes with a SHA-256, checked before anything is loaded.
+
+Nothing is ever unpickled: safetensors holds raw tensors and a string-to-string header.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from inferq.core.errors import ArtifactError
+
+if TYPE_CHECKING:
+    import torch
+
+
+def digest(data: bytes) -> str:
+    """Hex SHA-256 of an artifact."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def pack(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> tuple[bytes, str]:
+    """Serialise weights to safetensors bytes; returns the bytes and their SHA-256."""
+    from safetensors.torch import save
+
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, dict(metadata))
+    return data, digest(data)
+
+
+def unpack(data: bytes, sha256: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Check the digest, then load tensors and header metadata from safetensors bytes."""
+    import json
+
+    from safetensors.torch import load
+
+    actual = digest(data)
+    if actual != sha256:
+        raise ArtifactError(f"artifact digest mismatch: expected {sha256}, got {actual}")
+    try:
+        tensors = load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_len])
+    except Exception as exc:  # safetensors raises its own untyped errors
+        raise ArtifactError(f"artifact is not valid safetensors: {exc}") from exc
+    return tensors, dict(header.get("__metadata__") or {})

@@ -1,0 +1,150 @@
+"""Queue names and the Celery app factory shared by the API, workers and beat."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from inferq.core.messages import PREDICT_TASK, RECONCILE_TASK, TaskMessage
+from inferq.core.settings import LANES, Settings
+
+
+def queue_name(settings: Settings, lane: str) -> str:
+    """The broker queue of ``lane`` in this deployment's namespace."""
+    return f"{settings.namespace}.{lane}"
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app configured for inferq; connects to nothing until used."""
+    app = Celery(settings.namespace, set_as_current=False)
+    exchange = Exchange(settings.namespace, type="direct", durable=True)
+    broker_url = settings.broker_url or ""
+    amqp = broker_url.startswith(("amqp://", "amqps://", "pyamqp://"))
+    queues = [
+        Queue(
+            queue_name(settings, lane),
+            exchange,
+            routing_key=lane,
+            durable=True,
+            queue_arguments=quorum_arguments(settings) if amqp else None,
+        )
+        for lane in LANES
+    ]
+    transport_options: dict[str, object] = {}
+    if amqp:
+        # Publisher confirms: a publish returns only once RabbitMQ has the message.
+        transport_options = {"confirm_publish": True}
+    if broker_url.startswith(("redis://", "rediss://")):
+        transport_options = {
+            # See Settings.visibility_timeout_s. Claims are guarded, so an early
+            # redelivery wastes a little work and never runs a job twice.
+            "visibility_timeout": settings.worker.visibility_timeout_s,
+            # Sweep for messages of dead workers every visibility/4 seconds instead of
+            # kombu's default 100 s, so a killed worker's prefetched jobs come back soon.
+            "unacked_restore_interval": max(1, settings.worker.visibility_timeout_s // 4),
+            "unacked_restore_throttle": 1,
+            "global_keyprefix": f"{settings.namespace}:",
+            # Bounded publish: the API never hangs on a dead Redis.
+            "socket_timeout": settings.api.publish_timeout_s,
+            "socket_connect_timeout": settings.api.publish_timeout_s,
+        }
+    app.conf.update(
+        broker_url=settings.broker_url,
+        broker_transport_options=transport_options,
+        broker_connection_timeout=settings.api.publish_timeout_s,
+        broker_connection_retry_on_startup=True,
+        broker_heartbeat=10,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_backend=None,
+        task_ignore_result=True,
+        task_queues=queues,
+        task_default_queue=queue_name(settings, "online"),
+        task_default_exchange=settings.namespace,
+        task_default_routing_key="online",
+        task_routes={
+            PREDICT_TASK: {"queue": queue_name(settings, "online"), "routing_key": "online"},
+            RECONCILE_TASK: {
+                "queue": queue_name(settings, "maintenance"),
+                "routing_key": "maintenance",
+            },
+        },
+        # A message is acked only after its jobs' results are committed, and goes back to
+        # the queue when the process running it dies.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # One worker process buffers up to this many messages: enough to fill a batch. A
+        # batch-lane message is a batch already: a worker of that lane alone holds the one it
+        # runs and the next, and leaves the rest to the lane's other workers.
+        worker_prefetch_multiplier=(
+            2
+            if settings.worker.lanes == ("batch",)
+            else max(settings.worker.worker_prefetch, settings.worker.max_batch_size)
+        ),
+        # When the broker connection drops, messages being worked on go back to the queue
+        # (their acks can no longer be delivered); cancel the batch rather than finish work
+        # whose ack would be lost. Results are guarded, so a batch that did finish and is run
+        # again changes nothing.
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # Scale-down and deploys send SIGTERM: stop consuming, finish the running batch, then
+        # exit; buffered messages are returned to the broker as the channel closes.
+        worker_soft_shutdown_timeout=10.0,
+        worker_hijack_root_logger=False,
+        worker_enable_remote_control=False,
+        # Flower and `celery events` read these (see inferq.celery_tools for Flower's app).
+        worker_send_task_events=settings.observability.task_events,
+        task_send_sent_event=settings.observability.task_events,
+        control_exchange=f"{settings.namespace}.control",
+        event_exchange=f"{settings.namespace}.events",
+        timezone="UTC",
+        enable_utc=True,
+    )
+    return app
+
+
+def dead_letter_queue(settings: Settings) -> Queue:
+    """Where RabbitMQ puts messages redelivered too often (kept for inspection, never run)."""
+    dead = Exchange(f"{settings.namespace}.dead", type="fanout", durable=True)
+    return Queue(f"{settings.namespace}.dead", dead, durable=True)
+
+
+def quorum_arguments(settings: Settings) -> dict[str, object]:
+    """RabbitMQ queue arguments: replicated quorum queues with a delivery limit.
+
+    A message that keeps killing its consumer is dead-lettered after a few redeliveries
+    (the job itself fails cleanly earlier, when its attempts run out). Consumers ack within
+    a batch, far below RabbitMQ's ``consumer_timeout`` (30 min by default).
+    """
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": settings.worker.max_attempts + 2,
+        "x-dead-letter-exchange": f"{settings.namespace}.dead",
+    }
+
+
+def declare_dead_letters(app: Celery, settings: Settings) -> None:
+    """Declare the dead-letter exchange and queue (RabbitMQ only; idempotent)."""
+    with app.connection_for_write() as connection:
+        dead_letter_queue(settings)(connection.default_channel).declare()
+
+
+#: How every message is published: a few quick retries, then the caller decides (the API
+#: marks the job unpublished for the reconciler; a worker leaves it to the reconciler too).
+RETRY_POLICY = {"max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+
+
+def route(settings: Settings, lane: str) -> dict[str, str]:
+    """Where a message for ``lane`` goes: its queue and routing key."""
+    return {"queue": queue_name(settings, lane), "routing_key": lane}
+
+
+def publish(app: Celery, settings: Settings, message: TaskMessage) -> None:
+    """Send ``message`` to its lane, retrying for a bounded time (see :data:`RETRY_POLICY`)."""
+    app.send_task(
+        message.task,
+        args=message.to_args(),
+        retry=True,
+        retry_policy=RETRY_POLICY,
+        **route(settings, message.lane),
+    )

@@ -1,0 +1,51 @@
+"""The result cache: outputs in Redis keyed by model version digest + canonical input hash.
+
+A repeated input is answered at submit time, without touching the queue. The API reads it;
+workers fill it in the same pipeline that announces their batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import redis
+
+from inferq.core.settings import Settings
+
+
+def _normalise(value: Any) -> Any:
+    # 1 and 1.0 are the same input; Postgres JSONB and the API's parser may disagree on which.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _normalise(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normalise(v) for v in value]
+    return value
+
+
+def canonical_json(value: Any) -> str:
+    """One text per JSON value: sorted keys, no spaces, integral floats as integers."""
+    return json.dumps(_normalise(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def cache_key(settings: Settings, version_id: int, version_sha256: str, input: Any) -> str:
+    """The Redis key of ``input``'s output from a model version (its id and weights' digest:
+    two models may share weights but not handlers)."""
+    digest = hashlib.sha256(canonical_json(input).encode()).hexdigest()
+    return f"{settings.namespace}:cache:{version_id}:{version_sha256[:16]}:{digest}"
+
+
+def lookup(
+    client: redis.Redis, settings: Settings, version_id: int, version_sha256: str, input: Any
+) -> Any | None:
+    """The cached output, or None (also when Redis is unreachable: the job just runs)."""
+    if settings.worker.cache_ttl_s <= 0:
+        return None
+    try:
+        raw = client.get(cache_key(settings, version_id, version_sha256, input))
+    except redis.RedisError:
+        return None
+    return json.loads(raw) if raw else None

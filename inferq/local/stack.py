@@ -1,0 +1,423 @@
+"""The local stack behind ``inferq up``: embedded services, one-time setup, and supervisord.
+
+This module decides what runs and drives the stack's life: nginx on the public port in front of
+the API nodes (one node on the public port without nginx), workers, and beat, all under
+supervisord (:mod:`inferq.local.supervise`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from inferq.core.errors import InferqError
+from inferq.core.logs import info
+from inferq.core.settings import Settings
+from inferq.local import nginx, scrape_targets
+from inferq.local.embedded import EmbeddedService, free_port, reachable, start_missing, stop_stale
+from inferq.local.supervise import (
+    Program,
+    SupervisorPaths,
+    start_supervisor,
+    stop_supervisor,
+    stop_timeout,
+)
+
+#: How supervisord runs our commands: this interpreter, so children import the same inferq.
+LAUNCHER = (sys.executable, "-m", "inferq")
+READY_TIMEOUT_S = 60.0
+DOWN_TIMEOUT_S = 90.0
+DEV_SCOPES = ("submit", "read", "admin")
+#: How much lower batch workers' CPU priority is than the rest of the stack (nice, 0-19).
+BATCH_NICENESS = 10
+
+
+class StackError(InferqError):
+    """Raised when the local stack cannot start, is already running, or will not stop."""
+
+
+class Stopped(BaseException):
+    """Raised in the main thread by SIGINT or SIGTERM; unwinds ``inferq up`` into its shutdown."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StackPaths(SupervisorPaths):
+    """Where the stack keeps its state, all under one absolute ``home``."""
+
+    up_json = property(lambda self: self.home / "up.json")
+    api_key = property(lambda self: self.home / "dev-api-key")
+    nginx_paths = property(lambda self: nginx.NginxPaths(self.home))
+
+
+@dataclasses.dataclass(frozen=True)
+class Front:
+    """nginx on the public port in front of API nodes on loopback ports."""
+
+    nginx_argv: tuple[str, ...]
+    node_ports: tuple[int, ...]
+
+
+def plan_front(settings: Settings, paths: StackPaths) -> Front | None:
+    """nginx in front of ``api_nodes`` API nodes on free ports; None (and why) without it."""
+    if settings.local.api_nodes < 1:
+        raise StackError("--api-nodes must be at least 1")
+    binary = nginx.find_nginx(settings.front.nginx)
+    missing = _why_no_nginx(settings, binary)
+    if binary is None or missing:
+        asked = (
+            f" (not the {settings.local.api_nodes} asked for)"
+            if settings.local.api_nodes > 1
+            else ""
+        )
+        info(f"note: {missing}: serving one API node{asked} directly on port {settings.local.port}")
+        return None
+    ports = tuple(free_port() for _ in range(settings.local.api_nodes))
+    return Front(nginx.command(binary, paths.nginx_paths), ports)
+
+
+def _why_no_nginx(settings: Settings, binary: str | None) -> str:
+    if settings.front.nginx == "off":
+        return "nginx is off (INFERQ_NGINX=off)"
+    if binary is None:
+        return "nginx is not installed (apt-get install nginx)"
+    if not nginx.TEMPLATE.exists():
+        return f"the nginx template {nginx.TEMPLATE} is missing from this install"
+    return ""
+
+
+def programs(
+    settings: Settings, launcher: Sequence[str] = LAUNCHER, front: Front | None = None
+) -> list[Program]:
+    """Everything the stack runs: workers first, then beat, then the API that accepts work."""
+    launcher = tuple(launcher)
+    beat = Program("beat", (*launcher, "beat"), priority=200, stopwaitsecs=5)
+    online = autoscaler_programs(settings, launcher) or worker_programs(settings, launcher)
+    workers = [*online, *batch_worker_programs(settings, launcher)]
+    workers += [trainer_program(launcher), webhooks_program(launcher)]
+    return [*workers, beat, *api_programs(settings, launcher, front)]
+
+
+def api_programs(
+    settings: Settings, launcher: tuple[str, ...], front: Front | None = None
+) -> list[Program]:
+    """The API: nodes on loopback ports behind nginx on the public port, or one node on it."""
+    if front is None:
+        argv = (*launcher, "api", "--host", "127.0.0.1", "--port", str(settings.local.port))
+        return [Program("api", argv, priority=300, stopwaitsecs=10)]
+    nodes = [
+        Program(
+            f"api-{i}",
+            (*launcher, "api", "--host", "127.0.0.1", "--port", str(port)),
+            priority=300,
+            stopwaitsecs=10,
+            group="api",
+        )
+        for i, port in enumerate(front.node_ports, start=1)
+    ]
+    # Stopped first, and gracefully (SIGQUIT): it stops accepting, then lets open requests
+    # finish, for up to worker_shutdown_timeout, while the nodes behind it still answer.
+    proxy = Program("nginx", front.nginx_argv, priority=400, stopwaitsecs=15, stopsignal="QUIT")
+    return [*nodes, proxy]
+
+
+def worker_programs(settings: Settings, launcher: tuple[str, ...]) -> list[Program]:
+    """``settings.local.workers`` Celery workers, in one group so that they stop together."""
+    # SIGTERM goes to the worker's main process alone: a prefork pool's children reset SIGTERM
+    # to its default and would die mid-job if the whole group got it, while the parent's warm
+    # shutdown lets them finish. killasgroup still removes them all after stopwaitsecs.
+    return [
+        Program(
+            f"worker-{i}",
+            (*launcher, "worker", "--name", f"worker-{i}"),
+            priority=100,
+            stopwaitsecs=30,
+            stopasgroup=False,
+            group="workers",
+        )
+        for i in range(1, settings.local.workers + 1)
+    ]
+
+
+def autoscaler_programs(settings: Settings, launcher: tuple[str, ...]) -> list[Program]:
+    """With ``autoscale``, the autoscaler in place of fixed workers: it starts and drains
+    ``inferq worker`` children itself (the local backend), between the bounds."""
+    bounds = settings.local.autoscale_bounds
+    if bounds is None:
+        return []
+    low, high = bounds
+    argv = (*launcher, "autoscaler", "--backend", "local")
+    return [
+        Program(
+            "autoscaler",
+            (*argv, "--min-workers", str(low), "--max-workers", str(high)),
+            priority=100,
+            # On SIGTERM it drains its workers (each finishes its batch, up to 30 s) first.
+            stopwaitsecs=45,
+            stopasgroup=False,
+            group="workers",
+        )
+    ]
+
+
+def trainer_program(launcher: tuple[str, ...]) -> Program:
+    """One worker of the training lane alone: a retraining never holds up served jobs."""
+    return Program(
+        "trainer",
+        (*launcher, "worker", "--name", "trainer", "--lanes", "training"),
+        priority=100,
+        stopwaitsecs=30,
+        stopasgroup=False,
+        group="workers",
+    )
+
+
+def webhooks_program(launcher: tuple[str, ...]) -> Program:
+    """One worker of the webhooks lane alone: a slow receiver holds up other deliveries,
+    never predictions."""
+    return Program(
+        "webhooks",
+        (*launcher, "worker", "--name", "webhooks", "--lanes", "webhooks"),
+        priority=100,
+        stopwaitsecs=30,
+        stopasgroup=False,
+        group="workers",
+    )
+
+
+def batch_worker_programs(settings: Settings, launcher: tuple[str, ...]) -> list[Program]:
+    """``settings.local.batch_workers`` workers of the batch lane alone: a batch of any size never
+    queues ahead of online jobs, which the other workers serve. On a shared host they also
+    run at a lower CPU priority (``nice``), so an online job never waits for a core behind
+    them; alone on the host, they still get all of it."""
+    nice = shutil.which("nice")
+    lower = (nice, "-n", str(BATCH_NICENESS)) if nice else ()
+    return [
+        Program(
+            f"batch-{i}",
+            (*lower, *launcher, "worker", "--name", f"batch-{i}", "--lanes", "batch"),
+            priority=100,
+            stopwaitsecs=30,
+            stopasgroup=False,
+            group="workers",
+        )
+        for i in range(1, settings.local.batch_workers + 1)
+    ]
+
+
+def run(settings: Settings, on_ready: Callable[[], None] = lambda: None) -> int:
+    """Run the whole stack in the foreground until SIGINT, SIGTERM or ``inferq down``.
+
+    ``on_ready`` runs once the API answers. Returns the exit status: 0 after a requested stop,
+    1 when supervisord died on its own.
+    """
+    paths = StackPaths(settings.home.resolve())
+    paths.home.mkdir(parents=True, exist_ok=True)
+    claim(paths, settings.local.port)
+    services: list[EmbeddedService] = []
+    supervisor: subprocess.Popen[bytes] | None = None
+    front = plan_front(settings, paths)
+    progs, metrics_ports = scrape_targets.assign_ports(programs(settings, front=front), LAUNCHER)
+    _on_stop_signals(_raise_stopped)
+    try:
+        # claim() found no live `inferq up` here, so a supervisord or nginx still running from
+        # this home was left behind by one that crashed.
+        stop_stale(paths.pidfile, "supervisord", timeout=stop_timeout(progs))
+        stop_stale(paths.nginx_paths.pidfile, "nginx")
+        if reachable(
+            "127.0.0.1", settings.local.port
+        ):  # else we would take its /readyz for our API's
+            raise StackError(f"port {settings.local.port} is taken; choose another with --port")
+        settings = settings.replace(home=paths.home)
+        if front is not None:
+            prepare_nginx(settings, paths, front)
+        else:  # a config left by an earlier run would say nginx runs
+            paths.nginx_paths.conf.unlink(missing_ok=True)
+        settings = start_missing(settings, paths.home, services, announce=info)
+        prepare(settings, paths)
+        api_ports = front.node_ports if front is not None else (settings.local.port,)
+        targets = paths.home / "prometheus-targets.json"
+        scrape_targets.write_targets(targets, api_ports, progs, metrics_ports, LAUNCHER)
+        supervisor = start_supervisor(paths, progs, {**os.environ, **settings.to_env()})
+        return serve(f"http://127.0.0.1:{settings.local.port}", paths, supervisor, on_ready)
+    except Stopped:
+        return 0
+    finally:
+        # The shutdown is bounded; a second Ctrl-C must not cut it short and orphan processes.
+        _on_stop_signals(signal.SIG_IGN)
+        shutdown(supervisor, services, paths, stop_timeout(progs))
+
+
+def prepare_nginx(settings: Settings, paths: StackPaths, front: Front) -> None:
+    """Write nginx's config for the nodes of ``front`` and have nginx check it."""
+    nginx.write_config(settings, paths.nginx_paths, front.node_ports)
+    nginx.check_config(front.nginx_argv[0], paths.nginx_paths)
+    ports = ", ".join(str(port) for port in front.node_ports)
+    info(f"nginx on port {settings.local.port} in front of API nodes on 127.0.0.1 ports {ports}")
+
+
+def prepare(settings: Settings, paths: StackPaths) -> None:
+    """Migrate the database, make sure ``digits`` has an active version, and issue a dev key."""
+    from db.migrate import upgrade
+
+    info("migrating the database")
+    upgrade(settings.require_database_url())
+    # Training is a worker's trade (torch): the launcher runs it as the CLI command would,
+    # in a process of its own, and stays free of torch itself.
+    subprocess.run(
+        [sys.executable, "-m", "inferq", "models", "train", "digits", "--if-missing"],
+        env={**os.environ, **settings.to_env()},
+        check=True,
+    )
+    ensure_dev_key(settings, paths.api_key)
+
+
+def ensure_dev_key(settings: Settings, path: Path) -> None:
+    """Keep the key in ``path`` when the database knows it; otherwise issue one for tenant dev."""
+    from db.engine import short_session
+    from db.keys import create_key, ensure_tenant, find_key
+
+    existing = path.read_text().strip() if path.exists() else ""
+    with short_session(settings.require_database_url(), "inferq-up") as session:
+        if existing and find_key(session, existing) is not None:
+            return
+        plaintext, _ = create_key(session, ensure_tenant(session, "dev"), DEV_SCOPES)
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(plaintext)
+    info(f"created a development API key (tenant dev, scopes {', '.join(DEV_SCOPES)}) in {path}")
+
+
+def serve(
+    url: str, paths: StackPaths, supervisor: subprocess.Popen[bytes], on_ready: Callable[[], None]
+) -> int:
+    """Wait for the API to be ready, call ``on_ready``, then wait on supervisord (1 if it dies)."""
+    wait_ready(url, supervisor, paths)
+    on_ready()
+    status = supervisor.wait()
+    info(f"error: supervisord exited with status {status}; see {paths.logs / 'supervisord.log'}")
+    return 1
+
+
+def wait_ready(url: str, supervisor: subprocess.Popen[bytes], paths: StackPaths) -> None:
+    """Poll ``url/readyz`` until it answers 200; raise when supervisord dies or time runs out."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if supervisor.poll() is not None:
+            raise StackError(f"supervisord exited early; see {paths.logs / 'supervisord.log'}")
+        # urlopen raises for any answer but 2xx (HTTPError and URLError are OSErrors).
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/readyz", timeout=2):
+            return
+        time.sleep(0.5)
+    log = paths.logs / "supervisord.log"
+    raise StackError(f"the API at {url} was not ready after {READY_TIMEOUT_S:.0f} s; see {log}")
+
+
+def shutdown(
+    supervisor: subprocess.Popen[bytes] | None,
+    services: Sequence[EmbeddedService],
+    paths: StackPaths,
+    timeout: float,
+) -> None:
+    """Stop supervisord (and with it every program), then the embedded servers, newest first."""
+    if supervisor is not None and supervisor.poll() is None:
+        info(f"stopping inferq (up to {timeout:.0f} s while workers finish their jobs)")
+        stop_supervisor(supervisor, timeout)
+    for service in reversed(services):
+        try:
+            service.stop()
+        except Exception as exc:  # one stuck server must not keep the others running
+            info(f"warning: could not stop embedded {service.name}: {exc}")
+    release(paths)
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise Stopped(signum)
+
+
+def _on_stop_signals(handler: Callable[[int, Any], None] | signal.Handlers) -> None:
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def claim(paths: StackPaths, port: int) -> None:
+    """Record this process in ``up.json``, or refuse when another ``inferq up`` uses this home."""
+    running = read_running(paths)
+    if running is not None:
+        raise StackError(
+            f"inferq is already running from {paths.home} at {running['url']} "
+            f"(pid {running['pid']}); stop it with `inferq down`"
+        )
+    me = psutil.Process()
+    record = {
+        "url": f"http://127.0.0.1:{port}",
+        "pid": me.pid,
+        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "create_time": me.create_time(),
+    }
+    paths.up_json.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def release(paths: StackPaths) -> None:
+    """Remove ``up.json`` when it is this process's."""
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(paths.up_json.read_text()).get("pid") == os.getpid():
+            paths.up_json.unlink()
+
+
+def read_running(paths: StackPaths) -> dict[str, Any] | None:
+    """The ``up.json`` record of a live ``inferq up``, or None (a stale record counts as none)."""
+    try:
+        record: dict[str, Any] = json.loads(paths.up_json.read_text())
+        process = psutil.Process(int(record["pid"]))
+        # A pid alone may have been reused since; its start time may not.
+        same = abs(process.create_time() - float(record["create_time"])) < 1.0
+    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+        return None
+    return record if same else None
+
+
+def down(home: Path, timeout: float = DOWN_TIMEOUT_S) -> dict[str, Any] | None:
+    """Ask the ``inferq up`` using ``home`` to stop, and wait until it has.
+
+    Returns its ``up.json`` record, or None when nothing runs there.
+    """
+    paths = StackPaths(home.resolve())
+    record = read_running(paths)
+    if record is None:
+        paths.up_json.unlink(missing_ok=True)
+        return None
+    process = psutil.Process(int(record["pid"]))
+    with contextlib.suppress(psutil.NoSuchProcess):
+        process.terminate()
+    if not _gone_within(process, timeout):
+        raise StackError(f"inferq up (pid {process.pid}) still runs after {timeout:.0f} s")
+    return record
+
+
+def _gone_within(process: psutil.Process, timeout: float) -> bool:
+    # Not psutil's wait(): `up` is not our child, and once it exits it stays a zombie until its
+    # parent (a shell, a test) reaps it; an exited process is what we wait for.
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.2)
+    return False
