@@ -77,7 +77,7 @@ def scaling(
 ) -> Iterator[Scaling]:
     base = settings if request.param == "redis" else request.getfixturevalue("amqp_settings")
     # One job per batch and no prefetch beyond it: a new worker gets work at once.
-    run = dataclasses.replace(base, max_batch_size=1, worker_prefetch=1)
+    run = base.replace(max_batch_size=1, worker_prefetch=1)
     register_fixture_model(run, MODEL, "tests.fixture_models.slow:SlowDigits", {"delay_s": DELAY_S})
     # the backlog observed is every open job of the lane: those earlier tests left (queued on
     # another broker, or never to be sent) would keep the pool from shrinking
