@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.services.publisher import GroupPublisher
 from api.services.waiters import CompletionWaiter
+from inferq.core.artifacts.store import ArtifactStore
 from inferq.core.settings import Settings
 
 K = TypeVar("K")
@@ -44,6 +45,11 @@ class TtlCache(Generic[K, V]):
                 self._data[key] = (now + self._ttl, value)
         return value
 
+    def forget(self, key: K) -> None:
+        """Drop ``key`` (this process sees a change it made at once)."""
+        with self._lock:
+            self._data.pop(key, None)
+
 
 @dataclasses.dataclass
 class ApiState:
@@ -57,6 +63,8 @@ class ApiState:
     publisher: GroupPublisher
     principals: TtlCache = dataclasses.field(default_factory=lambda: TtlCache(0))
     models: TtlCache = dataclasses.field(default_factory=lambda: TtlCache(0))
+    #: The artifact store, opened on first use (api/services/models.py).
+    artifacts: ArtifactStore | None = None
 
     def init_app(self, app: Flask) -> None:
         """Attach to ``app`` (Flask's extension pattern)."""

@@ -7,7 +7,7 @@ import datetime as dt
 from collections.abc import Sequence
 
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session, aliased, defer
+from sqlalchemy.orm import Session, aliased
 
 from db.tables import Model, ModelActivation, ModelVersion
 
@@ -32,21 +32,17 @@ def lock_model(session: Session, name: str) -> Model | None:
 
 
 def version_by_number(session: Session, model_id: int, number: int) -> ModelVersion | None:
-    """Version ``number`` of the model, without its artifact's bytes, or None."""
+    """Version ``number`` of the model or None."""
     return session.scalars(
-        select(ModelVersion)
-        .options(defer(ModelVersion.artifact))
-        .where(ModelVersion.model_id == model_id, ModelVersion.version == number)
+        select(ModelVersion).where(
+            ModelVersion.model_id == model_id, ModelVersion.version == number
+        )
     ).one_or_none()
 
 
 def version_by_id(session: Session, version_id: int) -> ModelVersion | None:
-    """The version with this id, without its artifact's bytes, or None."""
-    return session.scalars(
-        select(ModelVersion)
-        .options(defer(ModelVersion.artifact))
-        .where(ModelVersion.id == version_id)
-    ).one_or_none()
+    """The version with this id or None."""
+    return session.scalars(select(ModelVersion).where(ModelVersion.id == version_id)).one_or_none()
 
 
 def live_activations(session: Session, model_id: int, limit: int = 100) -> list[ModelActivation]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -18,9 +20,16 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+#: ``sink(bytes, sha256) -> (uri, files)``: stores a legacy artifact held in Postgres in the
+#: artifact store and says where it went (migration 0008 moves them; db knows no store).
+ArtifactSink = Callable[[bytes, str], tuple[str, list[dict[str, Any]]]]
+
+
+def upgrade(url: str, revision: str = "head", artifact_sink: ArtifactSink | None = None) -> None:
     """Bring the database at ``url`` up to ``revision``."""
-    command.upgrade(alembic_config(url), revision)
+    config = alembic_config(url)
+    config.attributes["artifact_sink"] = artifact_sink
+    command.upgrade(config, revision)
 
 
 def downgrade(url: str, revision: str) -> None:

@@ -27,14 +27,16 @@ class ServingInfo:
 
 @dataclasses.dataclass(frozen=True)
 class LoadableVersion:
-    """What a worker needs to load a version."""
+    """What a worker needs to fetch and load a version."""
 
     version_id: int
     model_name: str
     handler: str
     version: int
-    artifact: bytes
+    artifact_uri: str
+    artifact_kind: str
     sha256: str
+    files: list[dict[str, Any]]
     config: dict[str, Any]
 
 
@@ -45,18 +47,15 @@ def ensure_model(
     input_schema: dict[str, Any],
     config: dict[str, Any],
     label_schema: dict[str, Any] | None = None,
+    tensor_spec: dict[str, Any] | None = None,
 ) -> Model:
-    """Register ``name`` (or refresh its handler, schemas and config) and return it."""
+    """Register ``name`` (or refresh its handler, schemas, config and tensor spec)."""
     model = session.scalars(select(Model).where(Model.name == name)).one_or_none()
     if model is None:
         model = Model(name=name, handler=handler)
         session.add(model)
-    model.handler, model.input_schema, model.label_schema, model.config = (
-        handler,
-        input_schema,
-        label_schema,
-        config,
-    )
+    model.handler, model.input_schema, model.label_schema = handler, input_schema, label_schema
+    model.config, model.tensor_spec = config, tensor_spec
     session.flush()
     return model
 
@@ -65,8 +64,11 @@ def add_version(
     session: Session,
     model: Model,
     *,
-    artifact: bytes,
+    artifact_uri: str,
+    artifact_kind: str,
     sha256: str,
+    size_bytes: int,
+    files: list[dict[str, Any]],
     metrics: dict[str, Any],
     created_by: str,
     activate: bool,
@@ -80,9 +82,11 @@ def add_version(
     row = ModelVersion(
         model_id=model.id,
         version=(last or 0) + 1,
-        artifact=artifact,
+        artifact_uri=artifact_uri,
+        artifact_kind=artifact_kind,
         sha256=sha256,
-        size_bytes=len(artifact),
+        size_bytes=size_bytes,
+        files=files,
         metrics=metrics,
         status="candidate",
         created_by=created_by,
@@ -153,8 +157,10 @@ def loadable_version(session: Session, version_id: int) -> LoadableVersion | Non
             Model.name,
             Model.handler,
             ModelVersion.version,
-            ModelVersion.artifact,
+            ModelVersion.artifact_uri,
+            ModelVersion.artifact_kind,
             ModelVersion.sha256,
+            ModelVersion.files,
             Model.config,
         )
         .join(Model, Model.id == ModelVersion.model_id)
@@ -174,13 +180,10 @@ def list_models(session: Session) -> list[Model]:
 
 
 def list_versions(session: Session, model_ids: list[int]) -> list[ModelVersion]:
-    """Versions of the given models without their artifacts' bytes, oldest first."""
-    from sqlalchemy.orm import defer
-
+    """Versions of the given models, oldest first."""
     return list(
         session.scalars(
             select(ModelVersion)
-            .options(defer(ModelVersion.artifact))
             .where(ModelVersion.model_id.in_(model_ids))
             .order_by(ModelVersion.model_id, ModelVersion.version)
         )

@@ -16,7 +16,6 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -43,7 +42,11 @@ def _now() -> Mapped[dt.datetime]:
 class Base(DeclarativeBase):
     """Declarative base of every table."""
 
-    type_annotation_map = {dict[str, Any]: JSONB(none_as_null=True), uuid.UUID: UUID(as_uuid=True)}
+    type_annotation_map = {
+        dict[str, Any]: JSONB(none_as_null=True),
+        list[dict[str, Any]]: JSONB(none_as_null=True),
+        uuid.UUID: UUID(as_uuid=True),
+    }
 
 
 class Tenant(Base):
@@ -90,11 +93,15 @@ class Model(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
-    handler: Mapped[str] = mapped_column(String(64))
+    #: The handler: an ``inferq.models`` entry point name or a ``module:Class`` path.
+    handler: Mapped[str] = mapped_column(String(255))
     input_schema: Mapped[dict[str, Any]]
     #: JSON Schema of a feedback label (the true answer), when the model can learn from one.
     label_schema: Mapped[dict[str, Any] | None]
     config: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    #: The tensors a version's weights must hold (name -> dtype, shape), when the handler
+    #: says: the API checks an upload against it without importing the handler.
+    tensor_spec: Mapped[dict[str, Any] | None]
     active_version_id: Mapped[int | None] = mapped_column(
         ForeignKey("model_versions.id", use_alter=True, name="fk_models_active_version")
     )
@@ -102,20 +109,25 @@ class Model(Base):
 
 
 class ModelVersion(Base):
-    """One trained set of weights: safetensors bytes, their SHA-256 and holdout metrics."""
+    """One set of weights: where the artifact store keeps it (a file or a directory of
+    files), its SHA-256, size and file list, and its holdout metrics."""
 
     __tablename__ = "model_versions"
     __table_args__ = (
         UniqueConstraint("model_id", "version"),
         CheckConstraint(f"status IN {VERSION_STATUSES}", name="model_version_status"),
+        CheckConstraint("artifact_kind IN ('file', 'dir')", name="model_version_artifact_kind"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
     version: Mapped[int] = mapped_column(Integer)
-    artifact: Mapped[bytes] = mapped_column(LargeBinary)
+    artifact_uri: Mapped[str] = mapped_column(Text)
+    artifact_kind: Mapped[str] = mapped_column(String(8), server_default="file")
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
+    #: ``[{"path", "sha256", "size"}, ...]``: the artifact's files.
+    files: Mapped[list[dict[str, Any]]] = mapped_column(server_default=text("'[]'::jsonb"))
     metrics: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
     status: Mapped[str] = mapped_column(String(16), server_default="candidate")
     created_by: Mapped[str] = mapped_column(String(128))

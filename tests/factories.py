@@ -46,7 +46,7 @@ def png_of(pixels: list[float], size: int = 32, ink_dark: bool = True) -> str:
 
 def register_fixture_model(settings: Any, name: str, handler: str, config: dict[str, Any]) -> None:
     """Serve ``name`` by a fixture handler (``module:Class``) with digits' active weights."""
-    from db.registry import add_version, ensure_model, get_model, loadable_version
+    from db.registry import ensure_model, get_model, loadable_version
     from inferq.cli.common import db_session
     from workers.handlers.digits import INPUT_SCHEMA
 
@@ -57,15 +57,7 @@ def register_fixture_model(settings: Any, name: str, handler: str, config: dict[
         assert weights is not None
         model = ensure_model(session, name, handler, INPUT_SCHEMA, config)
         if model.active_version_id is None:
-            add_version(
-                session,
-                model,
-                artifact=weights.artifact,
-                sha256=weights.sha256,
-                metrics={},
-                created_by="tests",
-                activate=True,
-            )
+            same_artifact_version(session, model, weights, metrics={}, activate=True)
 
 
 def quiet_lane(settings: Any, lane: str = "online") -> None:
@@ -150,10 +142,62 @@ def digits_variants() -> dict[str, Artifact]:
     return found
 
 
+def stored_version(
+    session: Any,
+    settings: Any,
+    model: Any,
+    data: bytes,
+    *,
+    metrics: dict[str, Any] | None = None,
+    activate: bool,
+    created_by: str = "tests",
+) -> Any:
+    """``data`` (bytes meant as a safetensors file, or not) put in the run's artifact store and
+    added as ``model``'s next version, unchecked: a broken artifact registers too."""
+    import tempfile
+    from pathlib import Path
+
+    from inferq.core.artifacts import open_store
+    from inferq.domain.registration import add_version_of
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.safetensors"
+        path.write_bytes(data)
+        artifact = open_store(settings).ingest_path(path)
+    return add_version_of(
+        session, model, artifact, metrics=metrics, created_by=created_by, activate=activate
+    )
+
+
+def same_artifact_version(
+    session: Any, model: Any, loadable: Any, *, metrics: dict[str, Any], activate: bool
+) -> Any:
+    """Another version of ``model`` on the artifact a loadable version row points at."""
+    from inferq.domain.registration import add_version_of
+    from workers.runtime import artifact_of
+
+    return add_version_of(
+        session,
+        model,
+        artifact_of(loadable),
+        metrics=metrics,
+        created_by="tests",
+        activate=activate,
+    )
+
+
+def stored_bytes(settings: Any, artifact_uri: str) -> bytes:
+    """The bytes of a single-file artifact."""
+    from inferq.core.artifacts.store import open_store_at, root_of
+
+    store = open_store_at(root_of(artifact_uri), settings)
+    return store.read_bytes(store.key_of(artifact_uri))
+
+
 def experiment_model(settings: Any, versions: list[Artifact], active: int) -> str:
     """A fresh model served by the digits handler with ``versions`` (numbered from 1), of
     which ``active`` serves; returns its name."""
-    from db.registry import add_version, ensure_model
+    from db.registry import ensure_model
     from inferq.cli.common import db_session
     from workers.handlers.digits import DigitsHandler
 
@@ -168,13 +212,12 @@ def experiment_model(settings: Any, versions: list[Artifact], active: int) -> st
             DigitsHandler.label_schema,
         )
         for number, artifact in enumerate(versions, start=1):
-            add_version(
+            stored_version(
                 session,
+                settings,
                 model,
-                artifact=artifact.data,
-                sha256=artifact.sha256,
+                artifact.data,
                 metrics=artifact.metrics,
-                created_by="tests",
                 activate=number == active,
             )
     return name

@@ -9,9 +9,11 @@ from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import make_engine, make_session_factory
+from inferq.core.artifacts.store import open_store, open_store_at
 from inferq.core.metrics import WorkerMetrics
 from inferq.core.settings import Settings
 from inferq.core.status import make_redis
+from workers.artifact_cache import ArtifactCache
 from workers.device import choose_device, configure_threads
 from workers.liveness import Liveness
 from workers.middleware import Middleware, default_middleware
@@ -46,8 +48,10 @@ class WorkerContext:
         configure_threads(settings.worker.torch_threads)
         metrics = WorkerMetrics()
 
-        def loaded(model: str, seconds: float) -> None:
-            metrics.model_load.labels(model).observe(seconds)
+        def loaded(model: str, fetch_s: float, load_s: float) -> None:
+            if fetch_s > 0:
+                metrics.model_fetch.labels(model).observe(fetch_s)
+            metrics.model_load.labels(model).observe(load_s)
 
         return cls(
             settings=settings,
@@ -55,6 +59,16 @@ class WorkerContext:
             app=app,
             sessions=sessions,
             redis=make_redis(settings),
-            runtime=ModelRuntime(sessions, choose_device(settings.worker.device), on_load=loaded),
+            runtime=ModelRuntime(
+                sessions,
+                choose_device(settings.worker.device),
+                ArtifactCache(
+                    open_store(settings),
+                    settings.artifact_cache_path,
+                    settings.artifacts.artifact_cache_bytes,
+                    open_root=lambda uri: open_store_at(uri, settings),
+                ),
+                on_load=loaded,
+            ),
             metrics=metrics,
         )

@@ -17,7 +17,7 @@ from typing import Any
 
 import jsonschema
 
-from db.registry import add_version, get_model, loadable_version
+from db.registry import get_model
 from db.tables import Model, ModelVersion
 from db.training import (
     LabelledJob,
@@ -27,8 +27,10 @@ from db.training import (
     set_progress,
     start_run,
 )
-from inferq.core.artifacts import pack, unpack
+from inferq.core.artifacts import read_tensors
 from inferq.core.handlers import Example, ModelHandler, handler_class
+from inferq.domain.registration import add_version_of
+from inferq.domain.weights import store_tensors
 from workers.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -127,11 +129,13 @@ def _train(
         model = session.get_one(Model, model_id)
         handler_name, config, label_schema = model.handler, dict(model.config), model.label_schema
         jobs = labelled_feedback(session, model_id)
-        active = loadable_version(session, active_id) if active_id is not None else None
         active_metrics = _version_metrics(session, active_id)
     train, evaluation, invalid = _examples(jobs, label_schema)
     cls = handler_class(handler_name)
-    start_from = unpack(active.artifact, active.sha256) if active is not None else None
+    active, start_from = None, None
+    if active_id is not None:
+        active, path = ctx.runtime.local_artifact(active_id)
+        start_from = read_tensors(path)
     _progress(ctx, rid, 0.2, f"training on {len(train)} feedback examples")
     trained = cls(ctx.runtime.device, config).train(
         train,
@@ -149,14 +153,13 @@ def _train(
         current.load(*start_from)
         active_report["feedback_accuracy"] = accuracy(current, evaluation)
     _progress(ctx, rid, 0.9, "registering")
-    artifact, sha256 = pack(trained.tensors, trained.metadata)
+    artifact = store_tensors(ctx.runtime.cache.store, trained.tensors, trained.metadata)
     with ctx.sessions.begin() as session:
         model = session.get_one(Model, model_id)
-        version = add_version(
+        version = add_version_of(
             session,
             model,
-            artifact=artifact,
-            sha256=sha256,
+            artifact,
             metrics={k: v for k, v in candidate_metrics.items() if v is not None},
             created_by=f"training run {rid}",
             activate=False,

@@ -6,7 +6,7 @@ import json
 import math
 from typing import Any
 
-from flask import request
+from flask import Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from inferq.core.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
@@ -94,3 +94,17 @@ def json_object(*, optional: bool = False) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("The JSON body must be an object.")
     return body
+
+
+def drain_upload(response: Response, limit: int) -> None:
+    """Read and drop what is left of the request body, up to ``limit`` bytes; past that, or
+    when the body cannot be read, the connection is closed after ``response`` instead."""
+    stream = request.environ.get("wsgi.input")
+    left = limit
+    try:
+        while stream is not None and left > 0 and (block := stream.read(min(1 << 16, left))):
+            left -= len(block)
+    except Exception:  # a client that went away, a malformed chunk: nothing to keep alive
+        left = 0
+    if left <= 0:
+        response.headers["Connection"] = "close"

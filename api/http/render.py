@@ -64,6 +64,7 @@ def version(row: ModelVersion) -> dict[str, Any]:
         "status": row.status,
         "sha256": row.sha256,
         "size_bytes": row.size_bytes,
+        "artifact": {"uri": row.artifact_uri, "kind": row.artifact_kind, "files": row.files},
         "metrics": row.metrics,
         "created_by": row.created_by,
         "created_at": _iso(row.created_at),

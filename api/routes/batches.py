@@ -9,6 +9,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request, url_for
 
 from api.http.auth import current_principal, require
+from api.http.body import drain_upload
 from api.services import batches as svc
 from api.state import state
 from inferq.core.errors import BadRequest, InvalidInput, UnsupportedMediaType
@@ -55,7 +56,7 @@ def finish_reading_a_refused_upload(response: Response) -> Response:
     to its end before the answer goes out: nginx streams uploads to the node as they come
     (proxy_request_buffering off) and would otherwise reuse the connection mid-body."""
     if request.endpoint == "batches.submit" and response.status_code >= 400:
-        svc.drain_upload(response, state().settings.batches.max_batch_bytes)
+        drain_upload(response, state().settings.batches.max_batch_bytes)
     return response
 
 

@@ -1,17 +1,18 @@
-"""``/v1/models``: the models, their versions, metrics and the active version; promote and
-roll back (admin)."""
+"""``/v1/models``: the models, their versions, metrics and the active version; register a
+model and upload or name a version's artifact, promote and roll back (admin)."""
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Any
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request, url_for
 
 from api.http import render
 from api.http.auth import require
-from api.http.body import json_object
+from api.http.body import drain_upload, json_object
 from api.http.validation import check
+from api.services import models as svc
 from api.services.experiments import actor
 from api.state import state
 from db.activations import history
@@ -20,8 +21,80 @@ from db.registry import get_model, list_models, list_versions
 from db.training import latest_run, run_dict, version_accuracy
 from inferq.core.errors import NotFound
 from inferq.domain.promotion import promote, rollback
+from inferq.domain.registration import NAME_PATTERN
 
 bp = Blueprint("models", __name__, url_prefix="/v1/models")
+
+MODEL_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "handler"],
+    "properties": {
+        "name": {"type": "string", "pattern": NAME_PATTERN},
+        "handler": {
+            "type": "string",
+            "maxLength": 255,
+            "pattern": r"^[A-Za-z_][A-Za-z0-9_.]*(:[A-Za-z_][A-Za-z0-9_]*)?$",
+        },
+        "config": {"type": "object"},
+    },
+}
+VERSION_BY_URI_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["uri"],
+    "properties": {
+        "uri": {"type": "string", "minLength": 1, "maxLength": 2048},
+        "activate": {"type": "boolean"},
+    },
+}
+
+
+@bp.post("")
+@require("admin")
+def create() -> Response:
+    """Register a model served by an installed handler (201; 200 when it existed)."""
+    body = json_object()
+    check(MODEL_SCHEMA, body)
+    st = state()
+    model, created = svc.create_model(st, body["name"], body["handler"], body.get("config") or {})
+    with st.sessions() as session:
+        versions = list_versions(session, [model.id])
+    response = jsonify(render.model(model, versions))
+    response.status_code = 201 if created else 200
+    response.headers["Location"] = url_for("models.show", name=model.name)
+    return response
+
+
+@bp.post("/<name>/versions")
+@require("admin")
+def add_version(name: str) -> Response:
+    """Add a version from an uploaded artifact, or from one the store holds (201)."""
+    st = state()
+    with st.sessions() as session:
+        if get_model(session, name) is None:  # before reading a byte of an upload
+            raise NotFound(f"No model named {name[:64]!r}; create it first (POST /v1/models).")
+    if (request.mimetype or "") == "application/json":
+        body = json_object()
+        check(VERSION_BY_URI_SCHEMA, body)
+        artifact, activate = svc.artifact_at(st, body["uri"]), bool(body.get("activate"))
+    else:
+        activate = request.args.get("activate", "").lower() in ("1", "true", "yes")
+        artifact = svc.receive_artifact(st)
+    version = svc.add_version(st, name, artifact, activate=activate, created_by=actor())
+    response = jsonify(render.version(version))
+    response.status_code = 201
+    response.headers["Location"] = url_for("models.show", name=name)
+    return response
+
+
+@bp.after_request
+def finish_reading_a_refused_upload(response: Response) -> Response:
+    """An upload refused before its end is read to its end before the answer goes out
+    (nginx streams it on and would otherwise reuse the connection mid-body)."""
+    if request.endpoint == "models.add_version" and response.status_code >= 400:
+        drain_upload(response, state().settings.artifacts.max_artifact_bytes)
+    return response
 
 
 @bp.get("")

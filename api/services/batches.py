@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 import redis
-from flask import Response, request
+from flask import request
 
 from api.http.jsonl import Limits, Line, bad_line, read_lines, unstorable
 from api.http.validation import check, fast_validator
@@ -379,20 +379,6 @@ def _csv(page: list[Any]) -> str:
 
 def _json_cell(value: Any) -> str:
     return "" if value is None else json.dumps(value, separators=(",", ":"))
-
-
-def drain_upload(response: Response, limit: int) -> None:
-    """Read and drop what is left of the request body, up to ``limit`` bytes; past that, or
-    when the body cannot be read, the connection is closed after ``response`` instead."""
-    stream = request.environ.get("wsgi.input")
-    left = limit
-    try:
-        while stream is not None and left > 0 and (block := stream.read(min(1 << 16, left))):
-            left -= len(block)
-    except Exception:  # a client that went away, a malformed chunk: nothing to keep alive
-        left = 0
-    if left <= 0:
-        response.headers["Connection"] = "close"
 
 
 def jsonl_lines(st: ApiState) -> Iterator[Line]:

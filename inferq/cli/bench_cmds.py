@@ -144,6 +144,8 @@ def _active_handler(settings: Settings, model: str) -> Any:
     # The bench is a CLI command: it reaches into the worker runtime lazily, here only.
     from db.engine import make_engine, make_session_factory
     from db.registry import serving_info
+    from inferq.core.artifacts.store import open_store, open_store_at
+    from workers.artifact_cache import ArtifactCache
     from workers.device import choose_device, configure_threads
     from workers.runtime import ModelRuntime
 
@@ -156,10 +158,15 @@ def _active_handler(settings: Settings, model: str) -> Any:
         serving = serving_info(session, model)
     if serving is None or serving.active_version_id is None:
         raise SystemExit(f"model {model!r} has no active version")
+    cache = ArtifactCache(
+        open_store(settings),
+        settings.artifact_cache_path,
+        settings.artifacts.artifact_cache_bytes,
+        open_root=lambda uri: open_store_at(uri, settings),
+    )
     try:
-        return ModelRuntime(sessions, choose_device(settings.worker.device)).handler(
-            serving.active_version_id
-        )
+        runtime = ModelRuntime(sessions, choose_device(settings.worker.device), cache)
+        return runtime.handler(serving.active_version_id)
     finally:
         engine.dispose()
 

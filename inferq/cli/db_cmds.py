@@ -16,10 +16,15 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True)
 @reports_errors
 def upgrade(revision: str) -> None:
-    """Migrate the database to REVISION."""
+    """Migrate the database to REVISION (moving artifacts kept in Postgres by older versions
+    into the artifact store, INFERQ_ARTIFACT_STORE)."""
     from db.migrate import upgrade as run_upgrade
+    from inferq.core.artifacts import open_store
+    from inferq.domain.registration import legacy_sink
 
-    run_upgrade(load_settings().require_database_url(), revision)
+    settings = load_settings()
+    sink = legacy_sink(open_store(settings))
+    run_upgrade(settings.require_database_url(), revision, artifact_sink=sink)
     info(f"database at {revision}")
 
 

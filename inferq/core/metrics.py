@@ -133,6 +133,14 @@ class WorkerMetrics:
             buckets=LOAD_BUCKETS,
             registry=reg,
         )
+        self.model_fetch = Histogram(
+            "inferq_worker_model_fetch_seconds",
+            "Time to download a version's artifact from the store into the worker's cache "
+            "(only when it was not cached already), by model.",
+            ["model"],
+            buckets=LOAD_BUCKETS,
+            registry=reg,
+        )
         self.last_batch = Gauge(
             "inferq_worker_last_batch_timestamp_seconds",
             "Unix time at which this worker last stored a batch.",

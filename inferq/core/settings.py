@@ -61,6 +61,28 @@ class BatchSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class ArtifactSettings:
+    """Model artifacts: where versions' weights are stored and cached."""
+
+    #: The artifact store: a directory (``file:///srv/models`` or a plain path; a volume
+    #: every worker shares in compose and Kubernetes) or ``s3://bucket/prefix``; unset,
+    #: ``<INFERQ_HOME>/artifacts``. Postgres keeps only each version's URI, digest and files.
+    artifact_store: str = ""
+    #: S3-compatible servers (MinIO, Ceph…): the endpoint URL; unset, AWS S3. Credentials
+    #: come from the usual ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` variables.
+    s3_endpoint_url: str = ""
+    #: The S3 region; unset, boto3's default.
+    s3_region: str = ""
+    #: Where a worker keeps the artifacts it fetched (reused across restarts); unset,
+    #: ``<INFERQ_HOME>/artifact-cache``.
+    artifact_cache_dir: str = ""
+    #: The most bytes that cache holds; the least recently used artifacts go first.
+    artifact_cache_bytes: int = 20 * 2**30
+    #: The largest artifact an upload (``POST /v1/models/{name}/versions``) may carry.
+    max_artifact_bytes: int = 16 * 2**30
+
+
+@dataclasses.dataclass(frozen=True)
 class WorkerSettings:
     """Worker processes (Celery, torch)."""
 
@@ -300,6 +322,7 @@ class LocalSettings:
 SECTIONS: dict[str, type] = {
     "api": ApiSettings,
     "batches": BatchSettings,
+    "artifacts": ArtifactSettings,
     "worker": WorkerSettings,
     "scheduler": SchedulerSettings,
     "retraining": RetrainingSettings,
@@ -334,6 +357,7 @@ class Settings:
 
     api: ApiSettings = dataclasses.field(default_factory=ApiSettings)
     batches: BatchSettings = dataclasses.field(default_factory=BatchSettings)
+    artifacts: ArtifactSettings = dataclasses.field(default_factory=ArtifactSettings)
     worker: WorkerSettings = dataclasses.field(default_factory=WorkerSettings)
     scheduler: SchedulerSettings = dataclasses.field(default_factory=SchedulerSettings)
     retraining: RetrainingSettings = dataclasses.field(default_factory=RetrainingSettings)
@@ -441,6 +465,12 @@ class Settings:
                 "INFERQ_BROKER_URL is not set (`inferq up` sets it for its processes)"
             )
         return self.broker_url
+
+    @property
+    def artifact_cache_path(self) -> Path:
+        """Where this process caches fetched artifacts."""
+        configured = self.artifacts.artifact_cache_dir
+        return Path(configured) if configured else Path(self.home).resolve() / "artifact-cache"
 
     def values(self) -> Iterator[tuple[str, Any]]:
         """Every field's name and value, sections flattened."""

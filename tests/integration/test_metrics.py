@@ -24,7 +24,7 @@ from scheduler.metrics import Observer
 from scheduler.reconciler import ReconcileReport
 from scheduler.service import make_reconciler
 from tests.conftest import Keys
-from tests.factories import holdout
+from tests.factories import holdout, same_artifact_version
 from tests.integration.conftest import Caller
 from tests.prometheus import Scrape
 from workers.context import WorkerContext
@@ -78,7 +78,7 @@ def beats(settings: Settings) -> Iterator[Any]:
 
 def new_model(settings: Settings, holdout_accuracy: float = 0.97) -> str:
     """A model of its own (digits' weights), so its numbers are this test's alone."""
-    from db.registry import add_version, ensure_model, get_model, loadable_version
+    from db.registry import ensure_model, get_model, loadable_version
     from workers.handlers.digits import DigitsHandler
 
     name = f"m-{uuid.uuid4().hex[:8]}"
@@ -90,14 +90,8 @@ def new_model(settings: Settings, holdout_accuracy: float = 0.97) -> str:
         model = ensure_model(
             session, name, "digits", DigitsHandler.input_schema, {}, DigitsHandler.label_schema
         )
-        add_version(
-            session,
-            model,
-            artifact=weights.artifact,
-            sha256=weights.sha256,
-            metrics={"holdout_accuracy": holdout_accuracy},
-            created_by="tests",
-            activate=True,
+        same_artifact_version(
+            session, model, weights, metrics={"holdout_accuracy": holdout_accuracy}, activate=True
         )
     return name
 

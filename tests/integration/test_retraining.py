@@ -18,7 +18,7 @@ import redis
 from flask.testing import FlaskClient
 
 from api.app import create_app
-from db.registry import add_version, ensure_model, get_model
+from db.registry import ensure_model, get_model
 from db.training import get_run
 from inferq.cli.common import db_session
 from inferq.core.artifacts import pack, unpack
@@ -27,7 +27,7 @@ from inferq.core.messages import TRAIN_TASK
 from inferq.core.settings import Settings
 from scheduler.retraining import beat_schedule
 from scheduler.rollout import apply_pending
-from tests.factories import digits_variants
+from tests.factories import digits_variants, stored_bytes, stored_version
 from tests.integration.conftest import Caller
 from tests.processes import ServiceProcess, wait_for_log
 from workers.context import WorkerContext
@@ -65,15 +65,7 @@ def new_model(settings: Settings, handler: str, artifact: bytes, sha: str, metri
             {"max_batch_size": 64, "max_batch_delay_ms": 2, **FAST},
             {"type": "integer", "minimum": 0, "maximum": 9},
         )
-        add_version(
-            session,
-            model,
-            artifact=artifact,
-            sha256=sha,
-            metrics=metrics,
-            created_by="tests",
-            activate=True,
-        )
+        stored_version(session, settings, model, artifact, metrics=metrics, activate=True)
     return name
 
 
@@ -101,7 +93,7 @@ def version_tensors(settings: Settings, model: str, number: int) -> dict:
         row = get_model(session, model)
         assert row is not None
         version = session.query(ModelVersion).filter_by(model_id=row.id, version=number).one()
-        return unpack(version.artifact, version.sha256)[0]
+        return unpack(stored_bytes(settings, version.artifact_uri), version.sha256)[0]
 
 
 def test_feedback_on_a_weak_digit_retrains_and_rolls_out_a_better_version(
@@ -181,14 +173,8 @@ def test_the_ab_policy_starts_an_experiment_for_a_candidate_not_worse_on_the_hol
     with db_session(ctx.settings) as session:
         row = get_model(session, model)
         assert row is not None
-        candidate = add_version(
-            session,
-            row,
-            artifact=good.data,
-            sha256=good.sha256,
-            metrics=good.metrics,
-            created_by="tests",
-            activate=False,
+        candidate = stored_version(
+            session, ctx.settings, row, good.data, metrics=good.metrics, activate=False
         )
         from db.training import finish_run, open_run, start_run
 

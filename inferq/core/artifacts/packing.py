@@ -1,4 +1,4 @@
-"""Model artifacts: safetensors bytes with a SHA-256, checked before anything is loaded.
+"""Weights as safetensors bytes: what training writes, and reading them back (tests, tools).
 
 Nothing is ever unpickled: safetensors holds raw tensors and a string-to-string header.
 """
@@ -6,7 +6,9 @@ Nothing is ever unpickled: safetensors holds raw tensors and a string-to-string 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from inferq.core.errors import ArtifactError
@@ -30,8 +32,6 @@ def pack(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> tu
 
 def unpack(data: bytes, sha256: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Check the digest, then load tensors and header metadata from safetensors bytes."""
-    import json
-
     from safetensors.torch import load
 
     actual = digest(data)
@@ -44,3 +44,24 @@ def unpack(data: bytes, sha256: str) -> tuple[dict[str, torch.Tensor], dict[str,
     except Exception as exc:  # safetensors raises its own untyped errors
         raise ArtifactError(f"artifact is not valid safetensors: {exc}") from exc
     return tensors, dict(header.get("__metadata__") or {})
+
+
+def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata from a local artifact: one safetensors file, or every
+    ``*.safetensors`` file (shard) of a directory merged."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    files = [path] if path.is_file() else sorted(path.rglob("*.safetensors"))
+    if not files:
+        raise ArtifactError(f"{path} holds no .safetensors file")
+    tensors: dict[str, torch.Tensor] = {}
+    metadata: dict[str, str] = {}
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as opened:
+                metadata.update(opened.metadata() or {})
+            tensors.update(load_file(str(file), device="cpu"))
+        except Exception as exc:  # safetensors raises its own untyped errors
+            raise ArtifactError(f"{file.name} is not valid safetensors: {exc}") from exc
+    return tensors, metadata
