@@ -5,7 +5,6 @@ Not a mock of the client: boto3 speaks HTTP to it as it would to S3 or MinIO.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import requests
 
 from tests.processes import free_port
@@ -69,6 +69,11 @@ def _keys() -> dict[str, str]:
     }
 
 
-def with_credentials() -> None:
-    """Put the test credentials where boto3 (in this process and its children) looks."""
-    os.environ.update(CREDENTIALS)
+@pytest.fixture(scope="module")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A moto S3 server for the module's tests, with the test credentials in the environment."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in CREDENTIALS.items():
+            patch.setenv(name, value)
+        with s3_server(tmp_path_factory.mktemp("moto")) as url:
+            yield url

@@ -217,7 +217,7 @@ def _timings(handler: Any, prepared: list[Any], largest: int) -> dict[int, float
 def close(a: Any, b: Any) -> bool:
     """Whether two JSON values are equal, numbers within the tolerances."""
     if isinstance(a, bool) or isinstance(b, bool):
-        return a == b
+        return type(a) is type(b) and a == b
     if isinstance(a, int | float) and isinstance(b, int | float):
         return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=ABS_TOL)
     if isinstance(a, list) and isinstance(b, list):

@@ -16,6 +16,7 @@ from api.app import create_app
 from inferq.core.broker import queue_name
 from inferq.core.settings import Settings
 from tests.conftest import Keys
+from tests.s3 import s3_endpoint  # noqa: F401 (a fixture: a moto S3 server)
 
 
 @pytest.fixture

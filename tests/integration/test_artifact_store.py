@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,17 +15,8 @@ from inferq.core.artifacts.filesystem import FileStore
 from inferq.core.artifacts.s3 import S3Store
 from inferq.core.errors import ArtifactError
 from inferq.core.settings import Settings
-from tests.s3 import CREDENTIALS, new_bucket, s3_server
+from tests.s3 import new_bucket
 from workers.artifact_cache import ArtifactCache
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in CREDENTIALS.items():
-            patch.setenv(name, value)
-        with s3_server(tmp_path_factory.mktemp("moto")) as url:
-            yield url
 
 
 @pytest.fixture(params=["file", "s3"])

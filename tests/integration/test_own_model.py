@@ -23,6 +23,7 @@ from inferq.core.broker import make_celery
 from inferq.core.settings import Settings
 from tests.fixture_models import tabular
 from tests.integration.conftest import Caller
+from tests.s3 import new_bucket
 from workers.context import WorkerContext
 from workers.runner import run_batch
 
@@ -353,3 +354,27 @@ def test_a_missing_artifact_fails_its_versions_jobs_and_the_worker_serves_the_re
     assert failed["status"] == "failed" and failed["error"]["type"] == "model-unavailable"
     assert "has nothing at" in failed["error"]["message"]
     assert served["status"] == "succeeded"
+
+
+def test_a_model_in_s3_registers_and_serves(
+    settings: Settings, digits_version: int, alice: Caller, s3_endpoint: str, tmp_path: Path
+) -> None:
+    """The S3 backend end to end against a real S3-compatible server: the CLI uploads the
+    weights, a worker on the same settings fetches them from the bucket and serves."""
+    bucket = new_bucket(s3_endpoint)
+    on_s3 = settings.replace(
+        artifact_store=f"s3://{bucket}/inferq", s3_endpoint_url=s3_endpoint, s3_region="us-east-1"
+    )
+    name, weights = new_name(), saved(tmp_path / "w.safetensors", seed=9)
+    result = cli(
+        on_s3, "models", "add", name, "--handler", HANDLER, "--weights", str(weights), "--activate"
+    )
+    assert result.exit_code == 0, result.output
+    listing = {m["name"]: m for m in json.loads(cli(on_s3, "models", "list").stdout)}
+    assert listing[name]["versions"][0]["artifact_uri"].startswith(f"s3://{bucket}/inferq/blobs/")
+    worker = WorkerContext.create(
+        on_s3.replace(artifact_cache_dir=str(tmp_path / "cache")), "s3@test", make_celery(on_s3)
+    )
+    job = serve(worker, alice, name, tabular.EXAMPLES[:1])[0]
+    assert job["status"] == "succeeded", job
+    assert any((tmp_path / "cache" / "blobs").iterdir())
