@@ -24,8 +24,37 @@ class Pool:
         self.batches.append([request.args[0] for request in requests])
 
 
-def strategy(flush_every: int, max_items: int, sparse_gap_s: float = 60) -> tuple[Any, Pool]:
-    """The message handler the worker's consumer would call, wired to a recording pool."""
+class Timer:
+    """The consumer's timer: keeps the flush callback celery-batches asks it to repeat, which
+    the test calls (a tick) when it chooses."""
+
+    def __init__(self) -> None:
+        self.callback: Any = None
+
+    def call_repeatedly(self, interval: float, callback: Any, *args: Any, **kwargs: Any) -> Any:
+        self.callback = callback
+        return SimpleNamespace(cancel=self.cancel)
+
+    def cancel(self) -> None:
+        self.callback = None
+
+    def tick(self) -> None:
+        if self.callback is not None:
+            self.callback()
+
+
+def strategy(
+    flush_every: int,
+    max_items: int,
+    sparse_gap_s: float = 60,
+    idle_gap_s: float = 60,
+    max_delay_s: float = 60,
+    timer: Timer | None = None,
+) -> tuple[Any, Pool]:
+    """The message handler the worker's consumer would call, wired to a recording pool.
+
+    By default neither the quiet gap nor the deadline flushes within a test, and no message
+    comes after a lull."""
     app = Celery("t", set_as_current=False)
 
     @app.task(
@@ -33,18 +62,21 @@ def strategy(flush_every: int, max_items: int, sparse_gap_s: float = 60) -> tupl
         base=DynamicBatches,
         flush_every=flush_every,
         flush_interval=60,
-        idle_gap_s=60,  # neither the quiet gap nor the deadline flushes within a test
-        max_delay_s=60,
+        idle_gap_s=idle_gap_s,
+        max_delay_s=max_delay_s,
         max_items=max_items,
-        sparse_gap_s=sparse_gap_s,  # by default no message in a test comes after a lull
+        sparse_gap_s=sparse_gap_s,
     )
     def predict(requests: Any) -> None:
         raise AssertionError("the recording pool never runs batches")
 
     pool = Pool()
-    timer = SimpleNamespace(call_repeatedly=lambda *args, **kwargs: SimpleNamespace())
     consumer = SimpleNamespace(
-        pool=pool, hostname="w@test", connection_errors=(), event_dispatcher=None, timer=timer
+        pool=pool,
+        hostname="w@test",
+        connection_errors=(),
+        event_dispatcher=None,
+        timer=timer or Timer(),
     )
     return predict.Strategy(predict, app, consumer), pool
 
@@ -130,3 +162,67 @@ def test_after_a_lull_a_message_carrying_load_still_waits_for_company(clock: Clo
     clock.sleep(0.06)
     deliver(handler, ["e", "f"])  # a message of several jobs after a lull is load too
     assert pool.batches == []
+
+
+def test_a_partial_batch_goes_once_the_stream_has_been_quiet_for_the_idle_gap(
+    clock: Clock,
+) -> None:
+    """Light load: a few jobs close together, then nothing more.
+
+    Catches: the quiet-gap rule removed from ``DynamicBatches._do_flush`` (the partial batch
+    then waits for its deadline), and a tick that flushes whatever it finds (before the gap).
+    """
+    timer = Timer()
+    handler, pool = strategy(
+        flush_every=64, max_items=64, idle_gap_s=0.010, max_delay_s=1.0, timer=timer
+    )
+    # Given two jobs 4 ms apart, the timer ticking in between and after
+    deliver(handler, ["a"])
+    clock.sleep(0.004)
+    timer.tick()
+    deliver(handler, ["b"])
+    clock.sleep(0.008)
+    timer.tick()
+    # Then while the stream has been quiet for less than the gap, the batch waits to grow
+    assert pool.batches == []
+    # When it has been quiet for the gap (11 ms since b, 15 ms since a: far from the deadline)
+    clock.sleep(0.003)
+    timer.tick()
+    # Then the partial batch goes
+    assert pool.batches == [[["a"], ["b"]]]
+
+
+def test_under_a_steady_trickle_a_partial_batch_goes_at_the_max_delay(clock: Clock) -> None:
+    """Messages 4 ms apart never leave a 10 ms gap: the oldest one's 50 ms deadline sends them.
+
+    Catches: the max-delay rule removed from ``DynamicBatches._do_flush`` (under a trickle the
+    batch never goes until it is full), a deadline counted from the newest message instead of
+    the oldest, one not restarted with the next batch, and a flush before the deadline.
+    """
+    timer = Timer()
+    handler, pool = strategy(
+        flush_every=64, max_items=64, idle_gap_s=0.010, max_delay_s=0.050, timer=timer
+    )
+    # Given a message every 4 ms from t=0 to t=48 ms, the timer ticking 1 ms after each
+    sent = []
+    for n in range(13):
+        deliver(handler, [f"j{n}"])
+        sent.append([f"j{n}"])
+        clock.sleep(0.001)
+        timer.tick()
+        # Then no tick before the deadline (the last at t=49 ms) sends the partial batch
+        assert pool.batches == [], f"flushed {1000 * (clock.now - 1000.0):.0f} ms in"
+        clock.sleep(0.003)
+    # When the trickle goes on past the oldest message's deadline (t=52, tick at t=53 ms)
+    deliver(handler, ["j13"])
+    sent.append(["j13"])
+    clock.sleep(0.001)
+    timer.tick()
+    # Then everything buffered goes at once, at the first tick past the deadline
+    assert pool.batches == [sent]
+    # and the next message starts a deadline of its own
+    clock.sleep(0.003)
+    deliver(handler, ["k"])
+    clock.sleep(0.001)
+    timer.tick()
+    assert pool.batches == [sent]
