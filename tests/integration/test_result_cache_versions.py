@@ -8,6 +8,7 @@ then changes what serves the input and checks the old output is not served.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -18,10 +19,11 @@ from flask.testing import FlaskClient
 from sqlalchemy import text
 
 from api.app import create_app
+from db.registry import get_model
 from inferq.core.broker import make_celery
 from inferq.core.settings import Settings
 from tests.conftest import Keys
-from tests.factories import Artifact, digits_variants, experiment_model, holdout
+from tests.factories import Artifact, digits_variants, experiment_model, holdout, stored_version
 from tests.integration.conftest import Caller
 from workers.context import WorkerContext
 from workers.handlers.digits import DigitsHandler
@@ -97,7 +99,7 @@ def assert_cache_answers(caller: Caller, model: str, body: dict[str, Any], outpu
 
 def model_of(settings: Settings, handler: str, artifact: Artifact) -> str:
     """A fresh model served by ``handler`` with ``artifact`` as its one, active version."""
-    from db.registry import add_version, ensure_model
+    from db.registry import ensure_model
     from inferq.cli.common import db_session
 
     name = f"cache-{uuid.uuid4().hex[:8]}"
@@ -110,15 +112,7 @@ def model_of(settings: Settings, handler: str, artifact: Artifact) -> str:
             dict(DigitsHandler.default_config),
             DigitsHandler.label_schema,
         )
-        add_version(
-            session,
-            model,
-            artifact=artifact.data,
-            sha256=artifact.sha256,
-            metrics={},
-            created_by="tests",
-            activate=True,
-        )
+        stored_version(session, settings, model, artifact.data, metrics={}, activate=True)
     return name
 
 
@@ -211,12 +205,21 @@ def test_a_version_id_standing_for_other_weights_is_not_answered_from_the_cache(
     # When that version's row now holds other weights under the same id
     bad = variants["bad"]
     with ctx.sessions.begin() as session:
+        other = get_model(session, model)
+        assert other is not None
+        scratch = stored_version(session, ctx.settings, other, bad.data, activate=False)
         changed = session.execute(
             text(
-                "UPDATE model_versions SET artifact = :data, sha256 = :sha, size_bytes = :size"
-                " WHERE model_id = (SELECT id FROM models WHERE name = :model)"
+                "UPDATE model_versions SET artifact_uri = :uri, sha256 = :sha, files = CAST(:files"
+                " AS jsonb), size_bytes = :size WHERE id = :id"
             ),
-            {"data": bad.data, "sha": bad.sha256, "size": len(bad.data), "model": model},
+            {
+                "uri": scratch.artifact_uri,
+                "sha": bad.sha256,
+                "files": json.dumps(scratch.files),
+                "size": len(bad.data),
+                "id": other.active_version_id,
+            },
         )
         assert changed.rowcount == 1
     # Then the same input is not answered from the cache: the new weights compute it
