@@ -86,6 +86,7 @@ def local_values(
         "NGINX_ACCESS_LOG": _quote(paths.access_log),
         "INFERQ_MAX_BODY_BYTES": str(settings.api.max_body_bytes),
         "INFERQ_MAX_BATCH_BYTES": str(settings.batches.max_batch_bytes),
+        "INFERQ_MAX_ARTIFACT_BYTES": str(settings.artifacts.max_artifact_bytes),
         "INFERQ_RATE_LIMIT_RPS": str(settings.front.rate_limit_rps),
         "INFERQ_RATE_LIMIT_BURST": str(settings.front.rate_limit_burst),
     }
