@@ -29,6 +29,7 @@ REQUEST_SCHEMAS: dict[str, tuple[str, str]] = {
     "jobs.submit": ("api.routes.jobs", "SUBMIT_SCHEMA"),
     "jobs.feedback": ("api.routes.jobs", "FEEDBACK_SCHEMA"),
     "models.promote_version": ("api.routes.models", "REASON_SCHEMA"),
+    "models.create": ("api.routes.models", "MODEL_SCHEMA"),
     "experiments.create": ("api.routes.experiments", "CREATE_SCHEMA"),
     "experiments.stop": ("api.routes.experiments", "STOP_SCHEMA"),
 }
@@ -40,6 +41,8 @@ SUCCESS: dict[str, dict[str, str | None]] = {
     "jobs.feedback": {"201": "Feedback"},
     "models.index": {"200": "Models"},
     "models.show": {"200": "Model"},
+    "models.create": {"200": "Model", "201": "Model"},
+    "models.add_version": {"201": None},
     "webhooks.deliveries": {"200": "WebhookLog"},
     "webhooks.redeliver": {"202": "WebhookLog"},
     "webhooks.secret": {"200": "WebhookSecret"},
@@ -55,6 +58,8 @@ PROBLEMS: dict[str, tuple[int, ...]] = {
     "jobs.feedback": (400, 404, 409, 413, 415, 422),
     "models.index": (),
     "models.show": (404,),
+    "models.create": (400, 409, 413, 415, 422),
+    "models.add_version": (400, 404, 413, 415, 422),
     "webhooks.deliveries": (400, 404),
     "webhooks.redeliver": (400, 404, 409),
     "webhooks.secret": (),
@@ -200,11 +205,34 @@ def _operation(
         operation["requestBody"] = _body(submit_body)
     elif endpoint == "jobs.get_job":
         operation["parameters"].append(WAIT_QUERY)
+    elif endpoint == "models.add_version":
+        operation["requestBody"] = ARTIFACT_BODY
     elif method == "POST" and endpoint in REQUEST_SCHEMAS:
         operation["requestBody"] = _body(_schema_of(endpoint))
     elif method in ("POST", "PUT", "PATCH") and endpoint not in SUCCESS:
         operation["requestBody"] = {**_body(copy.deepcopy(ANY_OBJECT)), "required": False}
     return operation
+
+
+#: A version's artifact: one safetensors file, a directory as a tar, or what the store holds.
+ARTIFACT_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        "application/x-tar": {"schema": {"type": "string", "format": "binary"}},
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["uri"],
+                "properties": {
+                    "uri": {"type": "string", "minLength": 1, "maxLength": 2048},
+                    "activate": {"type": "boolean"},
+                },
+            }
+        },
+    },
+}
 
 
 def _body(schema: dict[str, Any]) -> dict[str, Any]:

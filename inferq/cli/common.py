@@ -6,6 +6,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -18,8 +19,18 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment, with CLI flags as overrides."""
-    return Settings.from_env(**{k: v for k, v in overrides.items() if v is not None})
+    """Settings from the environment, with CLI flags as overrides. Where the environment
+    names no database or broker, those of the ``inferq up`` running from ``INFERQ_HOME``
+    (default ``./var``) are used, as ``inferq submit`` finds its URL there."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    settings = Settings.from_env(**given)
+    if settings.database_url and settings.broker_url:
+        return settings
+    from inferq.local.stack import running_services
+
+    found = running_services(Path(settings.home))
+    missing = {k: v for k, v in found.items() if getattr(settings, k) is None and k not in given}
+    return settings.replace(**missing) if missing else settings
 
 
 def reports_errors(func: F) -> F:

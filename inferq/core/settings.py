@@ -454,7 +454,9 @@ class Settings:
         """The database URL, or a clear error when it is not configured."""
         if not self.database_url:
             raise ConfigError(
-                "INFERQ_DATABASE_URL is not set (`inferq up` sets it for its processes)"
+                f"INFERQ_DATABASE_URL is not set and no `inferq up` runs from {self.home} "
+                "(INFERQ_HOME): start one there, or point INFERQ_HOME at the directory it "
+                "runs from, or set INFERQ_DATABASE_URL"
             )
         return self.database_url
 
@@ -462,7 +464,9 @@ class Settings:
         """The broker URL, or a clear error when it is not configured."""
         if not self.broker_url:
             raise ConfigError(
-                "INFERQ_BROKER_URL is not set (`inferq up` sets it for its processes)"
+                f"INFERQ_BROKER_URL is not set and no `inferq up` runs from {self.home} "
+                "(INFERQ_HOME): start one there, or point INFERQ_HOME at the directory it "
+                "runs from, or set INFERQ_BROKER_URL"
             )
         return self.broker_url
 

@@ -22,11 +22,11 @@ if TYPE_CHECKING:
 
 def describe(handler: str, config: Mapping[str, Any] | None = None) -> HandlerDescription:
     """Import ``handler`` (an entry point name or ``module:Class``) and describe it."""
-    import torch
-
     from inferq.core.handlers import handler_class
 
-    cls = handler_class(handler)
+    cls = handler_class(handler)  # an unknown handler fails here, before torch is imported
+    import torch
+
     instance = cls(torch.device("cpu"), dict(config or {}))
     try:
         spec = instance.expected_tensors()

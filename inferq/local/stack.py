@@ -59,6 +59,8 @@ class StackPaths(SupervisorPaths):
     """Where the stack keeps its state, all under one absolute ``home``."""
 
     up_json = property(lambda self: self.home / "up.json")
+    #: The addresses of the stack's databases, for the CLI (owner-readable only).
+    services_json = property(lambda self: self.home / "services.json")
     api_key = property(lambda self: self.home / "dev-api-key")
     nginx_paths = property(lambda self: nginx.NginxPaths(self.home))
 
@@ -247,6 +249,7 @@ def run(settings: Settings, on_ready: Callable[[], None] = lambda: None) -> int:
         else:  # a config left by an earlier run would say nginx runs
             paths.nginx_paths.conf.unlink(missing_ok=True)
         settings = start_missing(settings, paths.home, services, announce=info)
+        write_services(paths, settings)
         prepare(settings, paths)
         api_ports = front.node_ports if front is not None else (settings.local.port,)
         targets = paths.home / "prometheus-targets.json"
@@ -383,10 +386,38 @@ def claim(paths: StackPaths, port: int) -> None:
 
 
 def release(paths: StackPaths) -> None:
-    """Remove ``up.json`` when it is this process's."""
+    """Remove ``up.json`` (and the services' addresses) when it is this process's."""
     with contextlib.suppress(OSError, ValueError):
         if json.loads(paths.up_json.read_text()).get("pid") == os.getpid():
             paths.up_json.unlink()
+            paths.services_json.unlink(missing_ok=True)
+
+
+#: The settings ``inferq up`` writes for the CLI to find its stack.
+SERVICE_FIELDS = ("database_url", "broker_url", "redis_url")
+
+
+def write_services(paths: StackPaths, settings: Settings) -> None:
+    """Record where this stack's Postgres, broker and Redis are, readable by the owner only:
+    ``inferq keys``, ``inferq models``… run from the same directory read it (the URLs may
+    hold passwords)."""
+    record = {name: getattr(settings, name) for name in SERVICE_FIELDS}
+    paths.services_json.unlink(missing_ok=True)
+    fd = os.open(paths.services_json, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        json.dump(record, file, indent=2)
+
+
+def running_services(home: Path) -> dict[str, str]:
+    """The addresses a live ``inferq up`` in ``home`` recorded; empty when none runs."""
+    paths = StackPaths(home.resolve())
+    if read_running(paths) is None:
+        return {}
+    try:
+        record = json.loads(paths.services_json.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: str(v) for k, v in record.items() if k in SERVICE_FIELDS and v}
 
 
 def read_running(paths: StackPaths) -> dict[str, Any] | None:

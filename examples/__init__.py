@@ -1,0 +1,1 @@
+"""Worked examples: each a model served by inferq, importable from the repository's root."""
