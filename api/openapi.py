@@ -52,7 +52,7 @@ SUCCESS: dict[str, dict[str, str | None]] = {
 }
 #: Problems an endpoint can answer beyond those of authentication (401, 403, 429, 503).
 PROBLEMS: dict[str, tuple[int, ...]] = {
-    "jobs.submit": (400, 413, 415, 422),
+    "jobs.submit": (400, 409, 413, 415, 422),
     "jobs.get_job": (400, 404),
     "jobs.cancel": (400, 404, 409),
     "jobs.feedback": (400, 404, 409, 413, 415, 422),
@@ -148,6 +148,8 @@ def submit_variants(st: ApiState) -> dict[str, dict[str, Any]]:
         models = list_models(session)
     variants = {}
     for model in models:
+        if model.active_version_id is None:  # nothing serves it yet: a 409, not a variant
+            continue
         schema = copy.deepcopy(base)
         schema["properties"]["model"] = {"const": model.name}
         schema["properties"]["input"] = {

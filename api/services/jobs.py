@@ -26,7 +26,7 @@ from db.jobs import (
 )
 from db.registry import ServingInfo, serving_info
 from db.tables import TERMINAL_STATUSES, Job
-from inferq.core.errors import BadRequest, InvalidInput, NotFound, ServiceUnavailable
+from inferq.core.errors import BadRequest, Conflict, InvalidInput, NotFound, ServiceUnavailable
 from inferq.domain import result_cache as cache
 
 log = logging.getLogger(__name__)
@@ -91,8 +91,9 @@ def model_for(st: ApiState, name: str) -> ServingInfo:
             errors=[{"pointer": "/model", "detail": "unknown model (GET /v1/models lists them)"}],
         )
     if info.active_version_id is None or info.active_version is None:
-        raise ServiceUnavailable(
-            f"Model {name!r} has no active version yet.", headers={"Retry-After": "30"}
+        raise Conflict(
+            f"Model {name!r} has no active version: register one "
+            f"(POST /v1/models/{name}/versions?activate=true) or promote one."
         )
     return info
 

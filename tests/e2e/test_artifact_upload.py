@@ -67,7 +67,7 @@ def test_a_300_mb_upload_grows_the_api_by_less_than_100_mb(
         sampler.start()
         with weights.open("rb") as body:
             answer = requests.post(
-                f"{url}/v1/models/{name}/versions",
+                f"{url}/v1/models/{name}/versions?activate=true",
                 data=body,
                 headers={**auth, "Content-Type": "application/octet-stream"},
                 timeout=600,
