@@ -1,4 +1,5 @@
-"""Session-wide services: a database per run, a Redis/queue namespace per run, trained digits."""
+"""Session-wide services: a database per run, a Redis/queue namespace per run, trained digits;
+and, in CI, a run that fails when any test was skipped."""
 
 from __future__ import annotations
 
@@ -16,8 +17,48 @@ from tests.services import (
     create_database,
     delete_amqp_queues,
     find_services,
+    unavailable,
     wipe_redis,
 )
+
+
+class SkipsFailInCI:
+    """A skip in CI is a check that did not run while the run looks green: this plugin lists
+    every skipped test (and skipped module) with its reason and turns the run into a failure."""
+
+    def __init__(self) -> None:
+        self.skipped: list[tuple[str, str]] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.note(report)
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        self.note(report)
+
+    def note(self, report: pytest.TestReport | pytest.CollectReport) -> None:
+        # An xfail is reported as skipped too, but it ran.
+        if report.skipped and not hasattr(report, "wasxfail"):
+            where = report.longrepr
+            reason = where[2] if isinstance(where, tuple) else str(where)
+            self.skipped.append((report.nodeid, reason.removeprefix("Skipped: ")))
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.skipped and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if not self.skipped:
+            return
+        terminalreporter.section(
+            f"CI: {len(self.skipped)} skipped, and nothing may skip in CI: the run fails", red=True
+        )
+        for nodeid, reason in self.skipped:
+            terminalreporter.line(f"SKIPPED {nodeid}: {reason}", red=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if CI:
+        config.pluginmanager.register(SkipsFailInCI(), "inferq-skips-fail-in-ci")
 
 
 @pytest.fixture(scope="session")
@@ -74,9 +115,7 @@ def settings(
 def amqp_settings(settings: Settings, services: Services) -> Iterator[Settings]:
     """The same run on RabbitMQ (its own queue names); skipped locally without a server."""
     if services.amqp_url is None:
-        if CI:
-            pytest.fail("CI: RabbitMQ does not answer on 127.0.0.1:5672")
-        pytest.skip("no RabbitMQ server on 127.0.0.1:5672")
+        unavailable("RabbitMQ does not answer on 127.0.0.1:5672 (.ci/run starts one)")
     amqp = settings.replace(broker_url=services.amqp_url, namespace=settings.namespace + "amqp")
     yield amqp
     delete_amqp_queues(services.amqp_url, amqp.namespace, LANES)

@@ -2,7 +2,8 @@
 
 Real servers on 127.0.0.1 are used when they answer (CI and developer machines have them);
 otherwise embedded Postgres and Redis are started from PyPI packages. RabbitMQ tests skip
-without a server locally, but never in CI.
+without a server locally, but never in CI: there every guard fails instead (``unavailable``),
+and a skip of any other kind fails the run too (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -12,14 +13,23 @@ import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import urlsplit
 
+import pytest
 import redis
 from sqlalchemy import create_engine, text
 
 from inferq.local.embedded import reachable, start_postgres, start_redis
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def unavailable(reason: str) -> NoReturn:
+    """What a test needs is missing: skip locally, fail in CI (where .ci/run installs it)."""
+    if CI:
+        pytest.fail(f"CI: {reason}", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
 
 
 def _answers(url: str, default_port: int) -> bool:

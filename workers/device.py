@@ -19,10 +19,18 @@ def configure_threads(threads: int) -> None:
 
 
 def choose_device(setting: str) -> torch.device:
-    """``auto`` takes CUDA when present, else the CPU; ``cpu``/``cuda[:n]`` are taken as given."""
+    """``auto`` takes CUDA when present, else the CPU; ``cpu``/``cuda[:n]`` are taken as given,
+    and refused with a ConfigError when this host cannot honour them."""
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(setting)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"INFERQ_DEVICE={setting} but CUDA is not available")
+    try:
+        device = torch.device(setting)
+    except RuntimeError as exc:
+        raise ConfigError(f"INFERQ_DEVICE={setting}: use auto, cpu or cuda[:n]") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"INFERQ_DEVICE={setting} but CUDA is not available")
+        count = torch.cuda.device_count()
+        if (device.index or 0) >= count:
+            raise ConfigError(f"INFERQ_DEVICE={setting} but this host has {count} CUDA device(s)")
     return device

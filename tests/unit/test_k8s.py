@@ -158,7 +158,6 @@ def test_keda_scales_the_workers_on_the_redis_list_of_the_online_lane(objects: d
     (keda,) = load(K8S / "worker-keda.yaml")
     assert keda["kind"] == "ScaledObject"
     assert keda["spec"]["scaleTargetRef"]["name"] == "inferq-worker"
-    assert keda["spec"]["minReplicaCount"] >= 1
     (trigger,) = keda["spec"]["triggers"]
     assert trigger["type"] == "redis"
     # The list kombu keeps the lane in: global_keyprefix "<namespace>:", then the queue name.
@@ -167,6 +166,32 @@ def test_keda_scales_the_workers_on_the_redis_list_of_the_online_lane(objects: d
     prefix = make_celery(settings).conf.broker_transport_options["global_keyprefix"]
     assert trigger["metadata"]["listName"] == prefix + queue_name(settings, "online")
     assert trigger["metadata"]["listName"] == "inferq:inferq.online"
+
+
+def test_keda_scales_the_workers_to_zero_and_the_first_waiting_message_wakes_one() -> None:
+    """Catches: minReplicaCount 1 (KEDA never goes to zero and activation plays no part),
+    activationListLength of 1 or more (a lone job waits with no worker to run it), or
+    activation left to a default nobody chose."""
+    (keda,) = load(K8S / "worker-keda.yaml")
+    spec = keda["spec"]
+    (trigger,) = spec["triggers"]
+    metadata = trigger["metadata"]
+    assert "activationListLength" in metadata
+    # KEDA's redis scaler is active while LLEN > activationListLength (redis_scaler.go); KEDA
+    # moves the Deployment 0 -> 1 when a trigger is active and 1 -> 0 after cooldownPeriod
+    # without activity, and only when minReplicaCount is 0.
+    activation = int(metadata["activationListLength"])
+
+    def active(waiting: int) -> bool:
+        return waiting > activation
+
+    assert spec["minReplicaCount"] == 0
+    assert not active(0), "an empty lane must let the last worker go"
+    assert active(1), "the first job to arrive must wake a worker"
+    assert int(metadata["listLength"]) > activation
+    assert spec["maxReplicaCount"] >= 1
+    # Going to zero costs a cold start: not before several polls have found the lane empty.
+    assert spec["cooldownPeriod"] >= 10 * spec["pollingInterval"]
 
 
 def test_the_autoscaler_may_scale_the_workers_and_nothing_else(objects: dict) -> None:
