@@ -194,9 +194,12 @@ def stored_bytes(settings: Any, artifact_uri: str) -> bytes:
     return store.read_bytes(store.key_of(artifact_uri))
 
 
-def experiment_model(settings: Any, versions: list[Artifact], active: int) -> str:
+def experiment_model(
+    settings: Any, versions: list[Artifact], active: int, config: dict[str, Any] | None = None
+) -> str:
     """A fresh model served by the digits handler with ``versions`` (numbered from 1), of
-    which ``active`` serves; returns its name."""
+    which ``active`` serves; returns its name. ``config`` is laid over the handler's default
+    config (``{"train_options": {"epochs": 12}}`` trains in a few seconds)."""
     from db.registry import ensure_model
     from inferq.cli.common import db_session
     from workers.handlers.digits import DigitsHandler
@@ -208,7 +211,7 @@ def experiment_model(settings: Any, versions: list[Artifact], active: int) -> st
             name,
             "digits",
             DigitsHandler.input_schema,
-            dict(DigitsHandler.default_config),
+            {**DigitsHandler.default_config, **(config or {})},
             DigitsHandler.label_schema,
         )
         for number, artifact in enumerate(versions, start=1):
@@ -221,3 +224,25 @@ def experiment_model(settings: Any, versions: list[Artifact], active: int) -> st
                 activate=number == active,
             )
     return name
+
+
+def leave_no_pending_rollout(settings: Any, model: str) -> None:
+    """Mark ``model``'s runs still waiting for a rollout ``registered`` (left for an admin).
+
+    A scheduler's rollout pass takes every pending run in the database: a test that trains
+    without a scheduler, or stops its scheduler first, leaves none for a later test's pass.
+    """
+    from sqlalchemy import update
+
+    from db.registry import get_model
+    from db.tables import TrainingRun
+    from inferq.cli.common import db_session
+
+    with db_session(settings) as session:
+        row = get_model(session, model)
+        assert row is not None
+        session.execute(
+            update(TrainingRun)
+            .where(TrainingRun.model_id == row.id, TrainingRun.rollout == "pending")
+            .values(rollout="registered", rollout_reason="left by a test without a scheduler")
+        )

@@ -7,12 +7,15 @@ written to test-artifacts/reliability.md (RELIABILITY.md records a run).
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
 
 from tests.factories import register_fixture_model, running_on
 from tests.faults.ledger import HEADER, Outcome, account
@@ -151,15 +154,82 @@ def test_worker_sigkill_mid_batch(redis_world: tuple[System, Postgres, Redis]) -
     assert outcome.rerun > 0  # the batch it held ran again elsewhere
 
 
+def terminate_mid_batch(
+    system: System, program: str, worker: str, tries: int = 3
+) -> dict[str, str]:
+    """SIGTERM ``program``'s main process, as supervisord's stop and a scale-down do, while it
+    holds a running batch; returns the jobs it held as the signal landed (running on it both
+    just before and just after the signal was sent), by id, with the incarnation holding
+    them. A batch seen running may finish before the signal lands; then the worker,
+    restarted by supervisord, is signalled again, a bounded number of times."""
+    engine = create_engine(system.database_url)
+    try:
+        for attempt in range(tries):
+            process = psutil.Process(system.pid(program))
+            before = wait_for_running(engine, worker)
+            process.send_signal(signal.SIGTERM)
+            after = running(engine, worker)
+            in_flight = {job: holder for job, holder in before.items() if after.get(job) == holder}
+            process.wait(timeout=60)  # a warm shutdown exits once its batch is stored
+            system.wait_running(program)
+            if in_flight:
+                print(f"\nSIGTERM {attempt + 1} landed while {worker} held {len(in_flight)} jobs")
+                return in_flight
+    finally:
+        engine.dispose()
+    raise AssertionError(f"{tries} SIGTERMs to {worker} all landed between batches")
+
+
+def running(engine: Engine, worker: str) -> dict[str, str]:
+    """The jobs a worker (by its ``--name``, any incarnation) holds as running now, by id,
+    with the incarnation that claimed each."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT id::text, worker FROM jobs WHERE status = 'running' AND worker LIKE :w"),
+            {"w": f"{worker}@%"},
+        )
+        return {job: holder for job, holder in rows}
+
+
+def wait_for_running(engine: Engine, worker: str, timeout: float = 20) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = running(engine, worker)
+        if found:
+            return found
+        time.sleep(0.005)
+    raise TimeoutError(f"{worker} never ran a job")
+
+
 def test_worker_sigterm_scale_down(redis_world: tuple[System, Postgres, Redis]) -> None:
+    """Catches: a scale-down that is not drain-safe. A worker told to stop (SIGTERM) mid-batch
+    must finish and store that batch itself; a cold stop (SIGKILL in place of the SIGTERM, or
+    a SIGTERM that drops the running batch) leaves its jobs to be claimed again elsewhere:
+    their attempts reach 2 and re-run is no longer 0."""
     system = redis_world[0]
+    in_flight: dict[str, str] = {}
 
     def fault(load: Load) -> None:
-        system.supervisorctl("stop", "workers:worker-2")  # SIGTERM, waits for a warm exit
-        time.sleep(2)
-        system.supervisorctl("start", "workers:worker-2")
+        in_flight.update(terminate_mid_batch(system, "workers:worker-2", "worker-2"))
 
-    assert_clean(scenario("worker SIGTERM (scale-down)", system, fault))
+    outcome = scenario("worker SIGTERM mid-batch (scale-down)", system, fault)
+    assert_clean(outcome)
+    assert outcome.rerun == 0, outcome  # no job was claimed twice
+    # and the batch it held when told to stop was finished by that incarnation, once
+    engine = create_engine(system.database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT id::text, status, attempts, worker FROM jobs"
+                    " WHERE id = ANY(CAST(:ids AS uuid[]))"
+                ),
+                {"ids": sorted(in_flight)},
+            ).all()
+    finally:
+        engine.dispose()
+    finished = {job: (status, attempts, holder) for job, status, attempts, holder in rows}
+    assert finished == {job: ("succeeded", 1, holder) for job, holder in in_flight.items()}
 
 
 def test_api_node_killed_behind_nginx(redis_world: tuple[System, Postgres, Redis]) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import redis
 from flask.testing import FlaskClient
+from sqlalchemy import select
 
 from api.app import create_app
 from db.registry import ensure_model, get_model
@@ -27,9 +28,15 @@ from inferq.core.messages import TRAIN_TASK
 from inferq.core.settings import Settings
 from scheduler.retraining import beat_schedule
 from scheduler.rollout import apply_pending
-from tests.factories import digits_variants, stored_bytes, stored_version
+from tests.factories import (
+    digits_variants,
+    leave_no_pending_rollout,
+    stored_bytes,
+    stored_version,
+)
 from tests.integration.conftest import Caller
 from tests.processes import ServiceProcess, wait_for_log
+from tests.services import wipe_redis
 from workers.context import WorkerContext
 from workers.handlers.digits import DigitsNet, dataset, evaluate, fit
 from workers.runner import run_batch
@@ -419,3 +426,134 @@ def test_a_real_training_worker_runs_a_requested_run(
         assert [(v["version"], v["status"]) for v in versions] == [(1, "active"), (2, "candidate")]
     finally:
         worker.stop()
+
+
+def training_runs(settings: Settings, model: str) -> list[dict]:
+    """The model's finished runs, oldest first: trigger, status, candidate version, rollout."""
+    from db.tables import ModelVersion, TrainingRun
+
+    with db_session(settings) as session:
+        row = get_model(session, model)
+        assert row is not None
+        runs = session.scalars(
+            select(TrainingRun)
+            .where(TrainingRun.model_id == row.id, TrainingRun.completed_at.is_not(None))
+            .order_by(TrainingRun.completed_at)
+        ).all()
+        versions = {
+            v.id: v.version
+            for v in session.scalars(select(ModelVersion).where(ModelVersion.model_id == row.id))
+        }
+        return [
+            {
+                "trigger": run.trigger,
+                "status": run.status,
+                "candidate": versions.get(run.candidate_version_id or -1),
+                "rollout": run.rollout,
+                "reason": run.rollout_reason,
+            }
+            for run in runs
+        ]
+
+
+def test_beat_and_a_training_worker_retrain_on_schedule_and_the_rollout_decides(
+    settings: Settings, admin_key: str, logs_dir: Path
+) -> None:
+    """Catches: the scheduler process not running the rollout loop (``retrain_forever`` never
+    started in scheduler/service.py: the candidate stays ``pending``), beat not given the
+    retraining schedule (no run ever starts), and a rollout that promotes a candidate its
+    policy should hold (``decide`` ignoring the margin)."""
+    # Given a model serving a weak version (holdout about 0.72), trained fast, in a namespace
+    # of its own (no other test's training messages), whose policy promotes a candidate 0.1
+    # better on the holdout
+    bad = digits_variants()["bad"]
+    own = settings.replace(namespace=f"{settings.namespace}rp{uuid.uuid4().hex[:4]}")
+    model = new_model(own, "digits", bad.data, bad.sha256, bad.metrics)
+    own = own.replace(
+        retrain_schedule=f"{model}=every 2s",
+        retrain_policy=f"{model}=promote:0.1",
+        retrain_check_interval_s=0.5,
+        reconcile_interval_s=3600.0,
+        experiment_interval_s=3600.0,
+        home=logs_dir / f"retrain-{uuid.uuid4().hex[:6]}",
+    )
+    tag = uuid.uuid4().hex[:6]
+    # When a training worker and the scheduler run as processes
+    worker = ServiceProcess(
+        f"trainer-{tag}", ["worker", "--name", f"trainer-{tag}", "--lanes", "training"], own,
+        logs_dir,
+    )  # fmt: skip
+    beat = ServiceProcess(f"beat-{tag}", ["beat"], own, logs_dir)
+    try:
+        # Then beat's schedule starts a run, the worker trains v2 from v1, and the scheduler
+        # promotes it (about 0.97 on the holdout); the next scheduled run's candidate, not
+        # 0.1 better than v2, is held
+        deadline, runs = time.monotonic() + 120, []
+        while time.monotonic() < deadline:
+            runs = training_runs(own, model)
+            if any(run["rollout"] == "held" for run in runs):
+                break
+            assert worker.alive() and beat.alive(), (worker.log()[-2000:], beat.log()[-2000:])
+            time.sleep(0.3)
+    finally:
+        beat.stop()
+        worker.stop()
+        wipe_redis(own.effective_redis_url, own.namespace)
+        leave_no_pending_rollout(own, model)
+    assert len(runs) >= 2, (runs, worker.log()[-2000:], beat.log()[-2000:])
+    first, second = runs[0], runs[1]
+    assert (first["trigger"], first["status"], first["candidate"]) == ("schedule", "succeeded", 2)
+    assert first["rollout"] == "promoted", first
+    assert (second["trigger"], second["status"], second["rollout"]) == (
+        "schedule",
+        "succeeded",
+        "held",
+    ), second
+    assert "not rolled out" in second["reason"]
+    shown = Caller(create_app(own).test_client(), admin_key).get(f"/v1/models/{model}").get_json()
+    assert shown["active_version"] == 2
+    statuses = {v["version"]: v["status"] for v in shown["versions"]}
+    assert statuses[2] == "active" and statuses[second["candidate"]] == "candidate"
+
+
+def test_a_candidate_worse_than_the_active_version_is_held_under_ab(
+    admin: Caller, ctx: WorkerContext
+) -> None:
+    """Catches: the ``held`` branch of the rollout (scheduler/rollout.py) starting an experiment
+    or promoting anyway (``decide`` returning ``experiment`` for a worse candidate)."""
+    # Given a model serving a good version, and a run that registered a worse candidate
+    variants = digits_variants()
+    good, bad = variants["good"], variants["bad"]
+    model = new_model(ctx.settings, "digits", good.data, good.sha256, good.metrics)
+    with db_session(ctx.settings) as session:
+        from db.training import finish_run, open_run, start_run
+
+        row = get_model(session, model)
+        assert row is not None
+        candidate = stored_version(
+            session, ctx.settings, row, bad.data, metrics=bad.metrics, activate=False
+        )
+        run = open_run(session, row.id, trigger="manual", requested_by="tests", stale_after_s=60)
+        assert run is not None
+        start_run(session, run.id, row.active_version_id)
+        finish_run(
+            session, run.id, status="succeeded", candidate_version_id=candidate.id,
+            rollout="pending",
+        )  # fmt: skip
+        run_id = run.id
+    settings = ctx.settings.replace(retrain_policy=f"{model}=ab:0.25")
+
+    # When the scheduler rolls it out (runs other tests left pending may be rolled out too)
+    assert apply_pending(ctx.sessions, settings)[run_id] == "held"
+
+    # Then the run says why, v1 still serves alone, and the candidate waits for an admin
+    body = admin.get(f"/v1/training-runs/{run_id}").get_json()
+    assert body["rollout"] == "held" and body["experiment_id"] is None
+    assert "not rolled out" in body["rollout_reason"], body
+    shown = admin.get(f"/v1/models/{model}").get_json()
+    assert shown["active_version"] == 1 and shown["experiment"] is None
+    assert [(v["version"], v["status"]) for v in shown["versions"]] == [
+        (1, "active"),
+        (2, "candidate"),
+    ]
+    assert run_id not in apply_pending(ctx.sessions, settings)  # decided once
