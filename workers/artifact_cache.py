@@ -1,11 +1,13 @@
 """A worker's local copy of the artifacts it serves: fetched once, verified, reused.
 
 Each file is streamed from the store into ``<cache>/blobs/<sha256>`` through a temporary
-file, hashed on the way, and renamed into place only when its SHA-256 matches; a directory
-artifact is assembled from its blobs (hard links) under ``<cache>/trees/<sha256>/``. A
-restarted worker finds its files there and re-checks each digest before loading (reading a
-file it is about to load costs a fraction of loading it). The cache holds at most
-``max_bytes``: the least recently used blobs not in use go first.
+file, hashed on the way, and renamed into place only when its SHA-256 matches; a stamp beside
+it records the file's size, inode and modification time at that moment. A directory artifact
+is assembled from its blobs (hard links) under ``<cache>/trees/<sha256>/``. A restarted
+worker finds its files there: one whose stamp still matches was verified and has not been
+touched since, and loads at once; any other is hashed again (and fetched again when it does
+not match). The cache holds at most ``max_bytes``: the least recently used blobs not in use
+go first.
 """
 
 from __future__ import annotations
@@ -78,8 +80,8 @@ class ArtifactCache:
         """Make sure the blob is here and whole; True when it had to be downloaded."""
         path = self._blob(entry.sha256)
         if path.is_file():
-            if hash_file(path) == (entry.sha256, entry.size):
-                os.utime(path)  # recently used
+            if _stamp_matches(path) or hash_file(path) == (entry.sha256, entry.size):
+                _touch(path)
                 return False
             log.warning(
                 "cached artifact file is damaged; fetching it again", extra={"sha256": entry.sha256}
@@ -105,6 +107,7 @@ class ArtifactCache:
                     f"{entry.sha256} ({entry.size} bytes), got {hasher.hexdigest()} ({size} bytes)"
                 )
             os.replace(name, path)
+            _touch(path)
         finally:
             Path(name).unlink(missing_ok=True)
 
@@ -138,7 +141,9 @@ class ArtifactCache:
         if not blobs.is_dir():
             return
         kept = set(keep)
-        files = sorted((p.stat().st_mtime, p) for p in blobs.iterdir() if p.is_file())
+        files = sorted(
+            (p.stat().st_mtime, p) for p in blobs.iterdir() if p.is_file() and p.suffix != ".ok"
+        )
         total = sum(p.stat().st_size for _, p in files) + extra
         for _, path in files:
             if total <= self.max_bytes:
@@ -147,6 +152,7 @@ class ArtifactCache:
                 continue
             total -= path.stat().st_size
             path.unlink(missing_ok=True)
+            _stamp_of(path).unlink(missing_ok=True)
             self._drop_trees_with(path.name)
             log.info("evicted a cached artifact file", extra={"sha256": path.name})
 
@@ -157,3 +163,26 @@ class ArtifactCache:
         for tree in trees.iterdir():
             if any(f.is_file() and f.stat().st_nlink == 1 for f in tree.rglob("*")):
                 shutil.rmtree(tree, ignore_errors=True)  # one of its links was the evicted blob
+
+
+def _stamp_of(path: Path) -> Path:
+    return path.with_name(path.name + ".ok")
+
+
+def _fingerprint(path: Path) -> str:
+    stat = path.stat()
+    return f"{stat.st_size} {stat.st_ino} {stat.st_mtime_ns}"
+
+
+def _touch(path: Path) -> None:
+    """Mark a verified blob as recently used, and stamp what it looks like now."""
+    os.utime(path)
+    _stamp_of(path).write_text(_fingerprint(path))
+
+
+def _stamp_matches(path: Path) -> bool:
+    """Whether ``path`` is as it was when last verified (no write since, same file)."""
+    try:
+        return _stamp_of(path).read_text() == _fingerprint(path)
+    except OSError:
+        return False

@@ -18,6 +18,9 @@ class OpaqueHandler(ModelHandler):
     input_schema = {"type": "object"}
 
     def load(self, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
+        # Copied into memory of its own, as load_state_dict copies into a module's
+        # parameters: safetensors hands out memory-mapped tensors that cost nothing until read.
+        self.weights = {name: tensor.clone() for name, tensor in tensors.items()}
         self.count = len(tensors)
 
     def predict(self, batch: Sequence[Any]) -> list[dict[str, Any]]:

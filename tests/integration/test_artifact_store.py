@@ -143,7 +143,7 @@ def test_a_damaged_or_missing_blob_in_the_store_is_an_artifact_error(
     )
     with pytest.raises(ArtifactError):
         cache_for(store, tmp_path / "cache2").fetch(gone)
-    assert not list((tmp_path / "cache").glob("blobs/*"))  # nothing half-written is kept
+    assert not list((tmp_path / "cache").glob("blobs/.fetch-*"))  # nothing half-written is kept
 
 
 def test_the_cache_keeps_under_its_size_evicting_the_least_recently_used(tmp_path: Path) -> None:
@@ -159,6 +159,27 @@ def test_the_cache_keeps_under_its_size_evicting_the_least_recently_used(tmp_pat
     cache.fetch(made[1])
     cache.fetch(made[2])  # 3000 bytes > 2500: the least recent unpinned one goes
     assert not first.exists()
-    assert sorted(p.name for p in (tmp_path / "cache" / "blobs").iterdir()) == sorted(
-        a.sha256 for a in made[1:]
-    )
+    assert sorted(
+        p.name for p in (tmp_path / "cache" / "blobs").glob("[0-9a-f]*[0-9a-f]")
+    ) == sorted(a.sha256 for a in made[1:])
+
+
+def test_a_restarted_worker_rehashes_only_what_changed_since_it_was_verified(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Catches: a warm restart that hashes every cached file again (a 2 GB model costs its
+    load time twice over), or a stamp that survives a change to the file."""
+    import workers.artifact_cache as cache_module
+
+    store = FileStore(tmp_path / "store")
+    (tmp_path / "w").write_bytes(os.urandom(4096))
+    artifact = store.ingest_path(tmp_path / "w")
+    path, _ = cache_for(store, tmp_path / "cache").fetch(artifact)
+    hashed: list[Path] = []
+    real = cache_module.hash_file
+    monkeypatch.setattr(cache_module, "hash_file", lambda p: hashed.append(p) or real(p))
+    cache_for(store, tmp_path / "cache").fetch(artifact)
+    assert hashed == []  # verified when fetched, untouched since: loads at once
+    path.write_bytes(path.read_bytes())  # the same bytes, rewritten: no longer the file verified
+    cache_for(store, tmp_path / "cache").fetch(artifact)
+    assert hashed == [path]

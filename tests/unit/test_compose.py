@@ -225,3 +225,16 @@ def test_every_lane_work_is_published_to_has_a_worker_in_a_plain_up(
         if not service.get("profiles") and "command" in service:
             consumed |= lanes_consumed(service["command"], service.get("environment") or {})
     assert consumed == CONSUMED_LANES
+
+
+def test_every_service_that_registers_or_serves_models_shares_the_artifact_volume(
+    services: dict[str, Any],
+) -> None:
+    """Catches: a worker or the API on an artifact directory of its own container."""
+    users = {"api", "worker", "worker-gpu", "worker-batch", "trainer", "migrate"}
+    for name in users:
+        mounts = {
+            str(v).split(":")[-1] if isinstance(v, str) else v["target"]: v
+            for v in services[name].get("volumes", [])
+        }
+        assert "/var/lib/inferq/artifacts" in mounts, name

@@ -202,3 +202,25 @@ def test_the_autoscaler_may_scale_the_workers_and_nothing_else(objects: dict) ->
     binding = objects[("RoleBinding", "inferq-autoscaler")]
     assert binding["subjects"][0]["name"] == "inferq-autoscaler"
     assert binding["roleRef"]["name"] == "inferq-autoscaler"
+
+
+#: The pods that read or write model artifacts: uploads, serving, training, migration.
+ARTIFACT_USERS = {"inferq-api", "inferq-worker", "inferq-worker-batch", "inferq-trainer"}
+
+
+def test_every_pod_that_registers_or_serves_models_shares_the_artifact_store(
+    objects: dict,
+) -> None:
+    """Catches: a pod on its own empty artifact directory (its jobs would fail as
+    model-unavailable, or its uploads vanish with the pod)."""
+    claim = objects[("PersistentVolumeClaim", "inferq-artifacts")]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    pods = {name: doc for name, doc in deployments(objects).items() if name in ARTIFACT_USERS}
+    pods["inferq-migrate"] = objects[("Job", "inferq-migrate")]
+    assert set(pods) == ARTIFACT_USERS | {"inferq-migrate"}
+    for name, doc in pods.items():
+        spec = doc["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["artifacts"]["persistentVolumeClaim"]["claimName"] == "inferq-artifacts"
+        mounts = {m["mountPath"]: m["name"] for m in container(doc).get("volumeMounts", [])}
+        assert mounts.get("/var/lib/inferq/artifacts") == "artifacts", name
