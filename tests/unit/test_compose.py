@@ -233,8 +233,8 @@ def test_every_service_that_registers_or_serves_models_shares_the_artifact_volum
     """Catches: a worker or the API on an artifact directory of its own container."""
     users = {"api", "worker", "worker-gpu", "worker-batch", "trainer", "migrate"}
     for name in users:
-        mounts = {
-            str(v).split(":")[-1] if isinstance(v, str) else v["target"]: v
+        targets = {
+            v["target"] if isinstance(v, dict) else str(v).split(":")[1]
             for v in services[name].get("volumes", [])
         }
-        assert "/var/lib/inferq/artifacts" in mounts, name
+        assert "/var/lib/inferq/artifacts" in targets, name
