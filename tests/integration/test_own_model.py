@@ -107,6 +107,9 @@ def test_a_user_model_registers_with_one_command_and_serves_jobs(
     expected = handler.predict([handler.prepare(x) for x in tabular.EXAMPLES])
     assert [j["status"] for j in jobs] == ["succeeded", "succeeded"]
     assert [j["output"] for j in jobs] == expected
+    # the cold worker measured fetching and loading it (Prometheus)
+    fetched = ctx.metrics.model_fetch.labels(name).collect()[0].samples
+    assert any(s.name.endswith("_count") and s.value == 1 for s in fetched)
     # and its input schema came from the handler: the API refuses a bad input
     bad = alice.post("/v1/jobs", {"model": name, "input": {"features": [1, 2]}})
     assert bad.status_code == 422

@@ -79,3 +79,18 @@ def test_architecture_names_every_room_of_inferq_and_api() -> None:
         for room in (ROOT / package).iterdir():
             if room.is_dir() and (room / "__init__.py").exists():
                 assert f"`{package}/{room.name}/`" in text, f"{package}/{room.name}/ is missing"
+
+
+UNPICKLING = re.compile(r"\btorch\.load\(|\bimport pickle\b|\bpickle\.loads?\(|\bjoblib\.load\(")
+
+
+def test_nothing_is_ever_unpickled() -> None:
+    """Catches: a ``torch.load`` (or pickle) anywhere in inferq's code: weights are
+    safetensors, and a pickle runs whatever code its author put in it."""
+    found = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in production_modules()
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if UNPICKLING.search(line)
+    ]
+    assert found == []
