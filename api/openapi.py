@@ -53,19 +53,19 @@ SUCCESS: dict[str, dict[str, str | None]] = {
 #: Problems an endpoint can answer beyond those of authentication (401, 403, 429, 503).
 PROBLEMS: dict[str, tuple[int, ...]] = {
     "jobs.submit": (400, 409, 413, 415, 422),
-    "jobs.get_job": (400, 404),
-    "jobs.cancel": (400, 404, 409),
-    "jobs.feedback": (400, 404, 409, 413, 415, 422),
+    "jobs.get_job": (400, 404, 410),
+    "jobs.cancel": (400, 404, 409, 410),
+    "jobs.feedback": (400, 404, 409, 410, 413, 415, 422),
     "models.index": (),
     "models.show": (404,),
     "models.create": (400, 409, 413, 415, 422),
     "models.add_version": (400, 404, 413, 415, 422),
-    "webhooks.deliveries": (400, 404),
-    "webhooks.redeliver": (400, 404, 409),
+    "webhooks.deliveries": (400, 404, 410),
+    "webhooks.redeliver": (400, 404, 409, 410),
     "webhooks.secret": (),
     "webhooks.rotate": (),
 }
-UNKNOWN_PROBLEMS = (400, 404, 409, 413, 415, 422)
+UNKNOWN_PROBLEMS = (400, 404, 409, 410, 413, 415, 422)
 AUTH_PROBLEMS = (401, 403, 429, 503)
 PUBLIC = ("health.healthz", "health.readyz")
 

@@ -63,6 +63,8 @@ class ApiState:
     publisher: GroupPublisher
     principals: TtlCache = dataclasses.field(default_factory=lambda: TtlCache(0))
     models: TtlCache = dataclasses.field(default_factory=lambda: TtlCache(0))
+    #: The retention horizon (``db.partitions.horizon``), re-read at most once a minute.
+    horizon: TtlCache = dataclasses.field(default_factory=lambda: TtlCache(60))
     #: The artifact store, opened on first use (api/services/models.py).
     artifacts: ArtifactStore | None = None
 

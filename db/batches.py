@@ -18,12 +18,13 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
+from db.ids import new_id, time_of
 from db.tables import Batch, Job, Model, ModelVersion
 
 #: The jobs columns an item is copied into; the others take their defaults.
 _COPY = (
-    "COPY jobs (id, tenant_id, model_id, version_id, lane, status, input, output, cached,"
-    " published_at, started_at, completed_at, batch_id, batch_index) FROM STDIN"
+    "COPY jobs (id, created_at, tenant_id, model_id, version_id, lane, status, input, output,"
+    " cached, published_at, started_at, completed_at, batch_id, batch_index) FROM STDIN"
 )
 _NULL = "\\N"
 
@@ -49,7 +50,7 @@ def create_batch(
 ) -> Batch:
     """Insert a running batch; its items follow with :func:`copy_items` in this transaction."""
     values = {
-        "id": uuid.uuid4(),
+        "id": new_id(),
         "tenant_id": tenant_id,
         "model_id": model_id,
         "version_id": version_id,
@@ -75,7 +76,9 @@ def copy_items(session: Session, batch: Batch, items: Sequence[Item]) -> list[uu
     rows = io.StringIO()
     queued: list[uuid.UUID] = []
     for item in items:
-        job_id = uuid.uuid4()
+        job_id = new_id()
+        created = time_of(job_id)
+        assert created is not None
         if item.cached_json is None:
             queued.append(job_id)
             state = f"queued\t{_escape(item.input_json)}\t{_NULL}\tf\t{stamp}\t{_NULL}\t{_NULL}"
@@ -84,7 +87,7 @@ def copy_items(session: Session, batch: Batch, items: Sequence[Item]) -> list[uu
                 f"succeeded\t{_escape(item.input_json)}\t{_escape(item.cached_json)}\tt"
                 f"\t{_NULL}\t{stamp}\t{stamp}"
             )
-        rows.write(f"{job_id}\t{fixed}\t{state}\t{batch.id}\t{item.index}\n")
+        rows.write(f"{job_id}\t{created.isoformat()}\t{fixed}\t{state}\t{batch.id}\t{item.index}\n")
     rows.seek(0)
     cursor = session.connection().connection.cursor()
     try:

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.orm import Session
 
+from db.ids import new_id, time_of
 from db.tables import Job
 
 
@@ -73,8 +74,10 @@ def create_job(
 ) -> Job:
     """Insert a queued job (``published_at`` now: the caller publishes next), or, with a
     ``cached_output``, a job already succeeded from the result cache."""
+    job_id = new_id()
     values: dict[str, Any] = {
-        "id": uuid.uuid4(),
+        "id": job_id,
+        "created_at": time_of(job_id),
         "tenant_id": tenant_id,
         "model_id": model_id,
         "version_id": version_id,
@@ -101,10 +104,19 @@ def create_job(
     return job
 
 
+def is_job(job_id: uuid.UUID) -> Any:
+    """The condition that finds job ``job_id``: with the creation time its id carries, in
+    the one partition that holds it; an id from before UUIDv7 looks in every partition."""
+    created_at = time_of(job_id)
+    if created_at is None:
+        return Job.id == job_id
+    return (Job.id == job_id) & (Job.created_at == created_at)
+
+
 def get_job(session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID) -> Job | None:
     """The tenant's job, or None (another tenant's job is indistinguishable from no job)."""
     return session.scalars(
-        select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id)
+        select(Job).where(is_job(job_id), Job.tenant_id == tenant_id)
     ).one_or_none()
 
 
@@ -125,7 +137,7 @@ def get_job_view(session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID) -> J
         select(Job, Model.name, ModelVersion.version)
         .join(Model, Model.id == Job.model_id)
         .join(ModelVersion, ModelVersion.id == Job.version_id)
-        .where(Job.id == job_id, Job.tenant_id == tenant_id)
+        .where(is_job(job_id), Job.tenant_id == tenant_id)
     ).one_or_none()
     return JobView(*row) if row else None
 
@@ -134,12 +146,12 @@ def cancel_job(session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID) -> Job
     """Cancel a queued job outright; mark a running one so its result is discarded."""
     session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.tenant_id == tenant_id, Job.status == "queued")
+        .where(is_job(job_id), Job.tenant_id == tenant_id, Job.status == "queued")
         .values(status="canceled", completed_at=func.clock_timestamp())
     )
     session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.tenant_id == tenant_id, Job.status == "running")
+        .where(is_job(job_id), Job.tenant_id == tenant_id, Job.status == "running")
         .values(cancel_requested=True)
     )
     session.expire_all()
@@ -161,6 +173,7 @@ _CLAIM = text(
        SET status = 'running', started_at = clock_timestamp(), worker = :worker,
            attempts = attempts + 1
      WHERE id = ANY(CAST(:ids AS uuid[])) AND status = 'queued'
+       AND created_at BETWEEN :since AND :until
        AND (expires_at IS NULL OR expires_at > clock_timestamp())
  RETURNING id, version_id, input, created_at, started_at, attempts
     """
@@ -171,8 +184,21 @@ def claim_jobs(
     session: Session, job_ids: Sequence[uuid.UUID | str], worker: str
 ) -> list[ClaimedJob]:
     """Atomically take the still-queued jobs among ``job_ids``; the rest are someone else's."""
-    rows = session.execute(_CLAIM, {"ids": [str(i) for i in job_ids], "worker": worker})
+    since, until = time_window(job_ids)
+    rows = session.execute(
+        _CLAIM,
+        {"ids": [str(i) for i in job_ids], "worker": worker, "since": since, "until": until},
+    )
     return [ClaimedJob(*row) for row in rows]
+
+
+def time_window(job_ids: Sequence[uuid.UUID | str]) -> tuple[Any, Any]:
+    """The span of creation times the ids carry, so that Postgres reads only the partitions
+    that can hold them; everything when an id carries none (made before UUIDv7 ids)."""
+    times = [time_of(i if isinstance(i, uuid.UUID) else uuid.UUID(i)) for i in job_ids]
+    if not times or None in times:
+        return "-infinity", "infinity"
+    return min(times), max(times)  # type: ignore[type-var]
 
 
 _STORE = text(
@@ -187,6 +213,7 @@ _STORE = text(
       FROM jsonb_to_recordset(CAST(:results AS jsonb))
            AS r(id uuid, status text, output jsonb, error jsonb, batch_size int, predict_ms float8)
      WHERE jobs.id = r.id AND jobs.status = 'running' AND jobs.worker = :worker
+       AND jobs.created_at BETWEEN :since AND :until
  RETURNING jobs.id, jobs.status, jobs.tenant_id, jobs.completed_at
     """
 )
@@ -212,7 +239,10 @@ def store_results(
             for r in results
         ]
     )
-    rows = session.execute(_STORE, {"results": payload, "worker": worker})
+    since, until = time_window([r.id for r in results])
+    rows = session.execute(
+        _STORE, {"results": payload, "worker": worker, "since": since, "until": until}
+    )
     return [StoredResult(*row) for row in rows]
 
 

@@ -25,10 +25,17 @@ def alembic_config(url: str) -> Config:
 ArtifactSink = Callable[[bytes, str], tuple[str, list[dict[str, Any]]]]
 
 
-def upgrade(url: str, revision: str = "head", artifact_sink: ArtifactSink | None = None) -> None:
-    """Bring the database at ``url`` up to ``revision``."""
+def upgrade(
+    url: str,
+    revision: str = "head",
+    artifact_sink: ArtifactSink | None = None,
+    job_partition_s: float | None = None,
+) -> None:
+    """Bring the database at ``url`` up to ``revision``. ``job_partition_s`` is the width of
+    the partitions of ``jobs`` migration 0011 makes (a day when not given)."""
     config = alembic_config(url)
     config.attributes["artifact_sink"] = artifact_sink
+    config.attributes["job_partition_s"] = job_partition_s
     command.upgrade(config, revision)
 
 

@@ -14,6 +14,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     String,
@@ -24,6 +25,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from db.ids import new_id
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
@@ -135,7 +138,13 @@ class ModelVersion(Base):
 
 
 class Job(Base):
-    """One inference request and, once finished, its result."""
+    """One inference request and, once finished, its result.
+
+    Partitioned by ``created_at`` (migration 0011): retention drops whole partitions. A job's
+    id is a UUIDv7 carrying ``created_at`` (``db.ids``), so the id alone finds its partition.
+    The tables that hang off a job carry ``(job_id, job_created_at)`` without a foreign key
+    (``db.partitions`` says why); retention deletes them with their partition.
+    """
 
     __tablename__ = "jobs"
     __table_args__ = (
@@ -151,9 +160,10 @@ class Job(Base):
         Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
         # The per-tenant quota counts a tenant's queued jobs on every submit.
         Index("ix_jobs_tenant_queued", "tenant_id", postgresql_where=text("status = 'queued'")),
+        {"postgresql_partition_by": "RANGE (created_at)"},
     )
 
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
     version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
@@ -174,7 +184,10 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(256))
     batch_size: Mapped[int | None] = mapped_column(Integer)
     predict_ms: Mapped[float | None] = mapped_column(Float)
-    created_at: Mapped[dt.datetime] = _now()
+    #: The time the id carries (part of the key: the partition a job lives in).
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), primary_key=True, server_default=func.now()
+    )
     #: Last time a message for this job went to the broker; NULL when publishing failed.
     published_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
@@ -192,14 +205,15 @@ class IdempotencyKey(Base):
     """An ``Idempotency-Key`` an API key sent, the request it stood for and the job it made."""
 
     __tablename__ = "idempotency_keys"
-
     key_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True
     )
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     #: SHA-256 of the request (canonical JSON body and the headers that shape the job).
     fingerprint: Mapped[str] = mapped_column(String(64))
-    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    #: The job's ``created_at`` (set by a trigger from the job id): its partition's key.
+    job_created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
     created_at: Mapped[dt.datetime] = _now()
 
 
@@ -209,9 +223,9 @@ class Webhook(Base):
     __tablename__ = "webhooks"
     __table_args__ = (CheckConstraint(f"status IN {WEBHOOK_STATUSES}", name="webhook_status"),)
 
-    job_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
-    )
+    job_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    #: The job's ``created_at`` (set by a trigger from the job id): its partition's key.
+    job_created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
     url: Mapped[str] = mapped_column(String(2048))
     status: Mapped[str] = mapped_column(String(16), server_default="pending")
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
@@ -226,7 +240,9 @@ class WebhookDelivery(Base):
     __table_args__ = (Index("ix_webhook_deliveries_job", "job_id", "id"),)
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    job_id: Mapped[uuid.UUID] = mapped_column()
+    #: The job's ``created_at`` (set by a trigger from the job id): its partition's key.
+    job_created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
     attempt: Mapped[int] = mapped_column(Integer)
     redelivery: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     ok: Mapped[bool] = mapped_column(Boolean)
@@ -240,9 +256,10 @@ class Feedback(Base):
     """What a user said about a job's output: its true label, a verdict, a score, a comment."""
 
     __tablename__ = "feedback"
-
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    #: The job's ``created_at`` (set by a trigger from the job id): its partition's key.
+    job_created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     label: Mapped[Any] = mapped_column(JSONB(none_as_null=True), nullable=True)
     correct: Mapped[bool | None] = mapped_column(Boolean)
@@ -313,9 +330,10 @@ class ShadowResult(Base):
         CheckConstraint("status IN ('succeeded', 'failed')", name="shadow_result_status"),
     )
 
-    job_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
-    )
+    job_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    #: The job's ``created_at`` (set by a trigger from the job id): its partition's key.
+    job_created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+
     version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), primary_key=True)
     experiment_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("experiments.id", ondelete="CASCADE"), index=True
@@ -363,12 +381,12 @@ class Batch(Base):
     canceled_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-# A batch's items in input order (results, progress); unique: one job per item, ever.
+# A batch's items in input order (results, progress). One job per item: the batch writes its
+# items once, in one transaction (a unique index on a partitioned table needs created_at).
 Index(
     "ix_jobs_batch_item",
     Job.batch_id,
     Job.batch_index,
-    unique=True,
     postgresql_where=text("batch_id IS NOT NULL"),
 )
 
@@ -440,3 +458,30 @@ class ScalingDecision(Base):
     direction: Mapped[str] = mapped_column(String(8))
     reason: Mapped[str] = mapped_column(Text)
     inputs: Mapped[dict[str, Any]]
+
+
+class TrainingExample(Base):
+    """A labelled job kept for retraining after retention dropped the job itself."""
+
+    __tablename__ = "training_examples"
+    __table_args__ = (Index("ix_training_examples_model", "model_id", "job_created_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    version_id: Mapped[int] = mapped_column(Integer)
+    job_id: Mapped[uuid.UUID] = mapped_column(unique=True)
+    job_created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    input: Mapped[dict[str, Any]]
+    label: Mapped[Any] = mapped_column(JSONB(none_as_null=True))
+    kept_at: Mapped[dt.datetime] = _now()
+
+
+class Retention(Base):
+    """One row: the oldest creation time ``jobs`` still holds (older jobs have expired)."""
+
+    __tablename__ = "retention"
+    __table_args__ = (CheckConstraint("id = 1", name="retention_one_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    horizon: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[dt.datetime] = _now()

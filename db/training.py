@@ -13,12 +13,12 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import Float, and_, cast, func, select, update
+from sqlalchemy import Float, and_, cast, func, select, union_all, update
 from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.tables import Feedback, Job, Model, TrainingRun
+from db.tables import Feedback, Job, Model, TrainingExample, TrainingRun
 
 OPEN = ("queued", "running")
 
@@ -170,14 +170,39 @@ def _latest_feedback() -> Any:
     )
 
 
-def labelled_feedback(session: Session, model_id: int, limit: int = 50_000) -> list[LabelledJob]:
-    """The model's newest succeeded jobs whose latest feedback carries a label."""
+#: The most labelled jobs retraining learns from (the newest); retention keeps no more
+#: training examples than this per model.
+TRAINING_WINDOW = 50_000
+
+
+def labelled_feedback(
+    session: Session, model_id: int, limit: int = TRAINING_WINDOW
+) -> list[LabelledJob]:
+    """The model's newest succeeded jobs whose latest feedback carries a label: those still
+    kept, and those retention dropped after keeping them as training examples."""
     latest = _latest_feedback()
-    rows = session.execute(
-        select(Job.id, Job.input, latest.c.label, Job.version_id)
+    live = (
+        select(
+            Job.id.label("job_id"),
+            Job.input,
+            latest.c.label,
+            Job.version_id,
+            Job.created_at.label("at"),
+        )
         .join(latest, latest.c.job_id == Job.id)
         .where(Job.model_id == model_id, Job.status == "succeeded", latest.c.label.is_not(None))
-        .order_by(Job.created_at.desc())
+    )
+    kept = select(
+        TrainingExample.job_id,
+        TrainingExample.input,
+        TrainingExample.label,
+        TrainingExample.version_id,
+        TrainingExample.job_created_at.label("at"),
+    ).where(TrainingExample.model_id == model_id)
+    both = union_all(live, kept).subquery()
+    rows = session.execute(
+        select(both.c.job_id, both.c.input, both.c.label, both.c.version_id)
+        .order_by(both.c.at.desc())
         .limit(limit)
     )
     return [LabelledJob(*row) for row in rows]

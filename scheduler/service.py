@@ -1,5 +1,5 @@
-"""The scheduler process: Celery beat for periodic tasks, and beside it the reconciler loop
-and the experiment checks."""
+"""The scheduler process: Celery beat for periodic tasks, and beside it the reconciler loop,
+the experiment checks, retraining rollouts and retention."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from db.engine import make_engine, make_session_factory
 from inferq.core.broker import make_celery
 from inferq.core.settings import Settings
 from inferq.core.status import make_redis
-from scheduler import metrics, retraining
+from scheduler import metrics, retention, retraining
 from scheduler.experiment_checks import judge_forever
 from scheduler.reconciler import Reconciler, ReconcileReport
 
@@ -72,6 +72,13 @@ def run_scheduler(settings: Settings) -> None:
         target=retraining.retrain_forever,
         args=(reconciler.sessions, settings, reconciler.app, stop),
         name="inferq-retraining",
+        daemon=True,
+    ).start()
+    # Retention: partitions ahead of now, expired ones dropped.
+    threading.Thread(
+        target=retention.retain_forever,
+        args=(reconciler.sessions, settings, stop),
+        name="inferq-retention",
         daemon=True,
     ).start()
     reconciler.app.conf.beat_schedule = retraining.beat_schedule(settings)

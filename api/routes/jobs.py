@@ -19,7 +19,7 @@ from api.state import state
 from db.feedback import add_feedback
 from db.jobs import cancel_job, get_job_view
 from db.tables import TERMINAL_STATUSES
-from inferq.core.errors import Conflict, InvalidInput, NotFound
+from inferq.core.errors import Conflict, InvalidInput
 from inferq.core.settings import LANES
 from inferq.core.status import announce
 
@@ -117,7 +117,7 @@ def cancel(job_id: str) -> Response:
     with st.sessions.begin() as session:
         before = get_job_view(session, ident, tenant)
         if before is None:
-            raise NotFound(f"No job {ident}.")
+            raise svc.missing(st, ident)
         if before.job.status in ("succeeded", "failed"):
             raise Conflict(f"Job {ident} already {before.job.status}; it cannot be canceled.")
         cancel_job(session, ident, tenant)

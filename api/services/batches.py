@@ -26,7 +26,7 @@ from flask import request
 from api.http.jsonl import Limits, Line, bad_line, read_lines, unstorable
 from api.http.validation import check, fast_validator
 from api.services import quotas
-from api.services.jobs import model_for
+from api.services.jobs import expired, model_for
 from api.state import ApiState
 from db.batches import (
     BatchView,
@@ -45,7 +45,7 @@ from db.engine import retry_on_disconnect
 from db.jobs import mark_unpublished
 from db.registry import ServingInfo
 from inferq.core.broker import publish as publish_message
-from inferq.core.errors import BadRequest, Conflict, InvalidInput, NotFound, PayloadTooLarge
+from inferq.core.errors import BadRequest, Conflict, Gone, InvalidInput, NotFound, PayloadTooLarge
 from inferq.core.messages import PredictRequest
 from inferq.domain.result_cache import cache_key
 
@@ -289,6 +289,9 @@ def load(st: ApiState, batch_id: uuid.UUID, tenant_id: uuid.UUID) -> BatchView:
 
     view = retry_on_disconnect(read)
     if view is None:
+        if expired(st, batch_id):
+            retention = st.settings.scheduler.job_retention
+            raise Gone(f"Batch {batch_id} has expired: batches are kept for {retention}.")
         raise NotFound(f"No batch {batch_id}.")
     return view
 

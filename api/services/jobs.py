@@ -18,15 +18,24 @@ from api.services import idempotency, quotas, webhooks
 from api.services.waiters import Signal
 from api.state import ApiState
 from db.engine import retry_on_disconnect
+from db.ids import time_of
 from db.jobs import (
     JobView,
     create_job,
     get_job_view,
     mark_unpublished,
 )
+from db.partitions import horizon
 from db.registry import ServingInfo, serving_info
 from db.tables import TERMINAL_STATUSES, Job
-from inferq.core.errors import BadRequest, Conflict, InvalidInput, NotFound, ServiceUnavailable
+from inferq.core.errors import (
+    BadRequest,
+    Conflict,
+    Gone,
+    InvalidInput,
+    NotFound,
+    ServiceUnavailable,
+)
 from inferq.domain import result_cache as cache
 
 log = logging.getLogger(__name__)
@@ -215,8 +224,34 @@ def load(st: ApiState, job_id: uuid.UUID, tenant_id: uuid.UUID) -> JobView:
 
     view = retry_on_disconnect(read)
     if view is None:
-        raise NotFound(f"No job {job_id}.")
+        raise missing(st, job_id)
     return view
+
+
+def missing(st: ApiState, job_id: uuid.UUID) -> NotFound | Gone:
+    """The problem for a job the tenant does not have: 410 when retention took it."""
+    if expired(st, job_id):
+        retention = st.settings.scheduler.job_retention
+        return Gone(f"Job {job_id} has expired: jobs are kept for {retention}.")
+    return NotFound(f"No job {job_id}.")
+
+
+def expired(st: ApiState, ident: uuid.UUID) -> bool:
+    """Whether the creation time a UUIDv7 id carries is older than what ``jobs`` still holds
+    (the id alone says so: another tenant's expired id is as gone as one's own)."""
+    created = time_of(ident)
+    if created is None:
+        return False
+    boundary = st.horizon.get("horizon", lambda: retry_on_disconnect(_read_horizon(st)))
+    return boundary is not None and created < boundary
+
+
+def _read_horizon(st: ApiState) -> Callable[[], dt.datetime | None]:
+    def read() -> dt.datetime | None:
+        with st.sessions() as session:
+            return horizon(session)
+
+    return read
 
 
 def wait_until_terminal(st: ApiState, view: JobView, seconds: float, signal: Signal) -> JobView:

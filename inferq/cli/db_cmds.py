@@ -24,7 +24,12 @@ def upgrade(revision: str) -> None:
 
     settings = load_settings()
     sink = legacy_sink(open_store(settings))
-    run_upgrade(settings.require_database_url(), revision, artifact_sink=sink)
+    run_upgrade(
+        settings.require_database_url(),
+        revision,
+        artifact_sink=sink,
+        job_partition_s=settings.scheduler.job_partition_s,
+    )
     info(f"database at {revision}")
 
 

@@ -12,6 +12,7 @@ InferqError
     ├── Forbidden               403
     ├── NotFound                404
     ├── Conflict                409
+    ├── Gone                    410
     ├── PayloadTooLarge         413
     ├── UnsupportedMediaType    415
     ├── InvalidInput            422
@@ -119,6 +120,12 @@ class NotFound(Problem):
     status, slug, title = 404, "not-found", "Not found"
 
 
+class Gone(Problem):
+    """Raised when a job or batch existed but retention has removed it (INFERQ_JOB_RETENTION)."""
+
+    status, slug, title = 410, "gone", "Gone"
+
+
 class Conflict(Problem):
     """Raised when the resource's state forbids the action (cancel a finished job)."""
 
@@ -165,6 +172,7 @@ PROBLEMS_BY_STATUS: dict[int, type[Problem]] = {
         BadRequest,
         Unauthorized,
         Forbidden,
+        Gone,
         NotFound,
         Conflict,
         PayloadTooLarge,

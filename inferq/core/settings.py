@@ -143,6 +143,26 @@ class SchedulerSettings:
     experiment_interval_s: float = 30.0
     #: Only the beat holding this Redis lock sends scheduled tasks; it renews it at a third.
     beat_lock_ttl_s: float = 30.0
+    #: How long jobs are kept (``7d``, ``12h``, ``90m``, ``3600s``): older ones go with their
+    #: whole partition, and asking for one answers 410 Gone. Labelled feedback is kept for
+    #: retraining; a batch's items stay until the batch itself is this old.
+    job_retention: str = "7d"
+    #: The width of one partition of ``jobs`` (a day; shorter for a soak test).
+    job_partition: str = "1d"
+    #: How many partitions are made ahead of now.
+    partitions_ahead: int = 3
+    #: How often the scheduler enforces retention and makes partitions ahead, seconds.
+    retention_interval_s: float = 300.0
+
+    @property
+    def job_retention_s(self) -> float:
+        """``job_retention`` in seconds."""
+        return duration_s(self.job_retention, "INFERQ_JOB_RETENTION")
+
+    @property
+    def job_partition_s(self) -> float:
+        """``job_partition`` in seconds."""
+        return duration_s(self.job_partition, "INFERQ_JOB_PARTITION")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -439,6 +459,8 @@ class Settings:
         if hooks.webhook_max_attempts < 1 or hooks.webhook_timeout_s <= 0:
             raise ConfigError("need INFERQ_WEBHOOK_MAX_ATTEMPTS >= 1, INFERQ_WEBHOOK_TIMEOUT_S > 0")
         self.quotas.lane_limits  # noqa: B018 (raises ConfigError when malformed)
+        self.scheduler.job_retention_s  # noqa: B018 (raises ConfigError when malformed)
+        self.scheduler.job_partition_s  # noqa: B018 (raises ConfigError when malformed)
         self.local.autoscale_bounds  # noqa: B018 (raises ConfigError when malformed)
 
     @property
@@ -487,6 +509,24 @@ class Settings:
         return {
             PREFIX + name.upper(): str(value) for name, value in self.values() if value is not None
         }
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def duration_s(text: str, variable: str) -> float:
+    """Seconds in ``7d``, ``12h``, ``90m``, ``3600s`` or ``3600``; ConfigError otherwise."""
+    raw = text.strip().lower()
+    number, unit = (raw[:-1], raw[-1]) if raw[-1:] in _UNITS else (raw, "s")
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except ValueError:
+        raise ConfigError(
+            f"{variable}={text!r} is not a duration like 7d, 12h, 90m or 30s"
+        ) from None
+    if not seconds > 0:
+        raise ConfigError(f"{variable} must be more than 0, not {text!r}")
+    return seconds
 
 
 def _fields() -> dict[str, tuple[str | None, type]]:

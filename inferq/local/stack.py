@@ -279,7 +279,11 @@ def prepare(settings: Settings, paths: StackPaths) -> None:
     from inferq.domain.registration import legacy_sink
 
     info("migrating the database")
-    upgrade(settings.require_database_url(), artifact_sink=legacy_sink(open_store(settings)))
+    upgrade(
+        settings.require_database_url(),
+        artifact_sink=legacy_sink(open_store(settings)),
+        job_partition_s=settings.scheduler.job_partition_s,
+    )
     # Training is a worker's trade (torch): the launcher runs it as the CLI command would,
     # in a process of its own, and stays free of torch itself.
     subprocess.run(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from flask.testing import FlaskClient
@@ -11,13 +13,35 @@ from db.tables import Base
 from inferq.core.settings import Settings
 from tests.integration.conftest import Caller
 
+PARTITION = re.compile(r"jobs_p\d{8}(t\d{6})?")
+
+
+def not_a_partition(name: str | None, kind: str, _: object) -> bool:
+    """jobs' partitions (``jobs_p20261204``) are made at run time, not declared."""
+    return not (kind == "table" and name is not None and PARTITION.fullmatch(name))
+
+
+def not_about_a_partition(
+    item: object, name: str | None, kind: str, reflected: bool, _: object
+) -> bool:
+    """Postgres clones a foreign key to a partitioned table once per partition."""
+    if kind == "foreign_key_constraint" and reflected:
+        return not PARTITION.fullmatch(item.referred_table.name)  # type: ignore[attr-defined]
+    return True
+
 
 def test_migrations_build_exactly_the_models(settings: Settings) -> None:
     engine = create_engine(settings.database_url or "")
     with engine.connect() as conn:
-        diff = compare_metadata(
-            MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
+        context = MigrationContext.configure(
+            conn,
+            opts={
+                "compare_type": True,
+                "include_name": not_a_partition,
+                "include_object": not_about_a_partition,
+            },
         )
+        diff = compare_metadata(context, Base.metadata)
     engine.dispose()
     assert diff == []
 

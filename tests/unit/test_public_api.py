@@ -20,6 +20,7 @@ PUBLIC = [
     "Conflict",
     "Example",
     "Forbidden",
+    "Gone",
     "InferqError",
     "InputError",
     "InvalidInput",

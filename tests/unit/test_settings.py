@@ -45,6 +45,9 @@ def test_round_trips_through_the_environment() -> None:
         ({"INFERQ_ENV": "production"}, "production needs"),
         ({"INFERQ_WORKER_LANES": "online,express"}, "unknown lane"),
         ({"INFERQ_MAX_ATTEMPTS": "0"}, "MAX_ATTEMPTS"),
+        ({"INFERQ_JOB_RETENTION": "a week"}, "INFERQ_JOB_RETENTION"),
+        ({"INFERQ_JOB_RETENTION": "0d"}, "INFERQ_JOB_RETENTION"),
+        ({"INFERQ_JOB_PARTITION": "1w"}, "INFERQ_JOB_PARTITION"),
     ],
 )
 def test_bad_settings_are_refused_with_the_variable_named(
@@ -52,6 +55,14 @@ def test_bad_settings_are_refused_with_the_variable_named(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("7d", 604_800), ("12h", 43_200), ("90m", 5_400), ("30s", 30), ("45", 45)]
+)
+def test_retention_takes_durations_with_units(text: str, seconds: float) -> None:
+    settings = Settings.from_env({"INFERQ_JOB_RETENTION": text, "INFERQ_JOB_PARTITION": text})
+    assert settings.scheduler.job_retention_s == seconds == settings.scheduler.job_partition_s
 
 
 def test_redis_url_defaults_to_a_redis_broker_only() -> None:

@@ -1,0 +1,450 @@
+"""Retention (scheduler/retention.py): jobs older than ``INFERQ_JOB_RETENTION`` go a whole
+partition at a time, with what hangs off them; labelled feedback stays for retraining; a
+batch's items stay until the batch expires; an expired job answers 410, an unknown one 404.
+
+Each test runs in a database of its own with hour-wide partitions, made back in time."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
+
+from api.app import create_app
+from db.engine import make_engine, make_session_factory
+from db.ids import new_id, time_of
+from db.keys import create_key, ensure_tenant
+from db.migrate import upgrade
+from db.partitions import create_partition, floor_time, partition_name, partitions
+from db.training import labelled_feedback
+from inferq.core.settings import Settings
+from scheduler.retention import enforce
+from tests.services import Services, create_database
+
+HOUR = dt.timedelta(hours=1)
+NOW = dt.datetime.now(dt.timezone.utc)
+
+
+@pytest.fixture
+def own(services: Services, settings: Settings) -> Iterator[Settings]:
+    """Settings on a fresh database with hour-wide partitions and a 6-hour retention, and
+    partitions for the two days before now."""
+    url, drop = create_database(services.postgres_url)
+    upgrade(url, job_partition_s=3600)
+    sessions = make_session_factory(make_engine(url))
+    with sessions.begin() as session:
+        first = floor_time(NOW, HOUR)
+        for hours in range(48, 0, -1):
+            create_partition(session, first - hours * HOUR, first - (hours - 1) * HOUR)
+    yield settings.replace(database_url=url, job_retention="6h", job_partition="1h")
+    drop()
+
+
+@pytest.fixture
+def db(own: Settings) -> Iterator[Engine]:
+    engine = create_engine(own.database_url or "")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def model(db: Engine) -> tuple[uuid.UUID, int, int]:
+    """A tenant, a model and its version: ``(tenant_id, model_id, version_id)``."""
+    with db.begin() as conn:
+        tenant = uuid.uuid4()
+        conn.execute(text("INSERT INTO tenants (id, name) VALUES (:t, 'acme')"), {"t": tenant})
+        model_id = conn.scalar(
+            text(
+                "INSERT INTO models (name, handler, input_schema) VALUES"
+                " ('digits', 'digits', '{\"type\": \"object\"}') RETURNING id"
+            )
+        )
+        version_id = conn.scalar(
+            text(
+                "INSERT INTO model_versions (model_id, version, artifact_uri, sha256,"
+                " size_bytes, status, created_by) VALUES"
+                " (:m, 1, 'file:///none', repeat('0', 64), 1, 'active', 'test') RETURNING id"
+            ),
+            {"m": model_id},
+        )
+    return tenant, model_id, version_id
+
+
+def add_job(
+    db: Engine,
+    model: tuple[uuid.UUID, int, int],
+    at: dt.datetime,
+    label: Any = None,
+    batch_id: uuid.UUID | None = None,
+) -> uuid.UUID:
+    """A succeeded job created at ``at`` (its id carries the time), with feedback (a label
+    when given), a webhook with one delivery, an idempotency key and a shadow result."""
+    tenant, model_id, version_id = model
+    job_id = new_id(at)
+    with db.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO jobs (id, created_at, tenant_id, model_id, version_id, lane, status,"
+                " input, output, batch_id, batch_index) VALUES (:id, :at, :t, :m, :v, 'online',"
+                " 'succeeded', CAST(:input AS jsonb), '{\"label\": 1}', :batch,"
+                " CASE WHEN CAST(:batch AS uuid) IS NULL THEN NULL ELSE 0 END)"
+            ),
+            {
+                "id": job_id,
+                "at": time_of(job_id),
+                "t": tenant,
+                "m": model_id,
+                "v": version_id,
+                "input": json.dumps({"pixels": [at.hour] * 64}),
+                "batch": batch_id,
+            },
+        )
+        conn.execute(
+            text(
+                "INSERT INTO feedback (id, job_id, tenant_id, label, correct)"
+                " VALUES (:f, :j, :t, CAST(:label AS jsonb), true)"
+            ),
+            {"f": uuid.uuid4(), "j": job_id, "t": tenant, "label": json.dumps(label)},
+        )
+        conn.execute(
+            text("INSERT INTO webhooks (job_id, url) VALUES (:j, 'https://example.com/h')"),
+            {"j": job_id},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO webhook_deliveries (job_id, attempt, ok, status_code)"
+                " VALUES (:j, 1, true, 200)"
+            ),
+            {"j": job_id},
+        )
+        key_id = create_key_row(conn, tenant)
+        conn.execute(
+            text(
+                "INSERT INTO idempotency_keys (key_id, key, fingerprint, job_id)"
+                " VALUES (:k, :key, repeat('a', 64), :j)"
+            ),
+            {"k": key_id, "key": str(job_id), "j": job_id},
+        )
+    return job_id
+
+
+def create_key_row(conn: Any, tenant: uuid.UUID) -> uuid.UUID:
+    key_id = conn.scalar(
+        text("SELECT id FROM api_keys WHERE tenant_id = :t LIMIT 1"), {"t": tenant}
+    )
+    if key_id is None:
+        key_id = uuid.uuid4()
+        conn.execute(
+            text(
+                "INSERT INTO api_keys (id, tenant_id, prefix, key_hash, scopes)"
+                " VALUES (:k, :t, :p, repeat('b', 64), ARRAY['read'])"
+            ),
+            {"k": key_id, "t": tenant, "p": key_id.hex[:12]},
+        )
+    return key_id
+
+
+def count(db: Engine, table: str) -> int:
+    with db.connect() as conn:
+        return int(conn.scalar(text(f"SELECT count(*) FROM {table}")) or 0)
+
+
+def test_a_pass_drops_whole_expired_partitions_and_what_hangs_off_them(
+    own: Settings, db: Engine, model: tuple[uuid.UUID, int, int]
+) -> None:
+    """Catches: retention that deletes nothing, deletes recent jobs, or leaves orphans in
+    the tables that hang off a job."""
+    old = [add_job(db, model, NOW - hours * HOUR) for hours in (30, 20, 10)]
+    recent = [add_job(db, model, NOW - hours * HOUR) for hours in (3, 1, 0)]
+    sessions = make_session_factory(make_engine(own.database_url or ""))
+    before = {p.name for p in partitions(sessions())}
+
+    report = enforce(sessions, own)
+
+    after = {p.name for p in partitions(sessions())}
+    assert report.dropped and set(report.dropped) == before - after
+    cutoff = NOW - 6 * HOUR
+    assert all(p.upper > cutoff - HOUR for p in partitions(sessions()))  # every expired one went
+    with db.connect() as conn:
+        left = {row[0] for row in conn.execute(text("SELECT id FROM jobs"))}
+        tables = [r[0] for r in conn.execute(text("SELECT tablename FROM pg_tables"))]
+    assert left == set(recent) and not set(old) & left
+    assert not set(report.dropped) & set(tables)  # detached and dropped, not left lying about
+    for table in ("feedback", "webhooks", "webhook_deliveries", "idempotency_keys"):
+        assert count(db, table) == len(recent), table
+    # Partitions ahead of now exist for the next jobs.
+    assert max(p.upper for p in partitions(sessions())) >= NOW + 3 * HOUR
+
+
+def test_labelled_jobs_are_kept_for_retraining_when_their_partition_goes(
+    own: Settings, db: Engine, model: tuple[uuid.UUID, int, int]
+) -> None:
+    """Catches: retention that throws away the feedback retraining learns from."""
+    labelled = add_job(db, model, NOW - 30 * HOUR, label=7)
+    add_job(db, model, NOW - 30 * HOUR, label=None)  # a verdict without a label: not kept
+    live = add_job(db, model, NOW - HOUR, label=3)
+    sessions = make_session_factory(make_engine(own.database_url or ""))
+
+    report = enforce(sessions, own)
+
+    assert report.kept_examples == 1
+    with sessions() as session:
+        found = {row.job_id: row.label for row in labelled_feedback(session, model[1])}
+    assert found == {labelled: 7, live: 3}
+    # A second pass keeps nothing twice.
+    assert enforce(sessions, own).kept_examples == 0
+    assert count(db, "training_examples") == 1
+
+
+def test_training_examples_stop_at_what_retraining_reads(
+    own: Settings, db: Engine, model: tuple[uuid.UUID, int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Catches: a training-examples table that grows for ever."""
+    import scheduler.retention
+
+    monkeypatch.setattr(scheduler.retention, "TRAINING_WINDOW", 2)
+    made = {
+        hours: add_job(db, model, NOW - hours * HOUR, label=hours % 10)
+        for hours in (40, 30, 20, 10)
+    }
+    sessions = make_session_factory(make_engine(own.database_url or ""))
+    report = enforce(sessions, own)
+    assert report.kept_examples == 4 and report.trimmed_examples == 2
+    with db.connect() as conn:
+        kept = {row[0] for row in conn.execute(text("SELECT job_id FROM training_examples"))}
+    assert kept == {made[20], made[10]}  # the newest two
+
+
+def test_a_batch_not_yet_expired_holds_its_items(
+    own: Settings, db: Engine, model: tuple[uuid.UUID, int, int]
+) -> None:
+    """Catches: a batch whose results vanish while the batch can still be read."""
+    tenant, model_id, version_id = model
+    batch_id = new_id(NOW - 20 * HOUR)
+    with db.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO batches (id, tenant_id, model_id, version_id, status, total,"
+                " created_at, completed_at) VALUES (:b, :t, :m, :v, 'completed', 1, :at, :done)"
+            ),
+            {
+                "b": batch_id,
+                "t": tenant,
+                "m": model_id,
+                "v": version_id,
+                "at": time_of(batch_id),
+                "done": NOW - 2 * HOUR,  # completed 2 h ago: expires in 4 h
+            },
+        )
+    item = add_job(db, model, NOW - 20 * HOUR, batch_id=batch_id)
+    older = add_job(db, model, NOW - 30 * HOUR)
+    sessions = make_session_factory(make_engine(own.database_url or ""))
+
+    report = enforce(sessions, own)
+
+    assert report.held_by_batch
+    with db.connect() as conn:
+        left = {row[0] for row in conn.execute(text("SELECT id FROM jobs"))}
+    assert item in left and older not in left
+    assert count(db, "batches") == 1
+
+    # Once the batch is as old as the retention, it goes with its items.
+    with db.begin() as conn:
+        conn.execute(text("UPDATE batches SET completed_at = :t"), {"t": NOW - 7 * HOUR})
+    report = enforce(sessions, own)
+    assert not report.held_by_batch and report.deleted_batches == 1
+    with db.connect() as conn:
+        assert conn.scalar(text("SELECT count(*) FROM jobs WHERE id = :j"), {"j": item}) == 0
+
+
+def test_an_expired_job_answers_410_and_an_unknown_one_404(
+    own: Settings, db: Engine, model: tuple[uuid.UUID, int, int]
+) -> None:
+    """Catches: an expired job that reads as never having existed (404), or a 410 for any
+    id at all."""
+    gone = add_job(db, model, NOW - 30 * HOUR)
+    kept = add_job(db, model, NOW - HOUR)
+    sessions = make_session_factory(make_engine(own.database_url or ""))
+    enforce(sessions, own)
+    with sessions.begin() as session:
+        key = create_key(session, ensure_tenant(session, "acme"), ["read", "submit"])[0]
+    http = create_app(own).test_client()
+    headers = {"Authorization": f"Bearer {key}"}
+
+    answer = http.get(f"/v1/jobs/{gone}", headers=headers)
+    assert answer.status_code == 410, answer.get_json()
+    assert answer.headers["Content-Type"] == "application/problem+json"
+    assert "expired" in answer.get_json()["detail"]
+    assert http.get(f"/v1/jobs/{kept}", headers=headers).status_code == 200
+    # An id from after the horizon that names no job, and an id that carries no time.
+    assert http.get(f"/v1/jobs/{new_id()}", headers=headers).status_code == 404
+    assert http.get(f"/v1/jobs/{uuid.uuid4()}", headers=headers).status_code == 404
+    assert http.post(f"/v1/jobs/{gone}/cancel", headers=headers).status_code == 410
+    assert http.get(f"/v1/batches/{new_id(NOW - 40 * HOUR)}", headers=headers).status_code == 410
+
+
+def test_two_schedulers_never_retire_at_once(
+    own: Settings, db: Engine, model: tuple[uuid.UUID, int, int]
+) -> None:
+    """Catches: a second scheduler's pass racing the first (the advisory lock)."""
+    add_job(db, model, NOW - 30 * HOUR)
+    sessions = make_session_factory(make_engine(own.database_url or ""))
+    with db.begin() as conn:
+        conn.execute(text("SELECT pg_advisory_xact_lock(7311224002)"))
+        report = enforce(sessions, own)  # another holds the lock: nothing done
+        assert report.dropped == [] and report.made == []
+    assert enforce(sessions, own).dropped
+
+
+def test_a_busy_jobs_table_makes_retention_wait_for_the_next_pass(
+    own: Settings, db: Engine, model: tuple[uuid.UUID, int, int]
+) -> None:
+    """Catches: a detach that waits behind a long query (and stalls every writer behind
+    it) instead of giving up after its lock timeout."""
+    old = add_job(db, model, NOW - 30 * HOUR)
+    sessions = make_session_factory(make_engine(own.database_url or ""))
+    with db.begin() as conn:
+        conn.execute(text("LOCK TABLE jobs IN ACCESS SHARE MODE"))
+        report = enforce(sessions, own)
+        assert report.dropped == []
+    with db.connect() as conn:
+        assert conn.scalar(text("SELECT count(*) FROM jobs WHERE id = :j"), {"j": old}) == 1
+        assert count(db, "feedback") == 1  # the retire transaction rolled back whole
+    assert enforce(sessions, own).dropped
+
+
+def test_the_migration_moves_existing_jobs_into_partitions(services: Services) -> None:
+    """Catches: a migration that loses jobs, or leaves what hangs off them unlinked."""
+    url, drop = create_database(services.postgres_url)
+    try:
+        upgrade(url, "0008")
+        engine = create_engine(url)
+        tenant, job_id = uuid.uuid4(), uuid.uuid4()
+        created = NOW - 50 * HOUR
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO tenants (id, name) VALUES (:t, 'old')"), {"t": tenant})
+            model_id = conn.scalar(
+                text(
+                    "INSERT INTO models (name, handler, input_schema) VALUES"
+                    " ('digits', 'digits', '{}') RETURNING id"
+                )
+            )
+            version_id = conn.scalar(
+                text(
+                    "INSERT INTO model_versions (model_id, version, artifact_uri, sha256,"
+                    " size_bytes, status, created_by) VALUES"
+                    " (:m, 1, 'file:///x', repeat('0', 64), 1, 'active', 't') RETURNING id"
+                ),
+                {"m": model_id},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO jobs (id, tenant_id, model_id, version_id, lane, status, input,"
+                    " created_at) VALUES (:j, :t, :m, :v, 'online', 'succeeded', '{}', :at)"
+                ),
+                {"j": job_id, "t": tenant, "m": model_id, "v": version_id, "at": created},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO feedback (id, job_id, tenant_id, label) VALUES (:f, :j, :t, '5')"
+                ),
+                {"f": uuid.uuid4(), "j": job_id, "t": tenant},
+            )
+        upgrade(url, job_partition_s=86_400)
+        with engine.begin() as conn:
+            assert conn.scalar(text("SELECT count(*) FROM jobs WHERE id = :j"), {"j": job_id}) == 1
+            assert conn.scalar(text("SELECT job_created_at FROM feedback")) == created
+            where = conn.scalar(
+                text("SELECT tableoid::regclass::text FROM jobs WHERE id = :j"), {"j": job_id}
+            )
+            assert where == f"jobs_p{created:%Y%m%d}"
+            # A legacy (UUIDv4) job still takes feedback: the trigger finds its time.
+            conn.execute(
+                text(
+                    "INSERT INTO feedback (id, job_id, tenant_id, correct)"
+                    " VALUES (:f, :j, :t, true)"
+                ),
+                {"f": uuid.uuid4(), "j": job_id, "t": tenant},
+            )
+            assert conn.scalar(text("SELECT count(DISTINCT job_created_at) FROM feedback")) == 1
+        engine.dispose()
+        sessions = make_session_factory(make_engine(url))
+        with sessions() as session:
+            names = [p.name for p in partitions(session)]
+        assert names[0] == f"jobs_p{created:%Y%m%d}" and len(names) >= 6
+    finally:
+        drop()
+
+
+def test_a_job_id_carries_its_creation_time() -> None:
+    at = dt.datetime(2026, 12, 4, 12, 30, 15, 123000, tzinfo=dt.timezone.utc)
+    ident = new_id(at)
+    assert ident.version == 7 and time_of(ident) == at
+    assert time_of(uuid.uuid4()) is None
+    assert new_id(at) != ident  # the rest is random
+
+
+def test_postgres_reads_the_same_time_from_an_id(db: Engine) -> None:
+    ident = new_id()
+    with db.connect() as conn:
+        assert conn.scalar(text("SELECT job_time(:i)"), {"i": ident}) == time_of(ident)
+        assert conn.scalar(text("SELECT job_time(:i)"), {"i": uuid.uuid4()}) is None
+
+
+def test_the_partition_helpers_agree_with_postgres(own: Settings) -> None:
+    sessions = make_session_factory(make_engine(own.database_url or ""))
+    lower = floor_time(NOW, HOUR) + 10 * HOUR
+    with sessions.begin() as session:
+        name = create_partition(session, lower, lower + HOUR)
+    with sessions() as session:
+        found = {p.name: p for p in partitions(session)}
+    assert found[name].lower == lower and found[name].upper == lower + HOUR
+
+
+def test_a_claim_reads_only_the_partition_its_ids_name(own: Settings, db: Engine) -> None:
+    """Catches: claims and stores that probe every partition's index (a week of them)."""
+    from db.jobs import _CLAIM, time_window
+
+    ids = [new_id(NOW - 20 * HOUR), new_id(NOW - 20 * HOUR)]
+    since, until = time_window(ids)
+    assert (since, until) == (min(map(time_of, ids)), max(map(time_of, ids)))  # type: ignore[type-var]
+    assert time_window([*ids, uuid.uuid4()]) == ("-infinity", "infinity")
+    with db.connect() as conn:
+        plan = "\n".join(
+            row[0]
+            for row in conn.execute(
+                text(f"EXPLAIN {_CLAIM.text}"),
+                {"ids": [str(i) for i in ids], "worker": "w", "since": since, "until": until},
+            )
+        )
+    scanned = set(re.findall(r"on (jobs_p\w+)", plan))
+    assert scanned == {partition_name(floor_time(NOW - 20 * HOUR, HOUR))}, plan
+
+
+def test_making_a_partition_does_not_block_writers(
+    own: Settings, db: Engine, model: tuple[uuid.UUID, int, int]
+) -> None:
+    """Catches: a partition made with ``CREATE TABLE … PARTITION OF``, whose exclusive lock on
+    ``jobs`` stalls every submit until the scheduler's transaction ends."""
+    sessions = make_session_factory(make_engine(own.database_url or ""))
+    lower = floor_time(NOW, HOUR) + 20 * HOUR
+    with sessions.begin() as session:
+        create_partition(session, lower, lower + HOUR)  # held open while a writer comes
+        with db.begin() as conn:
+            conn.execute(text("SET LOCAL lock_timeout = 300"))
+            tenant, model_id, version_id = model
+            conn.execute(
+                text(
+                    "INSERT INTO jobs (id, created_at, tenant_id, model_id, version_id, lane,"
+                    " status, input) VALUES (:id, :at, :t, :m, :v, 'online', 'queued', '{}')"
+                ),
+                {"id": new_id(), "at": NOW, "t": tenant, "m": model_id, "v": version_id},
+            )
+            assert conn.scalar(text("SELECT count(*) FROM jobs")) == 1
