@@ -1,0 +1,137 @@
+"""``inferq simulate``: queue-wait percentiles, the SLO verdicts, that the real autoscaler
+policy is what scales the simulated fleet, and the picture."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from inferq.cli import main
+from scheduler.autoscaler import policy as autoscaling
+from scheduler.autoscaler.policy import Policy
+from scheduler.simulation.curves import CURVES
+from scheduler.simulation.fluid import Pool
+from scheduler.simulation.model import Scenario, Simulation
+from scheduler.simulation.plot import draw
+from scheduler.simulation.report import Slo, best_fixed_fleet, summarize
+from scheduler.simulation.waits import WaitLog, percentile, share_within
+from scheduler.simulation.writepath import Costs
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SLO = Slo(seconds=5.0, quantile=0.95)
+#: 1,000 jobs/s for ten minutes; one embed-cpu worker finishes about 221 jobs/s at best,
+#: so five workers keep up and four fall behind.
+FLAT = Scenario(
+    CURVES["embed-cpu"], profile="flat", duration_s=600, peak=1000, cold_start_s=5, drain_s=2
+)
+AUTOSCALED = Policy(min_workers=1, max_workers=20, target_queue_wait_s=2, max_step=10)
+
+
+def arrays(log: WaitLog) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    lo, hi, n, _ = log.arrays()
+    return lo, hi, n
+
+
+def test_percentiles_of_a_hand_made_set_of_waits() -> None:
+    # Given 50 jobs that waited 0.1 s, 40 that waited 1 s and 10 that waited 10 s
+    log = WaitLog()
+    log.add(0.1, 0.1, 50, at=0)
+    log.add(1.0, 1.0, 40, at=0)
+    log.add(10.0, 10.0, 10, at=0)
+    lo, hi, n = arrays(log)
+    # Then half waited 0.1 s or less, 90% at most 1 s, and the last tenth 10 s
+    assert percentile(lo, hi, n, 0.5) == pytest.approx(0.1, abs=1e-6)
+    assert percentile(lo, hi, n, 0.9) == pytest.approx(1.0, abs=1e-6)
+    assert percentile(lo, hi, n, 0.95) == pytest.approx(10.0, abs=1e-6)
+    assert share_within(lo, hi, n, 5.0) == pytest.approx(0.9)
+
+
+def test_percentiles_of_waits_spread_evenly() -> None:
+    # Given 1,000 jobs whose waits run evenly from 0 to 10 s (given high to low, as a
+    # queue that is catching up serves them)
+    log = WaitLog()
+    log.add(10.0, 0.0, 1000, at=0)
+    lo, hi, n = arrays(log)
+    assert percentile(lo, hi, n, 0.5) == pytest.approx(5.0, abs=1e-6)
+    assert percentile(lo, hi, n, 0.99) == pytest.approx(9.9, abs=1e-6)
+    assert share_within(lo, hi, n, 2.5) == pytest.approx(0.25)
+
+
+def test_a_pool_that_keeps_up_queues_nothing_and_one_without_workers_counts_every_wait() -> None:
+    curve = CURVES["embed-cpu"]
+    sizes = np.arange(1, 65)
+    # Given 100 jobs in a second and 2 workers (each over 200 jobs/s at their best)
+    keeping_up = Pool(curve.throughputs(64), curve.latency(sizes), WaitLog())
+    done = keeping_up.tick(0.0, 1.0, 100.0, n=2)
+    assert done.jobs == pytest.approx(100.0) and keeping_up.queued == 0
+    # Given the same jobs and no worker for 10 s: all wait, from 10 s down to 9 s
+    idle = Pool(curve.throughputs(64), curve.latency(sizes), WaitLog())
+    assert idle.tick(0.0, 1.0, 100.0, n=0).jobs == 0
+    idle.close(10.0)
+    lo, hi, n = arrays(idle.waits)
+    assert n.sum() == 100 and lo.min() == pytest.approx(9.0) and hi.max() == pytest.approx(10.0)
+
+
+def test_a_fleet_too_small_misses_the_slo_and_the_autoscaled_one_meets_it() -> None:
+    too_small = summarize(Simulation(FLAT, fixed=4).run(), SLO)
+    autoscaled = summarize(Simulation(FLAT, policy=AUTOSCALED).run(), SLO)
+    assert not too_small.meets_slo and too_small.p95_s > SLO.seconds
+    assert autoscaled.meets_slo and autoscaled.p95_s <= SLO.seconds
+    assert autoscaled.jobs == pytest.approx(FLAT.arrivals().sum())
+
+
+def test_the_best_fixed_fleet_is_the_smallest_that_meets_the_slo() -> None:
+    workers, run = best_fixed_fleet(FLAT, SLO, max_workers=20)
+    assert workers == 5 and run is not None and run.worker_seconds == 5 * 600
+    assert not summarize(Simulation(FLAT, fixed=4).run(), SLO).meets_slo
+    assert best_fixed_fleet(FLAT, SLO, max_workers=3) == (None, None)
+
+
+def test_the_real_policy_decides(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Catches: a simulation that scales by a policy of its own, not the autoscaler's."""
+    calls = []
+    real = autoscaling.decide
+
+    def frozen(policy, obs, memory, now):  # type: ignore[no-untyped-def]
+        calls.append(obs)
+        decision = real(policy, obs, memory, now)
+        return type(decision)(obs.current, decision.recommended, obs.current, "frozen",
+                              decision.memory)  # fmt: skip
+
+    # Given the policy swapped for one that never changes the fleet
+    monkeypatch.setattr(autoscaling, "decide", frozen)
+    run = Simulation(FLAT, policy=AUTOSCALED).run()
+    # Then the simulation called it every poll and stayed at one worker, missing the SLO
+    assert len(calls) == 600 // 5 - 1
+    assert run.workers.max() == 1
+    assert not summarize(run, SLO).meets_slo
+
+
+def test_the_picture_is_a_png(tmp_path: Path) -> None:
+    run = Simulation(FLAT, policy=AUTOSCALED).run()
+    path = draw(run, None, SLO, Costs(), tmp_path / "sim.png", "flat")
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 10_000
+    import matplotlib.pyplot as plt
+
+    assert plt.imread(path).shape[2] in (3, 4)  # decodes as an image
+
+
+def test_the_command_reports_the_slo_the_fixed_fleet_and_the_write_path(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main,
+        ["simulate", "--profile", "flat", "--duration", "600", "--peak", "1000",
+         "--curve", "embed-cpu", "--max-workers", "20", "--target-wait", "2", "--max-step",
+         "10", "--cold-start", "5", "--drain", "2", "--png", str(tmp_path / "s.png"),
+         "--json", str(tmp_path / "s.json")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "s.json").read_text())
+    assert report["autoscaled"]["meets_slo"] is True
+    assert report["best_fixed_fleet"]["workers"] == 5
+    assert "MEETS the SLO" in result.output and "Postgres" in result.output
+    assert (tmp_path / "s.png").read_bytes()[:8] == PNG_MAGIC
