@@ -5,7 +5,9 @@ autoscaler reads from the broker and Postgres (backlog, running, arrivals and pe
 service rate over ``window_s``, workers the backend runs) and calls
 ``scheduler.autoscaler.policy.decide`` (looked up at each call, so a test can swap it). A
 started worker serves after ``cold_start_s``; a stopped one takes no new batch and is paid
-for ``drain_s`` more (warm shutdown); a worker still starting is cancelled first.
+for ``drain_s`` more (warm shutdown); a worker still starting is cancelled first. An
+autoscaled pool starts with the workers the first second's arrivals need at the curve's best
+rate (as it would stand after a quiet while); a fixed fleet is ready from the start.
 """
 
 from __future__ import annotations
@@ -108,13 +110,22 @@ class Simulation:
         sizes = np.arange(1, (scenario.max_batch or curve.max_batch) + 1)
         self.pool = Pool(curve.throughputs(len(sizes)), curve.latency(sizes), WaitLog())
         self.fixed = fixed
-        self.ready = fixed if fixed is not None else policy.min_workers  # type: ignore[union-attr]
+        best = float(curve.throughputs(len(sizes)).max())
+        self.ready = fixed if fixed is not None else self._steady(policy, best)
         self.starting: list[simpy.Process] = []
         self.draining = 0
         self.in_flight = 0.0
         self.decisions = {"up": 0, "down": 0, "hold": 0}
         self._memory = Memory()
         self._tick = 0
+
+    def _steady(self, policy: Policy | None, best: float) -> int:
+        """An autoscaled pool starts as it would stand after a while at the first
+        second's arrivals: enough workers at the curve's best rate, within the bounds."""
+        assert policy is not None
+        first = profiles.rate(self.scenario.profile, 0.0, self.scenario.duration_s, 1.0)
+        need = math.ceil(first * self.scenario.peak / best)
+        return max(policy.min_workers, min(policy.max_workers, need))
 
     def run(self) -> Run:
         """Simulate the whole duration."""

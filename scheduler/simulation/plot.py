@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt
 import numpy as np
 
+from scheduler.simulation import profiles
 from scheduler.simulation.model import Run
 from scheduler.simulation.report import Slo, windowed
 from scheduler.simulation.writepath import Costs, rates
@@ -22,10 +23,12 @@ def _hours(run: Run, values: np.ndarray) -> np.ndarray:
 
 def draw(run: Run, fixed: Run | None, slo: Slo, costs: Costs, path: Path, title: str) -> Path:
     """Write a four-panel PNG of ``run`` (and the best fixed fleet, when found) to ``path``."""
-    fig, axes = plt.subplots(4, 1, figsize=(11, 12), sharex=True, constrained_layout=True)
+    fig, axes = plt.subplots(5, 1, figsize=(11, 15), constrained_layout=True)
     per_s = rates(run, costs)
     hours = _hours(run, per_s["jobs"])
-    traffic, workers, waits, writes = axes
+    traffic, workers, waits, writes, zoom = axes
+    for ax in axes[1:4]:
+        ax.sharex(traffic)
     traffic.plot(hours, per_s["jobs"], color="tab:blue", lw=0.8, label="arrivals")
     served = run.series["served"] / run.scenario.tick_s
     traffic.plot(hours, served, color="tab:green", lw=0.5, alpha=0.6, label="served")
@@ -65,7 +68,35 @@ def draw(run: Run, fixed: Run | None, slo: Slo, costs: Costs, path: Path, title:
     writes.set_ylabel("per second")
     writes.set_xlabel("simulated hours")
     writes.legend(loc="upper left", fontsize=8)
+    _zoom(zoom, run, fixed, slo)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+def _zoom(ax: plt.Axes, run: Run, fixed: Run | None, slo: Slo) -> None:
+    """The burst up close (the whole run when the profile has none): workers against
+    arrivals, and the worst queue wait of each tick."""
+    sc = run.scenario
+    stretch = sc.duration_s / profiles.DAY_S
+    if sc.profile in ("day", "burst"):
+        start, stop = (profiles.BURST_AT_S - 900) * stretch, (profiles.BURST_AT_S + 2700) * stretch
+    else:
+        start, stop = 0.0, sc.duration_s
+    times = run.times
+    shown = (times >= start) & (times < stop)
+    minutes = (times[shown] - start) / 60.0
+    ax.plot(minutes, run.workers[shown], color="tab:orange", lw=1.0, label="workers (paid)")
+    ax.plot(minutes, run.series["ready"][shown], color="tab:red", lw=0.7, label="serving")
+    if fixed is not None and fixed.fixed is not None:
+        ax.axhline(fixed.fixed, color="grey", ls="--", lw=0.8, label="best fixed fleet")
+    ax.set_ylabel("workers")
+    ax.set_xlabel(f"minutes from {start / 3600:.2f} h")
+    queued = ax.twinx()
+    queued.plot(minutes, run.series["queued"][shown], color="tab:blue", lw=0.8, label="queued jobs")
+    queued.set_ylabel("queued jobs")
+    lines = ax.get_legend_handles_labels()
+    more = queued.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper right", fontsize=8)
+    ax.set_title("the burst, up close" if sc.profile in ("day", "burst") else "the run")

@@ -80,6 +80,8 @@ def test_a_fleet_too_small_misses_the_slo_and_the_autoscaled_one_meets_it() -> N
     too_small = summarize(Simulation(FLAT, fixed=4).run(), SLO)
     autoscaled = summarize(Simulation(FLAT, policy=AUTOSCALED).run(), SLO)
     assert not too_small.meets_slo and too_small.p95_s > SLO.seconds
+    # every job counts, those still queued at the end too (waiting at least until then)
+    assert too_small.jobs == pytest.approx(FLAT.arrivals().sum())
     assert autoscaled.meets_slo and autoscaled.p95_s <= SLO.seconds
     assert autoscaled.jobs == pytest.approx(FLAT.arrivals().sum())
 
