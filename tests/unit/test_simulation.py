@@ -23,10 +23,11 @@ from scheduler.simulation.writepath import Costs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SLO = Slo(seconds=5.0, quantile=0.95)
-#: 1,000 jobs/s for ten minutes; one embed-cpu worker finishes about 221 jobs/s at best,
-#: so five workers keep up and four fall behind.
-FLAT = Scenario(
-    CURVES["embed-cpu"], profile="flat", duration_s=600, peak=1000, cold_start_s=5, drain_s=2
+#: A day's diurnal curve in ten minutes, from 400 jobs/s to 1,000 and back: one embed-cpu
+#: worker finishes about 221 jobs/s at best, so five workers keep up at the peak and four
+#: fall behind; an autoscaled pool starts with two.
+DAY = Scenario(
+    CURVES["embed-cpu"], profile="diurnal", duration_s=600, peak=1000, cold_start_s=5, drain_s=2
 )
 AUTOSCALED = Policy(min_workers=1, max_workers=20, target_queue_wait_s=2, max_step=10)
 
@@ -77,20 +78,21 @@ def test_a_pool_that_keeps_up_queues_nothing_and_one_without_workers_counts_ever
 
 
 def test_a_fleet_too_small_misses_the_slo_and_the_autoscaled_one_meets_it() -> None:
-    too_small = summarize(Simulation(FLAT, fixed=4).run(), SLO)
-    autoscaled = summarize(Simulation(FLAT, policy=AUTOSCALED).run(), SLO)
+    too_small = summarize(Simulation(DAY, fixed=4).run(), SLO)
+    autoscaled = summarize(Simulation(DAY, policy=AUTOSCALED).run(), SLO)
     assert not too_small.meets_slo and too_small.p95_s > SLO.seconds
     # every job counts, those still queued at the end too (waiting at least until then)
-    assert too_small.jobs == pytest.approx(FLAT.arrivals().sum())
+    assert too_small.jobs == pytest.approx(DAY.arrivals().sum())
     assert autoscaled.meets_slo and autoscaled.p95_s <= SLO.seconds
-    assert autoscaled.jobs == pytest.approx(FLAT.arrivals().sum())
+    assert autoscaled.jobs == pytest.approx(DAY.arrivals().sum())
+    assert autoscaled.peak_workers == 5 and autoscaled.worker_seconds < 5 * 600
 
 
 def test_the_best_fixed_fleet_is_the_smallest_that_meets_the_slo() -> None:
-    workers, run = best_fixed_fleet(FLAT, SLO, max_workers=20)
+    workers, run = best_fixed_fleet(DAY, SLO, max_workers=20)
     assert workers == 5 and run is not None and run.worker_seconds == 5 * 600
-    assert not summarize(Simulation(FLAT, fixed=4).run(), SLO).meets_slo
-    assert best_fixed_fleet(FLAT, SLO, max_workers=3) == (None, None)
+    assert not summarize(Simulation(DAY, fixed=4).run(), SLO).meets_slo
+    assert best_fixed_fleet(DAY, SLO, max_workers=3) == (None, None)
 
 
 def test_the_real_policy_decides(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -106,16 +108,16 @@ def test_the_real_policy_decides(monkeypatch: pytest.MonkeyPatch) -> None:
 
     # Given the policy swapped for one that never changes the fleet
     monkeypatch.setattr(autoscaling, "decide", frozen)
-    run = Simulation(FLAT, policy=AUTOSCALED).run()
-    # Then the simulation called it every poll and stayed at one worker, missing the SLO
+    run = Simulation(DAY, policy=AUTOSCALED).run()
+    # Then the simulation called it every poll and stayed at its two workers, missing the SLO
     assert len(calls) == 600 // 5 - 1
-    assert run.workers.max() == 1
+    assert run.workers.max() == 2
     assert not summarize(run, SLO).meets_slo
 
 
 def test_the_picture_is_a_png(tmp_path: Path) -> None:
-    run = Simulation(FLAT, policy=AUTOSCALED).run()
-    path = draw(run, None, SLO, Costs(), tmp_path / "sim.png", "flat")
+    run = Simulation(DAY, policy=AUTOSCALED).run()
+    path = draw(run, None, SLO, Costs(), tmp_path / "sim.png", "diurnal")
     data = path.read_bytes()
     assert data[:8] == PNG_MAGIC and len(data) > 10_000
     import matplotlib.pyplot as plt
@@ -126,7 +128,7 @@ def test_the_picture_is_a_png(tmp_path: Path) -> None:
 def test_the_command_reports_the_slo_the_fixed_fleet_and_the_write_path(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         main,
-        ["simulate", "--profile", "flat", "--duration", "600", "--peak", "1000",
+        ["simulate", "--profile", "diurnal", "--duration", "600", "--peak", "1000",
          "--curve", "embed-cpu", "--max-workers", "20", "--target-wait", "2", "--max-step",
          "10", "--cold-start", "5", "--drain", "2", "--png", str(tmp_path / "s.png"),
          "--json", str(tmp_path / "s.json")],
