@@ -14,20 +14,50 @@ CURVES = ["embed-cpu", "embed-gpu", "digits-cpu"]
 
 
 @click.command()
-@click.option("--profile", type=click.Choice(PROFILES), default="day", show_default=True,
-              help="Arrivals: day = diurnal with a 10x burst to the peak at 16:00.")
-@click.option("--duration", type=float, default=86_400.0, show_default=True,
-              help="Simulated seconds; the profile's day is stretched over them.")
+@click.option(
+    "--profile",
+    type=click.Choice(PROFILES),
+    default="day",
+    show_default=True,
+    help="Arrivals: day = diurnal with a 10x burst to the peak at 16:00.",
+)
+@click.option(
+    "--duration",
+    type=float,
+    default=86_400.0,
+    show_default=True,
+    help="Simulated seconds; the profile's day is stretched over them.",
+)
 @click.option("--peak", type=float, default=10_000.0, show_default=True, help="Peak jobs/s.")
-@click.option("--scale", type=float, default=1.0, show_default=True,
-              help="Multiplies the peak (0.01: a hundredth of the traffic).")
-@click.option("--curve", type=click.Choice(CURVES), default="embed-cpu", show_default=True,
-              help="Batch size -> seconds per batch for one worker.")
+@click.option(
+    "--scale",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Multiplies the peak (0.01: a hundredth of the traffic).",
+)
+@click.option(
+    "--curve",
+    type=click.Choice(CURVES),
+    default="embed-cpu",
+    show_default=True,
+    help="Batch size -> seconds per batch for one worker.",
+)
 @click.option("--max-batch", type=int, default=None, help="Default: the curve's.")
-@click.option("--cold-start", type=float, default=30.0, show_default=True,
-              help="Seconds from a worker's start to its first batch.")
-@click.option("--drain", type=float, default=10.0, show_default=True,
-              help="Seconds a stopped worker is still paid for.")
+@click.option(
+    "--cold-start",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds from a worker's start to its first batch.",
+)
+@click.option(
+    "--drain",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds a stopped worker is still paid for.",
+)
 @click.option("--tick", type=float, default=1.0, show_default=True, help="Simulation step, s.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--min-workers", type=int, default=1, show_default=True)
@@ -38,20 +68,46 @@ CURVES = ["embed-cpu", "embed-gpu", "digits-cpu"]
 @click.option("--window", type=float, default=60.0, show_default=True)
 @click.option("--stabilization", type=float, default=60.0, show_default=True)
 @click.option("--cooldown", type=float, default=30.0, show_default=True)
-@click.option("--slo", "slo_s", type=float, default=5.0, show_default=True,
-              help="Queue-wait SLO, seconds (the Prometheus alert's 5 s p95).")
+@click.option(
+    "--slo",
+    "slo_s",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Queue-wait SLO, seconds (the Prometheus alert's 5 s p95).",
+)
 @click.option("--slo-quantile", type=float, default=0.95, show_default=True)
-@click.option("--fixed-search/--no-fixed-search", default=True, show_default=True,
-              help="Find the smallest fixed fleet that meets the SLO (a run per probe).")
+@click.option(
+    "--fixed-search/--no-fixed-search",
+    default=True,
+    show_default=True,
+    help="Find the smallest fixed fleet that meets the SLO (a run per probe).",
+)
 @click.option("--pg-cores", type=float, default=16.0, show_default=True)
-@click.option("--redis-rate", type=float, default=100_000.0, show_default=True,
-              help="Commands/s one Redis serves (assumed).")
-@click.option("--rabbit-rate", type=float, default=20_000.0, show_default=True,
-              help="Messages/s one RabbitMQ quorum queue serves (assumed).")
-@click.option("--png", type=click.Path(path_type=Path), default=Path("simulation.png"),
-              show_default=True)
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
-              help="Also write the report as JSON here.")
+@click.option(
+    "--redis-rate",
+    type=float,
+    default=100_000.0,
+    show_default=True,
+    help="Commands/s one Redis serves (assumed).",
+)
+@click.option(
+    "--rabbit-rate",
+    type=float,
+    default=20_000.0,
+    show_default=True,
+    help="Messages/s one RabbitMQ quorum queue serves (assumed).",
+)
+@click.option(
+    "--png", type=click.Path(path_type=Path), default=Path("simulation.png"), show_default=True
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the report as JSON here.",
+)
 @reports_errors
 def simulate(profile: str, duration: float, peak: float, scale: float, curve: str,
              max_batch: int | None, cold_start: float, drain: float, tick: float, seed: int,
@@ -68,8 +124,8 @@ def simulate(profile: str, duration: float, peak: float, scale: float, curve: st
     from scheduler.simulation.curves import CURVES as BY_NAME
     from scheduler.simulation.model import Scenario
     from scheduler.simulation.report import Slo
-    from scheduler.simulation.runner import render
-    from scheduler.simulation.runner import simulate as run_simulation
+    from scheduler.simulation.study import render
+    from scheduler.simulation.study import simulate as run_simulation
     from scheduler.simulation.writepath import Costs
 
     try:

@@ -1,8 +1,11 @@
 """Batching curves: seconds a worker spends on one batch of ``b`` jobs, and where they come from.
 
-A curve is predict time (interpolated between measured batch sizes) plus a per-batch
-pipeline cost: the claim and the store are one commit each (at the 1,800 one-connection
-commits/s measured here, 0.55 ms each) and one Redis pipeline, about 1.2 ms a batch.
+A curve is predict time (interpolated between measured batch sizes) plus the worker's own
+pipeline: per batch, the claim and the store are one commit each (at the 1,800
+one-connection commits/s measured here, 0.55 ms each) and one Redis pipeline, about 1.2 ms;
+per job, decoding its input, encoding its output, its row and its signal. BENCHMARKS.md
+measured the worker at 0.7 ms of CPU a job with 10.8 jobs a batch, of which predict took
+2.1 ms a batch: 0.7 - (2.1 + 1.2) / 10.8 = about 0.4 ms a job.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import numpy as np
 
 #: Claim commit + store commit at 1,800 commits/s (FACTS.md), plus one Redis pipeline.
 PIPELINE_S = 2 / 1800 + 0.0001
+#: The worker's CPU a job beyond predict and the per-batch commits (BENCHMARKS.md).
+PER_JOB_S = 0.0007 - (0.0021 + PIPELINE_S) / 10.8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +30,7 @@ class Curve:
     source: str
     max_batch: int = 64
     pipeline_s: float = PIPELINE_S
+    per_job_s: float = PER_JOB_S
 
     def latency(self, batch: int | np.ndarray) -> np.ndarray:
         """Seconds one batch of ``batch`` jobs keeps a worker busy (claim to stored)."""
@@ -33,7 +39,8 @@ class Curve:
         last = self.sizes[-1]
         slope = (self.seconds[-1] - self.seconds[-2]) / (last - self.sizes[-2])
         extra = np.maximum(np.asarray(batch, dtype=float) - last, 0.0) * slope
-        return np.asarray(predict + extra + self.pipeline_s, dtype=float)
+        jobs = np.asarray(batch, dtype=float) * self.per_job_s
+        return np.asarray(predict + extra + self.pipeline_s + jobs, dtype=float)
 
     def throughputs(self, max_batch: int | None = None) -> np.ndarray:
         """Jobs/s of one busy worker at batch sizes 1..max_batch (index 0 is batch 1)."""

@@ -74,8 +74,8 @@ def render(report: dict[str, Any]) -> str:
     lines.append("write path at the peak:")
     for row in report["write_path"]:
         saturates = row["saturates_at_jobs_s"]
-        at = "" if saturates == float("inf") else f", saturates at {saturates:,.0f} jobs/s"
-        capacity = "" if row["capacity"] == float("inf") else f" of {row['capacity']:,.0f}"
+        at = "" if saturates is None else f", saturates at {saturates:,.0f} jobs/s"
+        capacity = "" if row["capacity"] is None else f" of {row['capacity']:,.0f}"
         lines.append(
             f"  {row['resource']}: {row['peak']:,.1f}{capacity} {row['unit']}{at} ({row['basis']})"
         )
