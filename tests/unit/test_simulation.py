@@ -147,3 +147,26 @@ def test_the_command_reports_the_slo_the_fixed_fleet_and_the_write_path(tmp_path
     assert report["best_fixed_fleet"]["workers"] == 5
     assert "MEETS the SLO" in result.output and "Postgres" in result.output
     assert (tmp_path / "s.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_the_day_profile_peaks_at_ten_times_its_afternoon_in_the_burst() -> None:
+    from scheduler.simulation import profiles
+
+    peak = 10_000.0
+    afternoon = profiles.rate("day", 15.5 * 3600, profiles.DAY_S, peak)
+    assert profiles.rate("day", 16 * 3600 + 450, profiles.DAY_S, peak) == pytest.approx(
+        peak, rel=1e-3
+    )
+    assert afternoon == pytest.approx(peak / 10, rel=0.05)
+    assert profiles.rate("day", 4 * 3600, profiles.DAY_S, peak) == pytest.approx(peak / 50)
+
+
+def test_the_write_path_counts_a_commit_per_submit_and_two_per_batch() -> None:
+    from scheduler.simulation.writepath import rates, table
+
+    run = Simulation(DAY, fixed=5).run()
+    per_s = rates(run, Costs(), smooth_s=1.0)
+    expected = run.series["arrivals"] + 2 * run.series["batches"]
+    assert np.allclose(per_s["pg_commits"], expected)
+    redis = next(row for row in table(run, Costs()) if row.resource.startswith("Redis"))
+    assert redis.saturates_at_jobs_s == pytest.approx(100_000 / 6.3)
