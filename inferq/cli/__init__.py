@@ -16,6 +16,7 @@ from inferq.cli import (
     models_cmds,
     retrain_cmds,
     service_cmds,
+    simulate_cmds,
     stack_cmds,
 )
 
@@ -38,6 +39,7 @@ for module in (
     batch_cmds,
     bench_cmds,
     autoscaler_cmds,
+    simulate_cmds,
 ):
     for command in module.COMMANDS:
         main.add_command(command)
