@@ -113,6 +113,14 @@ def programs(
     return [*workers, beat, *api_programs(settings, launcher, front)]
 
 
+def connection_budget(settings: Settings) -> str:
+    """The most Postgres connections this stack's processes open, and where they come from
+    (the banner's line; the same sum as ``inferq db connections``)."""
+    from inferq.core.connections import Fleet, budget, summary
+
+    return summary(budget(settings, Fleet.local(settings)))
+
+
 def api_programs(
     settings: Settings, launcher: tuple[str, ...], front: Front | None = None
 ) -> list[Program]:
@@ -279,7 +287,7 @@ def prepare(settings: Settings, paths: StackPaths) -> None:
     from inferq.domain.registration import legacy_sink
 
     info("migrating the database")
-    upgrade(settings.require_database_url(), artifact_sink=legacy_sink(open_store(settings)))
+    upgrade(settings.require_direct_database_url(), artifact_sink=legacy_sink(open_store(settings)))
     # Training is a worker's trade (torch): the launcher runs it as the CLI command would,
     # in a process of its own, and stays free of torch itself.
     subprocess.run(
