@@ -313,6 +313,6 @@ def test_every_connection_was_pgbouncers_and_none_kept_a_sessions_lock(
     # and every feature above went through it
     done = xacts(bounced.bouncer)
     print(f"pgbouncer: {done} transactions, {len(clients)} clients, {len(servers)} servers")
-    assert done > 100
+    assert done > 50
     # No server connection holds a lock that some client's session took and left
     assert advisory == 0
