@@ -24,6 +24,7 @@ from api.services.publisher import GroupPublisher
 from api.services.waiters import CompletionWaiter
 from api.state import ApiState, TtlCache
 from db.engine import make_engine, make_session_factory
+from inferq.core import connections
 from inferq.core.broker import make_celery, publish
 from inferq.core.messages import PredictRequest
 from inferq.core.settings import Settings
@@ -54,9 +55,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask("inferq.api")
     app.config.update(MAX_CONTENT_LENGTH=settings.api.max_body_bytes, JSON_SORT_KEYS=False)
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    pool = connections.pool(settings, "api")
     engine = make_engine(
         settings.require_database_url(),
-        pool_size=settings.api.api_threads // 2 + 2,
+        pool_size=pool.size,
+        max_overflow=pool.overflow,
         application_name="inferq-api",
         pre_ping=False,
     )

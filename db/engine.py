@@ -14,9 +14,15 @@ T = TypeVar("T")
 
 
 def make_engine(
-    url: str, *, pool_size: int = 5, application_name: str = "inferq", pre_ping: bool = True
+    url: str,
+    *,
+    pool_size: int = 5,
+    max_overflow: int | None = None,
+    application_name: str = "inferq",
+    pre_ping: bool = True,
 ) -> Engine:
-    """An engine for ``url``.
+    """An engine for ``url`` keeping ``pool_size`` connections, and opening up to
+    ``max_overflow`` more under load (default: as many again).
 
     With ``pre_ping`` every checkout costs a round trip, and a restarted Postgres costs
     nothing; hot paths turn it off and retry once on a dropped connection instead
@@ -26,7 +32,7 @@ def make_engine(
     return create_engine(
         url,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=pool_size if max_overflow is None else max_overflow,
         pool_pre_ping=pre_ping,
         pool_recycle=1800,
         connect_args=connect_args,

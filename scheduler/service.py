@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 
 from db.engine import make_engine, make_session_factory
+from inferq.core import connections
 from inferq.core.broker import make_celery
 from inferq.core.settings import Settings
 from inferq.core.status import make_redis
@@ -40,8 +41,12 @@ def reconcile_forever(
 
 def make_reconciler(settings: Settings) -> Reconciler:
     """A reconciler on the configured database, Redis and broker."""
+    pool = connections.pool(settings, "scheduler")
     engine = make_engine(
-        settings.require_database_url(), pool_size=1, application_name="inferq-scheduler"
+        settings.require_database_url(),
+        pool_size=pool.size,
+        max_overflow=pool.overflow,
+        application_name="inferq-scheduler",
     )
     return Reconciler(
         settings, make_session_factory(engine), make_redis(settings), make_celery(settings)

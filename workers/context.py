@@ -9,6 +9,7 @@ from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import make_engine, make_session_factory
+from inferq.core import connections
 from inferq.core.artifacts.store import open_store, open_store_at
 from inferq.core.metrics import WorkerMetrics
 from inferq.core.settings import Settings
@@ -38,9 +39,11 @@ class WorkerContext:
     @classmethod
     def create(cls, settings: Settings, name: str, app: Celery) -> WorkerContext:
         """Connect nothing yet; pools open on first use."""
+        pool = connections.pool(settings, "worker")
         engine = make_engine(
             settings.require_database_url(),
-            pool_size=2,
+            pool_size=pool.size,
+            max_overflow=pool.overflow,
             application_name=f"inferq-worker {name}",
             pre_ping=False,  # the batch path retries once on a dropped connection instead
         )

@@ -16,16 +16,13 @@ def run_migrations_online() -> None:
     assert url, "sqlalchemy.url is not set"
     engine = create_engine(url, poolclass=pool.NullPool)
     with engine.connect() as connection:
-        connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK})
-        try:
-            context.configure(
-                connection=connection, target_metadata=Base.metadata, compare_type=True
-            )
-            with context.begin_transaction():
-                context.run_migrations()
-        finally:
-            connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK})
-            connection.commit()
+        # Held until the migrations' transaction ends, commit or rollback: a lock held by
+        # the session would outlive a failed run on a pooled (PgBouncer) server connection.
+        connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
+        context.configure(connection=connection, target_metadata=Base.metadata, compare_type=True)
+        with context.begin_transaction():
+            context.run_migrations()
+        connection.commit()
 
 
 run_migrations_online()

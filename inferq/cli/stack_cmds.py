@@ -63,10 +63,11 @@ def up(
     )
     paths = stack.StackPaths(settings.home.resolve())
     url = f"http://127.0.0.1:{settings.local.port}"
-    sys.exit(stack.run(settings, on_ready=lambda: _say_ready(url, paths)))
+    budget = stack.connection_budget(settings)
+    sys.exit(stack.run(settings, on_ready=lambda: _say_ready(url, paths, budget)))
 
 
-def _say_ready(url: str, paths: StackPaths) -> None:
+def _say_ready(url: str, paths: StackPaths, budget: str) -> None:
     info(f"\ninferq is up at {url}")
     info(f"  API key:  {paths.api_key}")
     info(
@@ -77,6 +78,7 @@ def _say_ready(url: str, paths: StackPaths) -> None:
         info(
             f"  nginx:    {paths.nginx_paths.conf} (JSON access log {paths.nginx_paths.access_log})"
         )
+    info(f"  Postgres: {budget}")
     info("  stop:     Ctrl-C here, or `inferq down`\n")
 
 

@@ -47,6 +47,25 @@ class ApiSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class DatabaseSettings:
+    """Postgres connections: how many each process may open (summed in `inferq up`'s banner
+    and docs/connections.md; `inferq db connections` sums them for any fleet)."""
+
+    #: Connections each API process keeps (its threads share them; a long-poll holds none);
+    #: 0: half of ``api_threads`` plus 2.
+    api_db_pool: int = 0
+    #: Connections each worker process keeps (any lane).
+    worker_db_pool: int = 2
+    #: Connections the scheduler keeps (reconciler, experiment and retraining checks).
+    scheduler_db_pool: int = 1
+    #: Connections the autoscaler keeps.
+    autoscaler_db_pool: int = 2
+    #: How far a pool may grow past its size under load, as a share of that size (rounded
+    #: up): 1.0 lets it double, 0 never opens more than the pool.
+    db_overflow: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
 class BatchSettings:
     """Offline batches (``POST /v1/batches``)."""
 
@@ -341,6 +360,7 @@ class LocalSettings:
 #: The sections of :class:`Settings`, by attribute name.
 SECTIONS: dict[str, type] = {
     "api": ApiSettings,
+    "database": DatabaseSettings,
     "batches": BatchSettings,
     "artifacts": ArtifactSettings,
     "worker": WorkerSettings,
@@ -365,6 +385,9 @@ class Settings:
     home: Path = Path("var")
     #: Postgres (``postgresql+psycopg2://…``); unset, ``inferq up`` starts an embedded one.
     database_url: str | None = None
+    #: Postgres itself when ``database_url`` goes through PgBouncer (transaction pooling):
+    #: migrations (``inferq db upgrade``) connect here; unset, ``database_url``.
+    direct_database_url: str | None = None
     #: The broker (``redis://…`` or ``amqp://…``); unset, ``inferq up`` starts a Redis.
     broker_url: str | None = None
     #: Redis for status, signals and caches; default, the broker's when that is Redis.
@@ -376,6 +399,7 @@ class Settings:
     log_level: str = "INFO"
 
     api: ApiSettings = dataclasses.field(default_factory=ApiSettings)
+    database: DatabaseSettings = dataclasses.field(default_factory=DatabaseSettings)
     batches: BatchSettings = dataclasses.field(default_factory=BatchSettings)
     artifacts: ArtifactSettings = dataclasses.field(default_factory=ArtifactSettings)
     worker: WorkerSettings = dataclasses.field(default_factory=WorkerSettings)
@@ -458,6 +482,12 @@ class Settings:
         hooks = self.webhooks
         if hooks.webhook_max_attempts < 1 or hooks.webhook_timeout_s <= 0:
             raise ConfigError("need INFERQ_WEBHOOK_MAX_ATTEMPTS >= 1, INFERQ_WEBHOOK_TIMEOUT_S > 0")
+        database = self.database
+        pools = (database.worker_db_pool, database.scheduler_db_pool, database.autoscaler_db_pool)
+        if database.api_db_pool < 0 or min(pools) < 1 or database.db_overflow < 0:
+            raise ConfigError(
+                "need INFERQ_API_DB_POOL >= 0, the other *_DB_POOL >= 1, INFERQ_DB_OVERFLOW >= 0"
+            )
         self.quotas.lane_limits  # noqa: B018 (raises ConfigError when malformed)
         self.scheduler.job_retention_s  # noqa: B018 (raises ConfigError when malformed)
         self.scheduler.job_partition_s  # noqa: B018 (raises ConfigError when malformed)
@@ -481,6 +511,11 @@ class Settings:
                 "runs from, or set INFERQ_DATABASE_URL"
             )
         return self.database_url
+
+    def require_direct_database_url(self) -> str:
+        """Postgres itself (bypassing PgBouncer), for migrations: ``direct_database_url``,
+        else the database URL."""
+        return self.direct_database_url or self.require_database_url()
 
     def require_broker_url(self) -> str:
         """The broker URL, or a clear error when it is not configured."""

@@ -113,6 +113,14 @@ def programs(
     return [*workers, beat, *api_programs(settings, launcher, front)]
 
 
+def connection_budget(settings: Settings) -> str:
+    """The most Postgres connections this stack's processes open, and where they come from
+    (the banner's line; the same sum as ``inferq db connections``)."""
+    from inferq.core.connections import Fleet, budget, summary
+
+    return summary(budget(settings, Fleet.local(settings)))
+
+
 def api_programs(
     settings: Settings, launcher: tuple[str, ...], front: Front | None = None
 ) -> list[Program]:
@@ -280,7 +288,7 @@ def prepare(settings: Settings, paths: StackPaths) -> None:
 
     info("migrating the database")
     upgrade(
-        settings.require_database_url(),
+        settings.require_direct_database_url(),
         artifact_sink=legacy_sink(open_store(settings)),
         job_partition_s=settings.scheduler.job_partition_s,
     )

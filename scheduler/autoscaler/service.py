@@ -14,6 +14,7 @@ from typing import Any
 from prometheus_client import start_http_server
 
 from db.engine import make_engine, make_session_factory
+from inferq.core import connections
 from inferq.core.errors import ConfigError
 from inferq.core.settings import AutoscalerSettings, Settings
 from scheduler.autoscaler.loop import Autoscaler
@@ -110,8 +111,12 @@ def run_autoscaler(
     **_: Any,
 ) -> None:
     """Scale the workers of ``settings.worker.worker_lanes`` until SIGTERM or SIGINT."""
+    pool = connections.pool(settings, "autoscaler")
     engine = make_engine(
-        settings.require_database_url(), pool_size=2, application_name="inferq-autoscaler"
+        settings.require_database_url(),
+        pool_size=pool.size,
+        max_overflow=pool.overflow,
+        application_name="inferq-autoscaler",
     )
     sessions = make_session_factory(engine)
     observer = Observer(settings, settings.worker.lanes, sessions, window_s)

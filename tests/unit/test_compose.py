@@ -87,8 +87,8 @@ def test_each_required_secret_is_refused_when_missing_with_its_name() -> None:
 def test_a_plain_up_runs_the_core_and_profiles_add_the_rest(services: dict[str, Any]) -> None:
     core = {name for name, service in services.items() if not service.get("profiles")}
     assert core == {
-        *("postgres", "redis", "migrate", "api", "nginx", "worker", "worker-batch", "trainer"),
-        *("webhooks", "beat"),
+        *("postgres", "pgbouncer", "redis", "migrate", "api", "nginx", "worker"),
+        *("worker-batch", "trainer", "webhooks", "beat"),
     }
     assert services["trainer"]["command"][-2:] == ["--lanes", "training"]
     assert services["worker-batch"]["command"] == ["inferq", "worker", "--lanes", "batch"]

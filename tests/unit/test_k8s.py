@@ -59,7 +59,7 @@ def test_kustomize_applies_every_manifest_but_the_keda_alternative() -> None:
 def test_there_are_deployments_for_every_service(objects: dict) -> None:
     assert set(deployments(objects)) == {
         "inferq-api", "inferq-worker", "inferq-beat", "inferq-autoscaler", "inferq-nginx",
-        "inferq-worker-batch", "inferq-trainer", "inferq-webhooks",
+        "inferq-worker-batch", "inferq-trainer", "inferq-webhooks", "inferq-pgbouncer",
     }  # fmt: skip
 
 

@@ -18,7 +18,7 @@ from inferq.core.settings import FIELDS, PREFIX, Settings
 ROOT = Path(__file__).resolve().parents[2]
 #: What a deployment must set for itself: where its services are, what each container is.
 DEPLOYMENT_SPECIFIC = {
-    "ENV", "DATABASE_URL", "BROKER_URL", "REDIS_URL", "HOME", "METRICS_HOST", "METRICS_PORT",
+    "ENV", "DATABASE_URL", "DIRECT_DATABASE_URL", "BROKER_URL", "REDIS_URL", "HOME", "METRICS_HOST", "METRICS_PORT",
     "WORKER_LANES", "DEVICE",
 }  # fmt: skip
 DEFAULTED = re.compile(r"^\$\{(INFERQ_[A-Z0-9_]+):-([^}]*)\}$")
