@@ -22,7 +22,7 @@ def proxy(tmp_path: Path) -> Iterator[Nginx]:
     node = start_node()
     running = Nginx(
         Settings.of(port=free_port(), max_body_bytes=1024), tmp_path, [node.server_port]
-    )  # type: ignore[arg-type]
+    )
     yield running
     running.stop()
     node.shutdown()
