@@ -75,3 +75,39 @@ def test_nginx_answers_its_own_errors_as_problems(
     assert headers["content-type"] == "application/problem+json", (case, body[:300])
     problem = json.loads(body)
     assert problem["status"] == status and problem["title"]
+
+
+@pytest.fixture(scope="module")
+def api_node(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from tests.processes import ServiceProcess, wait_for_http
+
+    port = free_port()
+    node = ServiceProcess(
+        "api", ["api", "--port", str(port)], settings, tmp_path_factory.mktemp("api")
+    )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", node)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        node.stop()
+
+
+GUNICORN_CASES = [
+    ("too many headers", get("/healthz", "".join(f"X-H{i}: v\r\n" for i in range(150))), 431),
+    ("a request line too long", get("/healthz?" + "q" * 9000), 414),
+    ("a control character in a header", get("/healthz", "X-Bad: a\x01b\r\n"), 400),
+    ("a malformed request line", b"GARBAGE\r\n\r\n", 400),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "request_bytes", "status"), GUNICORN_CASES, ids=[c[0] for c in GUNICORN_CASES]
+)
+def test_an_api_node_answers_what_gunicorn_refuses_as_problems(
+    api_node: str, case: str, request_bytes: bytes, status: int
+) -> None:
+    code, headers, body = raw(api_node, request_bytes)
+    assert code == status, (case, body[:300])
+    assert headers["content-type"] == "application/problem+json", (case, body[:300])
+    problem = json.loads(body)
+    assert problem["status"] == status and problem["title"]
