@@ -6,11 +6,13 @@ the others keep answering, and nginx's upstream keep-alive is honoured.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
+from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 
 from inferq.core.settings import Settings
@@ -41,11 +43,32 @@ class ApiServer(BaseApplication):
     def load_config(self) -> None:
         for key, value in self.options.items():
             self.cfg.set(key, value)
+        # gunicorn answers what it refuses before Flask sees it (a request line over 4094
+        # bytes, over 100 headers, a bad header) with an HTML page; whatever the worker class,
+        # it writes that page through this one function.
+        gunicorn_util.write_error = write_problem
 
     def load(self) -> Any:
         from api.app import create_app
 
         return create_app(self.settings)
+
+
+def write_problem(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's own error answer as an RFC 9457 problem (never echoing the request)."""
+    body = json.dumps(
+        {
+            "type": f"https://inferq.dev/problems/http-{status_int}",
+            "title": reason,
+            "status": status_int,
+            "detail": f"The server refused the request: {reason.lower()}.",
+        }
+    ).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/problem+json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode("latin-1")
+    gunicorn_util.write_nonblock(sock, head + body)
 
 
 def serve(settings: Settings, host: str, port: int) -> None:

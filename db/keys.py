@@ -15,7 +15,13 @@ from sqlalchemy.orm import Session
 from db.tables import ApiKey, Tenant
 
 KEY_PREFIX = "iq_"
-SCOPES = ("submit", "read", "admin")
+#: What a tenant's keys may carry: ``admin`` is over what is the tenant's own (its webhook
+#: secret), never over what every tenant shares.
+TENANT_SCOPES = ("submit", "read", "admin")
+#: The scope over what every tenant shares: models, versions, experiments, retraining, the
+#: fleet's stats and scaling. Only ``inferq keys create --operator`` makes such a key.
+OPERATOR = "operator"
+SCOPES = (*TENANT_SCOPES, OPERATOR)
 
 
 def hash_key(key: str) -> str:

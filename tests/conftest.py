@@ -170,10 +170,12 @@ def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def admin_key(settings: Settings) -> str:
-    """A key of an operators' tenant with every scope, admin included."""
+def operator_key(settings: Settings) -> str:
+    """An operator's key (``inferq keys create --operator``): every scope."""
     from db.keys import create_key, ensure_tenant
     from inferq.cli.common import db_session
 
     with db_session(settings) as session:
-        return create_key(session, ensure_tenant(session, "ops"), ["submit", "read", "admin"])[0]
+        return create_key(
+            session, ensure_tenant(session, "ops"), ["submit", "read", "admin", "operator"]
+        )[0]

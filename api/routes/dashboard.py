@@ -1,7 +1,7 @@
 """``GET /dashboard``: the operator's page, plain HTML, CSS and JavaScript from ``api/static``.
 
 No build step and nothing from a CDN: the page draws its charts as inline SVG from
-``GET /v1/stats``, which it calls with an admin key the operator pastes in (kept in the
+``GET /v1/stats``, which it calls with an operator key the operator pastes in (kept in the
 tab's sessionStorage) or passes in the URL fragment (``/dashboard#key=…``; a fragment is
 never sent to a server, and the page removes it from the address bar at once).
 """

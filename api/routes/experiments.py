@@ -1,6 +1,6 @@
-"""``/v1/experiments`` (admin): start A/B or shadow experiments, read their live report, stop.
+"""``/v1/experiments`` (operator): start A/B or shadow experiments, read their live report, stop.
 
-Experiments belong to models, not to tenants: any admin key sees and stops all of them.
+Experiments belong to models, not to tenants: only operator keys see, start and stop them.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ STOP_SCHEMA: dict[str, Any] = {
 
 
 @bp.post("")
-@require("admin")
+@require("operator")
 def create() -> Response:
     """Start an experiment: 201 with its (empty) report; 409 when one already runs."""
     body = json_object()
@@ -82,7 +82,7 @@ def create() -> Response:
 
 
 @bp.get("")
-@require("admin")
+@require("operator")
 def index() -> Response:
     """Experiments without their numbers, newest first: ``?model=NAME``, ``?status=…``."""
     model, status = request.args.get("model"), request.args.get("status")
@@ -94,7 +94,7 @@ def index() -> Response:
 
 
 @bp.get("/<experiment_id>")
-@require("admin")
+@require("operator")
 def show(experiment_id: str) -> Response:
     """The live report: per arm, between arms, and the decision once there is one."""
     st = state()
@@ -102,7 +102,7 @@ def show(experiment_id: str) -> Response:
 
 
 @bp.post("/<experiment_id>/stop")
-@require("admin")
+@require("operator")
 def stop(experiment_id: str) -> Response:
     """End a running experiment now (409 when it already ended)."""
     ident = svc.parse_experiment_id(experiment_id)

@@ -1,5 +1,5 @@
 """``/v1/models``: the models, their versions, metrics and the active version; register a
-model and upload or name a version's artifact, promote and roll back (admin)."""
+model and upload or name a version's artifact, promote and roll back (operator)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ VERSION_BY_URI_SCHEMA: dict[str, Any] = {
 
 
 @bp.post("")
-@require("admin")
+@require("operator")
 def create() -> Response:
     """Register a model served by an installed handler (201; 200 when it existed)."""
     body = json_object()
@@ -67,7 +67,7 @@ def create() -> Response:
 
 
 @bp.post("/<name>/versions")
-@require("admin")
+@require("operator")
 def add_version(name: str) -> Response:
     """Add a version from an uploaded artifact, or from one the store holds (201)."""
     st = state()
@@ -149,9 +149,9 @@ REASON_SCHEMA: dict[str, Any] = {
 
 
 @bp.post("/<name>/versions/<int:version>/promote")
-@require("admin")
+@require("operator")
 def promote_version(name: str, version: int) -> Response:
-    """Make a version active (admin); 409 while an experiment runs on the model."""
+    """Make a version active (operator); 409 while an experiment runs on the model."""
     body = json_object(optional=True)
     check(REASON_SCHEMA, body)
     with state().sessions.begin() as session:
@@ -160,9 +160,9 @@ def promote_version(name: str, version: int) -> Response:
 
 
 @bp.post("/<name>/rollback")
-@require("admin")
+@require("operator")
 def rollback_version(name: str) -> Response:
-    """Make the previously active version active again (admin)."""
+    """Make the previously active version active again (operator)."""
     with state().sessions.begin() as session:
         change = rollback(session, name, by=actor())
     return jsonify(change.to_dict())

@@ -1,4 +1,4 @@
-"""``GET /v1/scaling`` (read): the autoscaler's view, from the decisions it records.
+"""``GET /v1/scaling`` (operator): the autoscaler's view, from the decisions it records.
 
 Each pool's latest decision carries what the autoscaler saw (per lane: ready on the broker,
 queued and running in Postgres, arrival rate; service rate; live and busy workers), so every
@@ -22,7 +22,7 @@ MAX_DECISIONS = 200
 
 
 @bp.get("")
-@require("read")
+@require("operator")
 def show() -> Response:
     """Pools (queues, depth, rates, workers current and desired) and recent decisions."""
     try:

@@ -1,4 +1,4 @@
-"""``GET /v1/stats`` (admin): what the operator's page (``/dashboard``) shows, as JSON.
+"""``GET /v1/stats`` (operator): what the operator's page (``/dashboard``) shows, as JSON.
 
 Computed from Postgres (the jobs themselves) and Redis (worker heartbeats) on request, so
 every API node answers the same and nothing needs a Prometheus server. ``?window=S``
@@ -48,7 +48,7 @@ DECISIONS_READ = 50
 
 
 @bp.get("")
-@require("admin")
+@require("operator")
 def show() -> Response:
     """Throughput, latency, queues, workers, cache, errors, quality, experiments, training
     runs and model versions."""

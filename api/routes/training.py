@@ -1,4 +1,4 @@
-"""Training runs: ``POST /v1/models/{name}/retrain`` (admin) starts one now,
+"""Training runs: ``POST /v1/models/{name}/retrain`` (operator) starts one now,
 ``GET /v1/training-runs/{id}`` shows its progress, metrics and outcome.
 
 Training runs belong to models, not to tenants: any key that may read models sees them.
@@ -23,7 +23,7 @@ bp = Blueprint("training", __name__)
 
 
 @bp.post("/v1/models/<name>/retrain")
-@require("admin")
+@require("operator")
 def retrain(name: str) -> Response:
     """Start a training run of ``name``: 202 with the run; 409 while one is open."""
     st = state()

@@ -1,4 +1,4 @@
-"""Experiments on the API's side: which version serves a new job, and the admin operations.
+"""Experiments on the API's side: which version serves a new job, and the operator operations.
 
 Each API process caches a model's running experiment (or the fact that it has none) for
 ``model_cache_s``, like the model itself, so choosing an arm costs a hash and no query.
@@ -134,7 +134,7 @@ def stop(st: ApiState, experiment_id: uuid.UUID, by: str, reason: str | None) ->
             experiment_id,
             status="stopped",
             decision="manual",
-            reason=reason or "stopped by an admin",
+            reason=reason or "stopped by an operator",
             by=by,
         )
         if not stopped:

@@ -213,7 +213,7 @@ async function refresh() {
   }
   if (response.status === 401 || response.status === 403) {
     sessionStorage.removeItem(KEY_STORE);
-    showKeyForm("That key was refused: the page needs a valid key with the admin scope.");
+    showKeyForm("That key was refused: the page needs a valid key with the operator scope.");
     return;
   }
   if (!response.ok) {

@@ -41,7 +41,8 @@ from inferq.local.supervise import (
 LAUNCHER = (sys.executable, "-m", "inferq")
 READY_TIMEOUT_S = 60.0
 DOWN_TIMEOUT_S = 90.0
-DEV_SCOPES = ("submit", "read", "admin")
+#: The development key is its stack's operator's too: the README's model operations use it.
+DEV_SCOPES = ("submit", "read", "admin", "operator")
 #: How much lower batch workers' CPU priority is than the rest of the stack (nice, 0-19).
 BATCH_NICENESS = 10
 

@@ -34,7 +34,7 @@ def rss_of_tree(pid: int) -> int:
 
 
 def test_a_300_mb_upload_grows_the_api_by_less_than_100_mb(
-    settings: Settings, digits_version: int, admin_key: str, tmp_path: Path
+    settings: Settings, digits_version: int, operator_key: str, tmp_path: Path
 ) -> None:
     """Catches: reading the upload whole (request.data, a bytes body), or buffering it in a
     list or BytesIO before storing."""
@@ -45,7 +45,7 @@ def test_a_300_mb_upload_grows_the_api_by_less_than_100_mb(
     try:
         url = f"http://127.0.0.1:{port}"
         wait_for_http(f"{url}/healthz", api)
-        auth = {"Authorization": f"Bearer {admin_key}"}
+        auth = {"Authorization": f"Bearer {operator_key}"}
         name = f"big-{uuid.uuid4().hex[:6]}"
         created = requests.post(
             f"{url}/v1/models",

@@ -75,9 +75,9 @@ def same_weights_model(settings: Settings) -> str:
     return experiment_model(settings, [artifact, artifact], active=1)
 
 
-def load(stack: Stack, keys: Keys, admin_key: str) -> None:
+def load(stack: Stack, keys: Keys, operator_key: str) -> None:
     """Jobs that succeed, come from the cache, fail; feedback; an A/B experiment's traffic."""
-    alice, admin = stack.client(keys.alice), stack.client(admin_key)
+    alice, operator = stack.client(keys.alice), stack.client(operator_key)
     pairs = holdout(10)
     with ThreadPoolExecutor(max_workers=5) as pool:
         done = list(pool.map(lambda pair: alice.submit("digits", pair[0], wait=20), pairs))
@@ -90,7 +90,7 @@ def load(stack: Stack, keys: Keys, admin_key: str) -> None:
     for job, (_, label) in zip(done[:5], pairs, strict=False):
         alice.feedback(job["id"], label=label)
     model = same_weights_model(stack.settings)
-    admin.start_experiment(
+    operator.start_experiment(
         {"model": model, "name": "dashboard A/B", "arms": [{"version": 1}, {"version": 2}]}
     )
     for i, (pixels, _) in enumerate(holdout(6)):
@@ -131,11 +131,11 @@ def at(document: dict[str, Any], path: str) -> Any:
 
 
 def test_the_dashboard_shows_the_apis_numbers_without_errors(
-    stack: Stack, keys: Keys, admin_key: str
+    stack: Stack, keys: Keys, operator_key: str
 ) -> None:
     sync_playwright = playwright()
     # Given a system that served, cached and failed jobs, with feedback and an experiment
-    load(stack, keys, admin_key)
+    load(stack, keys, operator_key)
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
@@ -145,9 +145,9 @@ def test_the_dashboard_shows_the_apis_numbers_without_errors(
             page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda error: problems.append(str(error)))
 
-            # When an operator opens the page with an admin key
+            # When an operator opens the page with an operator key
             with page.expect_response(lambda r: "/v1/stats" in r.url) as fetched:
-                page.goto(f"{stack.url}/dashboard#key={admin_key}")
+                page.goto(f"{stack.url}/dashboard#key={operator_key}")
             page.wait_for_selector("body[data-state=ready]", timeout=15_000)
             seen = fetched.value.json()
             texts = page.eval_on_selector_all(
@@ -172,7 +172,7 @@ def test_the_dashboard_shows_the_apis_numbers_without_errors(
     # and every number is the API's: the document the page fetched, and one fetched now
     now = requests.get(
         f"{stack.url}/v1/stats?window={seen['window_s']}",
-        headers={"Authorization": f"Bearer {admin_key}"},
+        headers={"Authorization": f"Bearer {operator_key}"},
         timeout=10,
     ).json()
     assert len(texts) >= 15

@@ -40,13 +40,13 @@ def eventually(read: Any, done: Any, timeout_s: float = 90.0) -> Any:
 
 
 def test_a_shadow_experiment_runs_and_is_decided_by_the_scheduler(
-    stack: Stack, keys: Keys, admin_key: str
+    stack: Stack, keys: Keys, operator_key: str
 ) -> None:
     # Given a good active version and a worse candidate shadowing it
     variants = digits_variants()
     model = experiment_model(stack.settings, [variants["good"], variants["bad"]], active=1)
-    admin, alice = stack.client(admin_key), stack.client(keys.alice)
-    experiment = admin.start_experiment(
+    operator, alice = stack.client(operator_key), stack.client(keys.alice)
+    experiment = operator.start_experiment(
         {
             "model": model,
             "mode": "shadow",
@@ -67,7 +67,7 @@ def test_a_shadow_experiment_runs_and_is_decided_by_the_scheduler(
     assert all(set(job["output"]) == {"label", "probabilities"} for job in finished)
     # and the worker stored the candidate's outputs next to them
     report = eventually(
-        lambda: admin.experiment(experiment["id"]),
+        lambda: operator.experiment(experiment["id"]),
         lambda r: r["arms"][1]["jobs"] >= JOBS,
     )
     assert report["arms"][1]["jobs"] == JOBS and report["arms"][1]["failed"] == 0
@@ -77,7 +77,7 @@ def test_a_shadow_experiment_runs_and_is_decided_by_the_scheduler(
     for job, (_, label) in zip(finished, pairs, strict=True):
         alice.feedback(job["id"], label=label)
     final = eventually(
-        lambda: admin.experiment(experiment["id"]), lambda r: r["status"] != "running"
+        lambda: operator.experiment(experiment["id"]), lambda r: r["status"] != "running"
     )
     assert final["status"] == "concluded", final
     assert (final["decision"]["decision"], final["decision"]["winner"]) == ("kept", "A")

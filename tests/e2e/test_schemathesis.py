@@ -107,9 +107,11 @@ def test_schemathesis_finds_no_server_error_and_no_spec_violation(
     schemathesis(api_url, key, tmp_path / "report.json")
 
 
-def test_schemathesis_on_the_admin_reads(api_url: str, settings: Settings, tmp_path: Path) -> None:
+def test_schemathesis_on_the_admin_and_operator_reads(
+    api_url: str, settings: Settings, tmp_path: Path
+) -> None:
     # Reads only: promoting or rolling back digits would change what the other tests run on.
-    key = make_key(settings, "fuzz-admin", ["read", "admin"])
+    key = make_key(settings, "fuzz-admin", ["read", "admin", "operator"])
     schemathesis(
         api_url,
         key,

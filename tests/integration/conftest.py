@@ -59,9 +59,9 @@ def bob(http: FlaskClient, keys: Keys) -> Caller:
 
 
 @pytest.fixture
-def admin(http: FlaskClient, admin_key: str) -> Caller:
-    """A caller with an operators' key (every scope, admin included)."""
-    return Caller(http, admin_key)
+def operator(http: FlaskClient, operator_key: str) -> Caller:
+    """A caller with an operator's key (every scope)."""
+    return Caller(http, operator_key)
 
 
 @pytest.fixture

@@ -127,7 +127,7 @@ def submit(http: FlaskClient, key: str, count: int, model: str = MODEL) -> list[
 
 
 def test_burst_scales_up_at_once_and_steady_load_scales_down_without_losing_a_job(
-    scaling: Scaling, keys: Keys
+    scaling: Scaling, keys: Keys, operator_key: str
 ) -> None:
     http = scaling.http
     # Given an idle pool at min_workers, its worker ready
@@ -201,8 +201,8 @@ def test_burst_scales_up_at_once_and_steady_load_scales_down_without_losing_a_jo
         60,
         f"workers did not return to {POLICY.min_workers}",
     )
-    # And GET /v1/scaling shows the pool and its decisions
-    view = http.get("/v1/scaling", headers={"Authorization": f"Bearer {keys.alice}"}).get_json()
+    # And GET /v1/scaling shows the operator the pool and its decisions
+    view = http.get("/v1/scaling", headers={"Authorization": f"Bearer {operator_key}"}).get_json()
     pool = next(p for p in view["pools"] if p["pool"] == "online")
     assert pool["current"] >= 1 and pool["lanes"][0]["lane"] == "online"
     assert view["decisions"]

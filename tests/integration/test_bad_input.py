@@ -126,9 +126,9 @@ def test_what_postgres_cannot_store_is_422_and_creates_nothing(
         "/v1/stats?window=%00",
     ],
 )
-def test_a_nul_in_the_url_is_400(admin: Caller, url: str) -> None:
+def test_a_nul_in_the_url_is_400(operator: Caller, url: str) -> None:
     for method in ("get", "post"):
-        response = getattr(admin.http, method)(url, headers=admin.headers())
+        response = getattr(operator.http, method)(url, headers=operator.headers())
         assert_problem(response, 400, "bad-request")
 
 

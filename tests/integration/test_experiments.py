@@ -32,8 +32,8 @@ def ctx(settings: Settings, digits_version: int) -> Iterator[WorkerContext]:
     context.redis.close()
 
 
-def start(admin: Caller, body: dict[str, Any]) -> dict[str, Any]:
-    response = admin.post("/v1/experiments", body)
+def start(operator: Caller, body: dict[str, Any]) -> dict[str, Any]:
+    response = operator.post("/v1/experiments", body)
     assert response.status_code == 201, response.get_json()
     assert response.headers["Location"].endswith(response.get_json()["id"])
     return dict(response.get_json())
@@ -69,13 +69,13 @@ def queued_shadow_requests(settings: Settings, job_ids: set[str]) -> list[Shadow
 
 
 def test_an_ab_experiment_finds_the_better_version_and_promotes_it(
-    alice: Caller, admin: Caller, ctx: WorkerContext
+    alice: Caller, operator: Caller, ctx: WorkerContext
 ) -> None:
     # Given a model serving a version trained on corrupted labels, and a good candidate
     variants = digits_variants()
     model = experiment_model(ctx.settings, [variants["bad"], variants["good"]], active=1)
     experiment = start(
-        admin,
+        operator,
         {
             "model": model,
             "arms": [{"version": 1, "weight": 50}, {"version": 2, "weight": 50}],
@@ -83,7 +83,7 @@ def test_an_ab_experiment_finds_the_better_version_and_promotes_it(
         },
     )
     assert [a["role"] for a in experiment["arms"]] == ["control", "treatment"]
-    assert admin.get(f"/v1/models/{model}").get_json()["experiment"] == experiment["id"]
+    assert operator.get(f"/v1/models/{model}").get_json()["experiment"] == experiment["id"]
     # When 240 users each send a holdout digit, the jobs run, and feedback gives the truth
     pairs = holdout(240)
     jobs = submit_all(alice, model, pairs, [f"user-{i}" for i in range(240)])
@@ -95,7 +95,7 @@ def test_an_ab_experiment_finds_the_better_version_and_promotes_it(
     assert {job["version"] for job in jobs if job["experiment"]["arm"] == "B"} == {2}
     assert 90 <= arms["A"] <= 150, arms
     # and the live report shows B better, significantly
-    report = admin.get(f"/v1/experiments/{experiment['id']}").get_json()
+    report = operator.get(f"/v1/experiments/{experiment['id']}").get_json()
     a, b = report["arms"]
     assert (a["jobs"], b["jobs"]) == (arms["A"], arms["B"])
     assert a["error_rate"] == b["error_rate"] == 0.0
@@ -111,12 +111,12 @@ def test_an_ab_experiment_finds_the_better_version_and_promotes_it(
     decided = evaluate_all(ctx.sessions)
     # Then it promoted B's version and recorded why
     assert decided[uuid.UUID(experiment["id"])] == "promoted"
-    final = admin.get(f"/v1/experiments/{experiment['id']}").get_json()
+    final = operator.get(f"/v1/experiments/{experiment['id']}").get_json()
     assert final["status"] == "concluded"
     assert final["decision"]["decision"] == "promoted" and final["decision"]["winner"] == "B"
     assert "significantly better" in final["decision"]["reason"]
     assert "promoted v2" in final["decision"]["reason"]
-    shown = admin.get(f"/v1/models/{model}").get_json()
+    shown = operator.get(f"/v1/models/{model}").get_json()
     assert shown["active_version"] == 2 and shown["experiment"] is None
     assert shown["history"][0]["activated_by"] == f"experiment {experiment['id']}"
     # and new jobs are served by the promoted version, outside any experiment
@@ -126,11 +126,11 @@ def test_an_ab_experiment_finds_the_better_version_and_promotes_it(
 
 
 def test_assignment_is_sticky_per_user_and_per_tenant(
-    alice: Caller, bob: Caller, admin: Caller, ctx: WorkerContext
+    alice: Caller, bob: Caller, operator: Caller, ctx: WorkerContext
 ) -> None:
     variants = digits_variants()
     model = experiment_model(ctx.settings, [variants["good"], variants["bad"]], active=1)
-    start(admin, {"model": model, "arms": [{"version": 1}, {"version": 2}]})
+    start(operator, {"model": model, "arms": [{"version": 1}, {"version": 2}]})
     pairs = holdout(3)
     # Given 50 users who each submit three different inputs
     arm_of_user: dict[str, set[str]] = defaultdict(set)
@@ -150,13 +150,13 @@ def test_assignment_is_sticky_per_user_and_per_tenant(
 
 
 def test_a_failing_arm_trips_the_guard_rail_and_traffic_returns_to_the_active_version(
-    alice: Caller, admin: Caller, ctx: WorkerContext
+    alice: Caller, operator: Caller, ctx: WorkerContext
 ) -> None:
     # Given an experiment whose candidate cannot even load
     variants = digits_variants()
     model = experiment_model(ctx.settings, [variants["good"], variants["broken"]], active=1)
     experiment = start(
-        admin,
+        operator,
         {
             "model": model,
             "arms": [{"version": 1, "weight": 0.5}, {"version": 2, "weight": 0.5}],
@@ -166,27 +166,27 @@ def test_a_failing_arm_trips_the_guard_rail_and_traffic_returns_to_the_active_ve
     pairs = holdout(60)
     jobs = submit_all(alice, model, pairs, [f"g{i}" for i in range(60)])
     run_all(ctx, [job["id"] for job in jobs])
-    report = admin.get(f"/v1/experiments/{experiment['id']}").get_json()
+    report = operator.get(f"/v1/experiments/{experiment['id']}").get_json()
     assert report["arms"][1]["error_rate"] == 1.0 and report["arms"][0]["error_rate"] == 0.0
     # When the scheduler checks, long before any feedback
     assert evaluate_all(ctx.sessions)[uuid.UUID(experiment["id"])] == "guard"
     # Then the experiment is stopped, the candidate was not promoted, and v1 serves everyone
-    final = admin.get(f"/v1/experiments/{experiment['id']}").get_json()
+    final = operator.get(f"/v1/experiments/{experiment['id']}").get_json()
     assert final["status"] == "stopped" and final["decision"]["winner"] is None
     assert "guard rail: arm B (v2)" in final["decision"]["reason"]
-    assert admin.get(f"/v1/models/{model}").get_json()["active_version"] == 1
+    assert operator.get(f"/v1/models/{model}").get_json()["active_version"] == 1
     after = submit_all(alice, model, pairs[:20], [f"g{i}" for i in range(20)])
     assert {job["version"] for job in after} == {1}
 
 
 def test_shadow_mode_serves_the_active_version_and_stores_the_candidates_outputs(
-    alice: Caller, admin: Caller, ctx: WorkerContext
+    alice: Caller, operator: Caller, ctx: WorkerContext
 ) -> None:
     # Given a good active version and a worse candidate in shadow
     variants = digits_variants()
     model = experiment_model(ctx.settings, [variants["good"], variants["bad"]], active=1)
     experiment = start(
-        admin,
+        operator,
         {
             "model": model,
             "mode": "shadow",
@@ -220,7 +220,7 @@ def test_shadow_mode_serves_the_active_version_and_stores_the_candidates_outputs
     assert disagreements > 0
     # When feedback arrives, the report compares the two on the same jobs
     label_all(alice, ids, [label for _, label in pairs])
-    report = admin.get(f"/v1/experiments/{experiment['id']}").get_json()
+    report = operator.get(f"/v1/experiments/{experiment['id']}").get_json()
     live, candidate = report["arms"]
     assert candidate["agreement"]["compared"] == 120
     assert candidate["agreement"]["rate"] == pytest.approx(1 - disagreements / 120, abs=1e-4)
@@ -230,9 +230,9 @@ def test_shadow_mode_serves_the_active_version_and_stores_the_candidates_outputs
     assert diff["difference"] < 0 and diff["significant"] is True
     # and the scheduler ends it keeping the active version
     assert evaluate_all(ctx.sessions)[uuid.UUID(experiment["id"])] == "kept"
-    final = admin.get(f"/v1/experiments/{experiment['id']}").get_json()
+    final = operator.get(f"/v1/experiments/{experiment['id']}").get_json()
     assert final["decision"]["winner"] == "live" and final["status"] == "concluded"
-    assert admin.get(f"/v1/models/{model}").get_json()["active_version"] == 1
+    assert operator.get(f"/v1/models/{model}").get_json()["active_version"] == 1
 
 
 def shadow_version_id(ctx: WorkerContext, model: str) -> int:

@@ -272,7 +272,7 @@ def test_every_metric_the_rules_use_is_in_a_real_scrape(
 
 
 def test_stats_for_the_dashboard(
-    http: Any, admin: Caller, alice: Caller, ctx: WorkerContext, settings: Settings, beats: Any
+    http: Any, operator: Caller, alice: Caller, ctx: WorkerContext, settings: Settings, beats: Any
 ) -> None:
     from db.registry import get_model
     from db.scaling import record_decision
@@ -296,8 +296,8 @@ def test_stats_for_the_dashboard(
         )  # fmt: skip
 
     assert alice.get("/v1/stats").status_code == 403  # operators only
-    assert admin.get("/v1/stats?window=5").status_code == 400
-    stats = admin.get("/v1/stats?window=600").get_json()
+    assert operator.get("/v1/stats?window=5").status_code == 400
+    stats = operator.get("/v1/stats?window=600").get_json()
 
     assert stats["window_s"] == 600
     assert stats["jobs"]["finished"] >= 4 and stats["jobs"]["succeeded"] >= 4

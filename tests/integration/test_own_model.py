@@ -116,7 +116,7 @@ def test_a_user_model_registers_with_one_command_and_serves_jobs(
 
 
 def test_a_user_model_serves_batches_and_experiments(
-    settings: Settings, ctx: WorkerContext, alice: Caller, admin: Caller, tmp_path: Path
+    settings: Settings, ctx: WorkerContext, alice: Caller, operator: Caller, tmp_path: Path
 ) -> None:
     name = new_name()
     for seed in (0, 1):
@@ -135,7 +135,7 @@ def test_a_user_model_serves_batches_and_experiments(
     done = alice.get(f"/v1/batches/{batch['id']}").get_json()
     assert done["counts"]["succeeded"] == 6, done
     # an A/B experiment between its two versions: both arms serve
-    experiment = admin.post(
+    experiment = operator.post(
         "/v1/experiments",
         {"model": name, "arms": [{"version": 1, "weight": 0.5}, {"version": 2, "weight": 0.5}]},
     )
@@ -144,7 +144,7 @@ def test_a_user_model_serves_batches_and_experiments(
     jobs = serve(ctx, alice, name, inputs, users=True)
     assert {j["status"] for j in jobs} == {"succeeded"}
     assert {j["version"] for j in jobs} == {1, 2}
-    admin.post(f"/v1/experiments/{experiment.get_json()['id']}/stop", {})
+    operator.post(f"/v1/experiments/{experiment.get_json()['id']}/stop", {})
 
 
 def _batch_jobs(settings: Settings, batch_id: str) -> list[dict]:
@@ -212,17 +212,19 @@ def test_a_digest_given_with_the_weights_must_match(
 
 
 def test_an_admin_registers_a_model_and_uploads_versions(
-    settings: Settings, ctx: WorkerContext, admin: Caller, alice: Caller, tmp_path: Path
+    settings: Settings, ctx: WorkerContext, operator: Caller, alice: Caller, tmp_path: Path
 ) -> None:
     name = new_name()
     # the model: its schemas come from the handler (described in a child process)
-    created = admin.post("/v1/models", {"name": name, "handler": HANDLER, "config": {"hidden": 8}})
+    created = operator.post(
+        "/v1/models", {"name": name, "handler": HANDLER, "config": {"hidden": 8}}
+    )
     assert created.status_code == 201, created.get_json()
     assert created.get_json()["input_schema"] == tabular.TabularHandler.input_schema
     # a version as one safetensors file, streamed
     data = saved(tmp_path / "w.safetensors").read_bytes()
-    headers = admin.headers({"Content-Type": "application/octet-stream"})
-    up = admin.http.post(f"/v1/models/{name}/versions?activate=true", data=data, headers=headers)
+    headers = operator.headers({"Content-Type": "application/octet-stream"})
+    up = operator.http.post(f"/v1/models/{name}/versions?activate=true", data=data, headers=headers)
     assert up.status_code == 201, up.get_json()
     assert up.get_json()["version"] == 1 and up.get_json()["artifact"]["kind"] == "file"
     # a version as a directory (a tar of a config and two shards)
@@ -236,18 +238,18 @@ def test_an_admin_registers_a_model_and_uploads_versions(
     tar = io.BytesIO()
     with tarfile.open(fileobj=tar, mode="w") as archive:
         archive.add(folder, arcname=".")
-    headers = admin.headers({"Content-Type": "application/x-tar"})
-    tree = admin.http.post(f"/v1/models/{name}/versions", data=tar.getvalue(), headers=headers)
+    headers = operator.headers({"Content-Type": "application/x-tar"})
+    tree = operator.http.post(f"/v1/models/{name}/versions", data=tar.getvalue(), headers=headers)
     assert tree.status_code == 201, tree.get_json()
     assert sorted(f["path"] for f in tree.get_json()["artifact"]["files"]) == [
         "config.json", "model-1.safetensors", "model-2.safetensors"
     ]  # fmt: skip
     # a version from what the store already holds
-    by_uri = admin.post(f"/v1/models/{name}/versions", {"uri": up.get_json()["artifact"]["uri"]})
+    by_uri = operator.post(f"/v1/models/{name}/versions", {"uri": up.get_json()["artifact"]["uri"]})
     assert by_uri.status_code == 201 and by_uri.get_json()["sha256"] == up.get_json()["sha256"]
     # the active version serves; the sharded one serves once promoted
     assert serve(ctx, alice, name, tabular.EXAMPLES[:1])[0]["status"] == "succeeded"
-    assert admin.post(f"/v1/models/{name}/versions/2/promote", {}).status_code == 200
+    assert operator.post(f"/v1/models/{name}/versions/2/promote", {}).status_code == 200
     job = serve(ctx, alice, name, tabular.EXAMPLES[:1])[0]
     assert (job["status"], job["version"]) == ("succeeded", 2)
 
@@ -259,51 +261,59 @@ def _problem(response: Any, status: int, says: str) -> None:
 
 
 def test_bad_uploads_are_4xx_problems_and_register_nothing(
-    settings: Settings, admin: Caller, alice: Caller, tmp_path: Path
+    settings: Settings, operator: Caller, alice: Caller, tmp_path: Path
 ) -> None:
     name = new_name()
-    assert admin.post("/v1/models", {"name": name, "handler": HANDLER}).status_code == 201
-    octet = admin.headers({"Content-Type": "application/octet-stream"})
+    assert operator.post("/v1/models", {"name": name, "handler": HANDLER}).status_code == 201
+    octet = operator.headers({"Content-Type": "application/octet-stream"})
     url = f"/v1/models/{name}/versions"
     _problem(
-        admin.http.post(url, data=b"not safetensors at all", headers=octet), 422, "not safetensors"
+        operator.http.post(url, data=b"not safetensors at all", headers=octet),
+        422,
+        "not safetensors",
     )
     _problem(
-        admin.http.post(url, data=truncated(tmp_path).read_bytes(), headers=octet), 422, "truncated"
+        operator.http.post(url, data=truncated(tmp_path).read_bytes(), headers=octet),
+        422,
+        "truncated",
     )
     wide = saved(tmp_path / "wide.safetensors", hidden=16).read_bytes()
-    _problem(admin.http.post(url, data=wide, headers=octet), 422, "shape")
-    _problem(admin.post(url, {"uri": "s3://somewhere-else/model.safetensors"}), 422, "outside")
+    _problem(operator.http.post(url, data=wide, headers=octet), 422, "shape")
+    _problem(operator.post(url, {"uri": "s3://somewhere-else/model.safetensors"}), 422, "outside")
     _problem(
-        admin.post("/v1/models", {"name": new_name(), "handler": "no_such:Handler"}),
+        operator.post("/v1/models", {"name": new_name(), "handler": "no_such:Handler"}),
         422,
         "cannot import",
     )
     _problem(
-        admin.post("/v1/models", {"name": name, "handler": "digits"}), 409, "keeps its handler"
+        operator.post("/v1/models", {"name": name, "handler": "digits"}), 409, "keeps its handler"
     )
-    _problem(admin.http.post("/v1/models/nope/versions", data=b"x", headers=octet), 404, "No model")
-    plain = admin.headers({"Content-Type": "text/plain"})
-    _problem(admin.http.post(url, data=b"x", headers=plain), 415, "safetensors")
+    _problem(
+        operator.http.post("/v1/models/nope/versions", data=b"x", headers=octet), 404, "No model"
+    )
+    plain = operator.headers({"Content-Type": "text/plain"})
+    _problem(operator.http.post(url, data=b"x", headers=plain), 415, "safetensors")
     good = saved(tmp_path / "w.safetensors").read_bytes()
     _problem(
         alice.http.post(
             url, data=good, headers=alice.headers({"Content-Type": "application/octet-stream"})
         ),
         403,
-        "admin",
+        "operator",
     )
-    _problem(admin.http.post(f"{url}?sha256={'0' * 64}", data=good, headers=octet), 422, "digest")
+    _problem(
+        operator.http.post(f"{url}?sha256={'0' * 64}", data=good, headers=octet), 422, "digest"
+    )
     assert versions_of(settings, name) == []
 
 
 def test_an_upload_over_the_limit_is_413(
-    settings: Settings, digits_version: int, admin_key: str, tmp_path: Path
+    settings: Settings, digits_version: int, operator_key: str, tmp_path: Path
 ) -> None:
     from api.app import create_app
 
     small = create_app(settings.replace(max_artifact_bytes=200)).test_client()
-    caller = Caller(small, admin_key)
+    caller = Caller(small, operator_key)
     name = new_name()
     assert caller.post("/v1/models", {"name": name, "handler": HANDLER}).status_code == 201
     octet = caller.headers({"Content-Type": "application/octet-stream"})

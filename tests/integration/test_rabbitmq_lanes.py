@@ -88,8 +88,8 @@ def alice(lanes: Lanes, keys: Keys) -> Caller:
 
 
 @pytest.fixture(scope="module")
-def admin(alice: Caller, admin_key: str) -> Caller:
-    return Caller(alice.http, admin_key)
+def operator(alice: Caller, operator_key: str) -> Caller:
+    return Caller(alice.http, operator_key)
 
 
 def eventually(read: Callable[[], Any], done: Callable[[Any], bool], timeout_s: float = 60) -> Any:
@@ -160,14 +160,14 @@ def test_a_webhook_is_delivered_on_rabbitmq_after_one_retry(alice: Caller, lanes
     assert [d["status_code"] for d in log["deliveries"]] == [500, 200], log
 
 
-def test_a_shadow_copy_runs_on_rabbitmq(alice: Caller, admin: Caller, lanes: Lanes) -> None:
+def test_a_shadow_copy_runs_on_rabbitmq(alice: Caller, operator: Caller, lanes: Lanes) -> None:
     """Catches: shadow copies not flowing on RabbitMQ, where the ``inferq.shadow`` task shares
     the online queue with the batched predict task (tried: the API's publish in
     api/services/experiments.py ``mirror`` left out: no candidate output is ever stored)."""
     # Given a model with a candidate in shadow
     variants = digits_variants()
     model = experiment_model(lanes.settings, [variants["good"], variants["bad"]], active=1)
-    started = admin.post(
+    started = operator.post(
         "/v1/experiments",
         {"model": model, "mode": "shadow", "arms": [{"version": 1}, {"version": 2}]},
     )
@@ -197,22 +197,22 @@ def test_a_shadow_copy_runs_on_rabbitmq(alice: Caller, admin: Caller, lanes: Lan
     assert set(stored[0][1]) == {"label", "probabilities"}
 
 
-def test_a_training_run_runs_on_rabbitmq(admin: Caller, lanes: Lanes) -> None:
+def test_a_training_run_runs_on_rabbitmq(operator: Caller, lanes: Lanes) -> None:
     """Catches: a training run never reaching a worker on RabbitMQ (tried: the retrain
     route's publish in api/routes/training.py left out: the run stays queued)."""
     # Given a model that trains in a few seconds
     good = digits_variants()["good"]
     model = experiment_model(lanes.settings, [good], active=1, config=FAST_TRAINING)
 
-    # When an admin asks for a retraining
-    response = admin.post(f"/v1/models/{model}/retrain")
+    # When an operator asks for a retraining
+    response = operator.post(f"/v1/models/{model}/retrain")
     assert response.status_code == 202, response.get_json()
     run_id = response.get_json()["id"]
 
     # Then the worker trains and registers a candidate
     try:
         run = eventually(
-            lambda: admin.get(f"/v1/training-runs/{run_id}").get_json(),
+            lambda: operator.get(f"/v1/training-runs/{run_id}").get_json(),
             lambda r: r["status"] in ("succeeded", "failed"),
             timeout_s=120,
         )
@@ -220,5 +220,5 @@ def test_a_training_run_runs_on_rabbitmq(admin: Caller, lanes: Lanes) -> None:
         leave_no_pending_rollout(lanes.settings, model)  # no scheduler here decides it
     assert run["status"] == "succeeded", (run, lanes.log())
     assert run["metrics"]["candidate"]["version"] == 2
-    versions = admin.get(f"/v1/models/{model}").get_json()["versions"]
+    versions = operator.get(f"/v1/models/{model}").get_json()["versions"]
     assert [(v["version"], v["status"]) for v in versions] == [(1, "active"), (2, "candidate")]

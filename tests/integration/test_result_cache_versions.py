@@ -68,8 +68,8 @@ def alice(http: FlaskClient, keys: Keys) -> Caller:
 
 
 @pytest.fixture
-def admin(http: FlaskClient, admin_key: str) -> Caller:
-    return Caller(http, admin_key)
+def operator(http: FlaskClient, operator_key: str) -> Caller:
+    return Caller(http, operator_key)
 
 
 def submit(caller: Caller, model: str, body: dict[str, Any], user: str | None = None) -> Any:
@@ -117,7 +117,7 @@ def model_of(settings: Settings, handler: str, artifact: Artifact) -> str:
 
 
 def test_after_a_promotion_the_old_versions_cached_output_is_not_served(
-    alice: Caller, admin: Caller, ctx: WorkerContext
+    alice: Caller, operator: Caller, ctx: WorkerContext
 ) -> None:
     """Catches: ``cache_key`` without the version (id and digest): the input alone keyed."""
     # Given an input answered by v1, whose output the cache now holds
@@ -128,7 +128,7 @@ def test_after_a_promotion_the_old_versions_cached_output_is_not_served(
     assert first["version"] == 1
     assert_cache_answers(alice, model, body, first["output"])
     # When v2, other weights, is promoted
-    response = admin.post(f"/v1/models/{model}/versions/2/promote", {"reason": "test"})
+    response = operator.post(f"/v1/models/{model}/versions/2/promote", {"reason": "test"})
     assert response.status_code == 200, response.get_json()
     # Then the same input is not answered from v1's cache: v2 computes it
     second = answered(alice, ctx, model, body)
@@ -138,7 +138,7 @@ def test_after_a_promotion_the_old_versions_cached_output_is_not_served(
 
 
 def test_an_experiment_arm_is_not_answered_from_the_control_versions_cache(
-    alice: Caller, admin: Caller, ctx: WorkerContext
+    alice: Caller, operator: Caller, ctx: WorkerContext
 ) -> None:
     """Catches: ``cache_key`` without the version (id and digest): while an A/B experiment
     runs, users in the candidate's arm would get the control's cached outputs."""
@@ -148,7 +148,7 @@ def test_an_experiment_arm_is_not_answered_from_the_control_versions_cache(
     body = holdout(2)[1][0]
     first = answered(alice, ctx, model, body)
     # When an A/B experiment sends users to v1 or v2, and users send that input
-    response = admin.post(
+    response = operator.post(
         "/v1/experiments", {"model": model, "arms": [{"version": 1}, {"version": 2}]}
     )
     assert response.status_code == 201, response.get_json()

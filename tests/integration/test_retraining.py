@@ -57,8 +57,8 @@ def ctx(settings: Settings, digits_version: int) -> Iterator[WorkerContext]:
 
 
 @pytest.fixture
-def admin(http: FlaskClient, admin_key: str) -> Caller:
-    return Caller(http, admin_key)
+def operator(http: FlaskClient, operator_key: str) -> Caller:
+    return Caller(http, operator_key)
 
 
 def new_model(settings: Settings, handler: str, artifact: bytes, sha: str, metrics: dict) -> str:
@@ -171,7 +171,7 @@ def test_feedback_on_a_weak_digit_retrains_and_rolls_out_a_better_version(
 
 
 def test_the_ab_policy_starts_an_experiment_for_a_candidate_not_worse_on_the_holdout(
-    admin: Caller, ctx: WorkerContext
+    operator: Caller, ctx: WorkerContext
 ) -> None:
     # Given a model serving a weak version, and a run that registered a better candidate
     variants = digits_variants()
@@ -202,9 +202,9 @@ def test_the_ab_policy_starts_an_experiment_for_a_candidate_not_worse_on_the_hol
     assert apply_pending(ctx.sessions, settings) == {run_id: "experiment"}
 
     # Then an A/B experiment sends the candidate a quarter of the traffic, to promote on a win
-    body = admin.get(f"/v1/training-runs/{run_id}").get_json()
+    body = operator.get(f"/v1/training-runs/{run_id}").get_json()
     assert body["rollout"] == "experiment" and body["experiment_id"]
-    experiment = admin.get(f"/v1/experiments/{body['experiment_id']}").get_json()
+    experiment = operator.get(f"/v1/experiments/{body['experiment_id']}").get_json()
     assert experiment["mode"] == "ab" and experiment["status"] == "running"
     weights = {arm["version"]: arm["weight"] for arm in experiment["arms"]}
     assert weights == {1: pytest.approx(0.75), 2: pytest.approx(0.25)}
@@ -212,7 +212,7 @@ def test_the_ab_policy_starts_an_experiment_for_a_candidate_not_worse_on_the_hol
 
 
 def test_a_crashing_training_run_is_recorded_and_the_active_version_keeps_serving(
-    alice: Caller, admin: Caller, ctx: WorkerContext
+    alice: Caller, operator: Caller, ctx: WorkerContext
 ) -> None:
     # Given a model whose training crashes, serving a good v1, with some labelled feedback
     good = digits_variants()["good"]
@@ -227,13 +227,13 @@ def test_a_crashing_training_run_is_recorded_and_the_active_version_keeps_servin
     for job in serve(ctx, alice, model, [list(map(float, x)) for x in split.holdout_x[:10]]):
         alice.post(f"/v1/jobs/{job['id']}/feedback", {"label": 1})
 
-    # When an admin asks for a retraining (a second ask meanwhile is refused)
-    response = admin.post(f"/v1/models/{model}/retrain")
+    # When an operator asks for a retraining (a second ask meanwhile is refused)
+    response = operator.post(f"/v1/models/{model}/retrain")
     assert response.status_code == 202, response.get_json()
     run = response.get_json()
     assert response.headers["Location"].endswith(run["id"])
     assert (run["status"], run["trigger"]) == ("queued", "manual")
-    assert admin.post(f"/v1/models/{model}/retrain").status_code == 409
+    assert operator.post(f"/v1/models/{model}/retrain").status_code == 409
     assert alice.post(f"/v1/models/{model}/retrain").status_code == 403
     # ...and a training worker runs it
     assert str(run_training(ctx, model, run["id"], "manual")) == run["id"]
@@ -247,7 +247,7 @@ def test_a_crashing_training_run_is_recorded_and_the_active_version_keeps_servin
     models = alice.get(f"/v1/models/{model}").get_json()
     assert models["active_version"] == 1 and len(models["versions"]) == 1
     # ...and a new run may start
-    assert admin.post(f"/v1/models/{model}/retrain").status_code == 202
+    assert operator.post(f"/v1/models/{model}/retrain").status_code == 202
     assert alice.get(f"/v1/training-runs/{uuid.uuid4()}").status_code == 404
 
 
@@ -391,13 +391,13 @@ def test_a_model_whose_feedback_accuracy_drops_retrains_early(
 
 
 def test_a_real_training_worker_runs_a_requested_run(
-    settings: Settings, admin_key: str, logs_dir: Path
+    settings: Settings, operator_key: str, logs_dir: Path
 ) -> None:
     # Given a worker process that consumes the training lane alone (a namespace of its own:
     # runs earlier tests left on this run's training queue are not its business), and a
     # model it can train
     own = settings.replace(namespace=f"{settings.namespace}tr{uuid.uuid4().hex[:4]}")
-    admin = Caller(create_app(own).test_client(), admin_key)
+    operator = Caller(create_app(own).test_client(), operator_key)
     good = digits_variants()["good"]
     model = new_model(own, "digits", good.data, good.sha256, good.metrics)
     worker = ServiceProcess(
@@ -407,22 +407,22 @@ def test_a_real_training_worker_runs_a_requested_run(
         logs_dir,
     )
     try:
-        # When an admin asks for a retraining over HTTP
-        response = admin.post(f"/v1/models/{model}/retrain")
+        # When an operator asks for a retraining over HTTP
+        response = operator.post(f"/v1/models/{model}/retrain")
         assert response.status_code == 202
         run_id = response.get_json()["id"]
 
         # Then the worker trains and registers a candidate, and the run says so
         deadline, body = time.monotonic() + 120, {}
         while time.monotonic() < deadline:
-            body = admin.get(f"/v1/training-runs/{run_id}").get_json()
+            body = operator.get(f"/v1/training-runs/{run_id}").get_json()
             if body["status"] in ("succeeded", "failed"):
                 break
             assert worker.alive(), worker.log()[-2000:]
             time.sleep(0.5)
         assert body["status"] == "succeeded", (body, worker.log()[-2000:])
         assert body["metrics"]["candidate"]["version"] == 2 and body["rollout"] == "pending"
-        versions = admin.get(f"/v1/models/{model}").get_json()["versions"]
+        versions = operator.get(f"/v1/models/{model}").get_json()["versions"]
         assert [(v["version"], v["status"]) for v in versions] == [(1, "active"), (2, "candidate")]
     finally:
         worker.stop()
@@ -457,7 +457,7 @@ def training_runs(settings: Settings, model: str) -> list[dict]:
 
 
 def test_beat_and_a_training_worker_retrain_on_schedule_and_the_rollout_decides(
-    settings: Settings, admin_key: str, logs_dir: Path
+    settings: Settings, operator_key: str, logs_dir: Path
 ) -> None:
     """Catches: the scheduler process not running the rollout loop (``retrain_forever`` never
     started in scheduler/service.py: the candidate stays ``pending``), beat not given the
@@ -510,14 +510,16 @@ def test_beat_and_a_training_worker_retrain_on_schedule_and_the_rollout_decides(
         "held",
     ), second
     assert "not rolled out" in second["reason"]
-    shown = Caller(create_app(own).test_client(), admin_key).get(f"/v1/models/{model}").get_json()
+    shown = (
+        Caller(create_app(own).test_client(), operator_key).get(f"/v1/models/{model}").get_json()
+    )
     assert shown["active_version"] == 2
     statuses = {v["version"]: v["status"] for v in shown["versions"]}
     assert statuses[2] == "active" and statuses[second["candidate"]] == "candidate"
 
 
 def test_a_candidate_worse_than_the_active_version_is_held_under_ab(
-    admin: Caller, ctx: WorkerContext
+    operator: Caller, ctx: WorkerContext
 ) -> None:
     """Catches: the ``held`` branch of the rollout (scheduler/rollout.py) starting an experiment
     or promoting anyway (``decide`` returning ``experiment`` for a worse candidate)."""
@@ -546,11 +548,11 @@ def test_a_candidate_worse_than_the_active_version_is_held_under_ab(
     # When the scheduler rolls it out (runs other tests left pending may be rolled out too)
     assert apply_pending(ctx.sessions, settings)[run_id] == "held"
 
-    # Then the run says why, v1 still serves alone, and the candidate waits for an admin
-    body = admin.get(f"/v1/training-runs/{run_id}").get_json()
+    # Then the run says why, v1 still serves alone, and the candidate waits for an operator
+    body = operator.get(f"/v1/training-runs/{run_id}").get_json()
     assert body["rollout"] == "held" and body["experiment_id"] is None
     assert "not rolled out" in body["rollout_reason"], body
-    shown = admin.get(f"/v1/models/{model}").get_json()
+    shown = operator.get(f"/v1/models/{model}").get_json()
     assert shown["active_version"] == 1 and shown["experiment"] is None
     assert [(v["version"], v["status"]) for v in shown["versions"]] == [
         (1, "active"),

@@ -2,7 +2,9 @@
 
 The sweep walks the app's URL map, so an endpoint added later is covered the day it lands:
 it must declare a scope, refuse missing, revoked and expired keys, refuse keys without its
-scope, and answer another tenant's job ids with 404.
+scope, and answer another tenant's job ids with 404. What every tenant shares (models,
+versions, experiments, retraining, the fleet's stats and scaling) needs the operator scope:
+a tenant's admin key, with every tenant scope, is refused there.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from api.app import create_app
-from db.keys import SCOPES
+from db.keys import OPERATOR, SCOPES
 from inferq.core.settings import Settings
 from tests.conftest import Keys
 from tests.factories import pixels
@@ -95,15 +97,57 @@ def test_missing_revoked_and_expired_keys_are_401_everywhere(
             assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
 
+#: What only an operator's key changes or sees: everything every tenant shares.
+OPERATOR_ENDPOINTS = {
+    "models.create",
+    "models.add_version",
+    "models.promote_version",
+    "models.rollback_version",
+    "experiments.create",
+    "experiments.index",
+    "experiments.show",
+    "experiments.stop",
+    "training.retrain",
+    "stats.show",
+    "scaling.show",
+}
+
+
+def test_what_every_tenant_shares_needs_the_operator_scope(app: Flask) -> None:
+    operated = {endpoint for _, _, endpoint, scope in endpoints(app) if scope == OPERATOR}
+    assert operated == OPERATOR_ENDPOINTS
+    # a tenant's admin keeps what is its own
+    admin = {endpoint for _, _, endpoint, scope in endpoints(app) if scope == "admin"}
+    assert admin == {"webhooks.secret", "webhooks.rotate"}
+
+
 def test_a_key_without_the_scope_is_403_everywhere(
-    app: Flask, http: FlaskClient, keys: Keys, alices_job: str
+    app: Flask, http: FlaskClient, settings: Settings, keys: Keys, alices_job: str
 ) -> None:
-    lacking = {"submit": keys.alice_read_only, "read": keys.alice_submit_only, "admin": keys.alice}
+    tenant_admin = make_key(settings, "alice", ["submit", "read", "admin"])
+    lacking = {
+        "submit": keys.alice_read_only,
+        "read": keys.alice_submit_only,
+        "admin": keys.alice,
+        OPERATOR: tenant_admin,
+    }
     for rule, method, _, scope in endpoints(app):
         assert scope is not None
         response = call(http, method, fill(rule, alices_job), lacking[scope])
         body = assert_problem(response, 403, "forbidden")
         assert scope in body["detail"]
+
+
+def test_an_operator_key_passes_every_operator_scope_check(
+    app: Flask, http: FlaskClient, operator_key: str, alices_job: str
+) -> None:
+    # Reads and refused changes only (unknown ids, empty bodies): nothing shared is changed
+    changes = {"models.promote_version", "models.rollback_version", "training.retrain"}
+    for rule, method, endpoint, scope in endpoints(app):
+        if scope != OPERATOR or endpoint in changes:
+            continue
+        response = call(http, method, fill(rule, alices_job), operator_key)
+        assert response.status_code not in (401, 403), (rule, method, response.get_json())
 
 
 def test_another_tenants_job_is_404_everywhere_even_for_its_admin(

@@ -52,3 +52,28 @@ def test_unknown_scopes_are_refused(settings: Settings) -> None:
         main, ["keys", "create", "--tenant", "x", "--scopes", "read,root"], env=settings.to_env()
     )
     assert result.exit_code != 0 and "root" in result.output
+
+
+def test_operator_keys_come_only_from_the_operator_flag(
+    settings: Settings, http: FlaskClient
+) -> None:
+    # Given a tenant's admin key and an operator key, both made by the CLI
+    tenant = f"olga-{uuid.uuid4().hex[:6]}"
+    code, out = run(settings, "keys", "create", "--tenant", tenant, "--scopes", "read,admin")
+    assert code == 0
+    admin = {"Authorization": f"Bearer {out.strip().splitlines()[-1]}"}
+    code, out = run(settings, "keys", "create", "--operator")
+    assert code == 0
+    operator = {"Authorization": f"Bearer {out.strip().splitlines()[-1]}"}
+    _, listing = run(settings, "keys", "list", "--tenant", "operator")
+    assert any(line.split()[2] == "submit,read,operator" for line in listing.splitlines()[1:])
+    # Then only the operator's reads the fleet's stats; the tenant's admin gets 403
+    assert http.get("/v1/stats", headers=operator).status_code == 200
+    assert http.get("/v1/stats", headers=admin).status_code == 403
+    # And the scope cannot be asked for by name, nor without a tenant unless --operator
+    named = CliRunner().invoke(
+        main, ["keys", "create", "--tenant", "x", "--scopes", "operator"], env=settings.to_env()
+    )
+    assert named.exit_code != 0 and "--operator" in named.output
+    bare = CliRunner().invoke(main, ["keys", "create"], env=settings.to_env())
+    assert bare.exit_code != 0 and "--tenant" in bare.output

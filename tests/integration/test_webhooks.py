@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -116,12 +117,19 @@ def test_redirects_are_not_followed(http: FlaskClient, ctx: WorkerContext, keys:
 
 
 def test_the_guard_runs_again_at_delivery_after_dns(
-    http: FlaskClient, ctx: WorkerContext, keys: Keys
+    http: FlaskClient, ctx: WorkerContext, keys: Keys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     strict = dataclasses.replace(ctx, settings=ctx.settings.replace(webhook_allowlist=""))
+    real_lookup = socket.getaddrinfo
+
+    def dns(host: Any, *args: Any, **kwargs: Any) -> Any:
+        # what a DNS answer can say about any public-looking name
+        return real_lookup("127.0.0.1" if host == "hooks.example.com" else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", dns)
     with Receiver().running() as receiver:
         # a host name passes at submit; at delivery it resolves to loopback, not allowlisted
-        url = receiver.url.replace("127.0.0.1", "localhost")
+        url = receiver.url.replace("127.0.0.1", "hooks.example.com")
         job_id = finished_job(http, ctx, keys.alice, url)
         outcome = deliver(strict, job_id, 1, redelivery=False)
     assert not outcome.ok and not outcome.retry and "refused" in (outcome.error or "")
@@ -192,6 +200,41 @@ def test_unsafe_webhooks_are_422_at_submit(
     body = {"model": "digits", "input": pixels(), "webhook": url}
     problem = assert_problem(http.post("/v1/jobs", json=body, headers=auth(keys.alice)), 422)
     assert problem["errors"][0]["pointer"] == "/webhook"
+    assert job_count(settings) == before
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://2130706433/",
+        "http://0177.0.0.1/",
+        "http://0x7f.0.0.1/",
+        "http://127.1/",
+        "http://0/",
+        "http://localhost:8080/",
+        "http://LOCALHOST./",
+        "http://[::127.0.0.1]/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://[64:ff9b::7f00:1]/",
+        "http://[64:ff9b:1::7f00:1]/",
+        "http://[2002:7f00:1::]/",
+        "http://[2001:0:7f00:1::f5ff:fffe]/",
+    ],
+)
+def test_every_spelling_of_loopback_is_422_at_submit(
+    settings: Settings, digits_version: int, keys: Keys, url: str
+) -> None:
+    from tests.integration.test_bad_input import job_count
+
+    # Given an API node with no allowlist (the default)
+    http = create_app(settings.replace(webhook_allowlist="")).test_client()
+    before = job_count(settings)
+    # When a job names a webhook on loopback, spelt as some resolver or router reads it
+    body = {"model": "digits", "input": pixels(), "webhook": url}
+    problem = assert_problem(http.post("/v1/jobs", json=body, headers=auth(keys.alice)), 422)
+    # Then it is refused with a problem that says why, and no job exists
+    assert problem["errors"][0]["pointer"] == "/webhook"
+    assert "non-public" in problem["detail"] or "this machine" in problem["detail"]
     assert job_count(settings) == before
 
 
