@@ -97,6 +97,7 @@ def test_up_serves_a_digit_and_down_leaves_nothing_running(up: tuple) -> None:
 
     # Given `inferq up` on a machine with no database or broker configured
     wait_until_up(process, stderr)
+    assert "CRIT" not in stderr.read_text(), tail(stderr)  # supervisord has nothing to warn
     started = stack_processes(process, home)
     assert {"supervisord", "redis-server", "postgres"} <= names(started)
 
@@ -108,10 +109,12 @@ def test_up_serves_a_digit_and_down_leaves_nothing_running(up: tuple) -> None:
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 
-    # Then the job succeeded with a label, on a worker the autoscaler started
+    # Then the job succeeded with a label, on a worker the autoscaler started, which was
+    # consuming already: "up" means a job submitted now runs, not waits for a worker to start
     assert submit.returncode == 0, submit.stderr
     job = json.loads(submit.stdout)
     assert job["status"] == "succeeded", job
+    assert job["metrics"]["queue_ms"] < 2500, job["metrics"]
     assert job["worker"].startswith("auto-"), job["worker"]
     started += [p for p in stack_processes(process, home) if p not in started]
     assert any("worker" in " ".join(p.cmdline()) for p in started if p.is_running())

@@ -21,6 +21,7 @@ from inferq.local.stack import (
     down,
     programs,
     read_running,
+    ready_scope,
     release,
 )
 from inferq.local.supervise import stop_timeout, supervisord_conf
@@ -194,3 +195,18 @@ def test_a_reused_pid_is_not_taken_for_the_up_that_wrote_the_record(tmp_path: Pa
     paths.up_json.write_text(json.dumps(record))
 
     assert read_running(paths) is None
+
+
+@pytest.mark.parametrize(
+    ("values", "scope"),
+    [
+        ({"workers": 1}, ""),
+        ({"workers": 0}, "?scope=node"),
+        ({"autoscale": "1:4"}, ""),
+        ({"autoscale": "0:4", "workers": 2}, "?scope=node"),
+    ],
+)
+def test_up_waits_for_an_online_worker_when_one_starts_with_the_stack(
+    values: dict, scope: str
+) -> None:
+    assert ready_scope(Settings.of(**values)) == scope
