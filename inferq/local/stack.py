@@ -287,6 +287,7 @@ def prepare(settings: Settings, paths: StackPaths) -> None:
     subprocess.run(
         [sys.executable, "-m", "inferq", "models", "train", "digits", "--if-missing"],
         env=process_env(settings),
+        stdout=subprocess.DEVNULL,  # the version number it prints is for scripts
         check=True,
     )
     ensure_dev_key(settings, paths.api_key)

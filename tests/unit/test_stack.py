@@ -141,13 +141,17 @@ def test_workers_stop_warmly_and_together(tmp_path: Path) -> None:
 
 def test_supervisorctl_finds_the_control_socket_in_home(tmp_path: Path) -> None:
     paths = StackPaths(tmp_path / "home")
-    parse(paths, supervisord_conf(paths, programs(Settings(), launcher=LAUNCHER)))
+    server = parse(paths, supervisord_conf(paths, programs(Settings(), launcher=LAUNCHER)))
 
     client = ClientOptions()
     client.configfile = str(paths.conf)
     client.process_config(do_usage=False)
 
     assert client.serverurl == f"unix://{paths.home / 'supervisor.sock'}"
+    # The socket asks for a password (no CRIT from supervisord), which supervisorctl has
+    (socket,) = server.configroot.supervisord.server_configs
+    assert socket["username"] == client.username == "inferq"
+    assert socket["password"] and socket["password"] == client.password
 
 
 def test_a_home_too_deep_for_a_unix_socket_puts_the_socket_in_tmp(tmp_path: Path) -> None:
