@@ -97,6 +97,15 @@ WAIT_QUERY: dict[str, Any] = {
     "schema": {"type": "number", "minimum": 0},
 }
 
+READY_SCOPE_QUERY: dict[str, Any] = {
+    "name": "scope",
+    "in": "query",
+    "description": "`system` (the default): a job submitted now runs, so a worker consumes "
+    "the online lane too. `node`: this node's own database, Redis and broker only (what "
+    "a load balancer's probe asks).",
+    "schema": {"type": "string", "enum": ["system", "node"]},
+}
+
 
 def document(st: ApiState) -> dict[str, Any]:
     """The OpenAPI document of the running app."""
@@ -207,6 +216,8 @@ def _operation(
         operation["requestBody"] = _body(submit_body)
     elif endpoint == "jobs.get_job":
         operation["parameters"].append(WAIT_QUERY)
+    elif endpoint == "health.readyz":
+        operation["parameters"].append(READY_SCOPE_QUERY)
     elif endpoint == "models.add_version":
         operation["requestBody"] = ARTIFACT_BODY
     elif method == "POST" and endpoint in REQUEST_SCHEMAS:

@@ -179,6 +179,11 @@ def list_models(session: Session) -> list[Model]:
     return list(session.scalars(select(Model).order_by(Model.name)))
 
 
+def model_names(session: Session, limit: int = 50) -> list[str]:
+    """The names of the models there are, in order (at most ``limit``)."""
+    return list(session.scalars(select(Model.name).order_by(Model.name).limit(limit)))
+
+
 def list_versions(session: Session, model_ids: list[int]) -> list[ModelVersion]:
     """Versions of the given models, oldest first."""
     return list(

@@ -32,6 +32,9 @@ class Heartbeat:
         self._key = worker_key(settings, name)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="inferq-heartbeat", daemon=True)
+        if liveness is not None:
+            # Ready the moment the consumer loop first runs, not up to an interval later.
+            liveness.on_start = self.beat
         self._info = {
             "name": name,
             "pid": os.getpid(),
@@ -53,6 +56,7 @@ class Heartbeat:
                 **self._info,
                 "at": time.time(),
                 "consuming": stalled < 5,
+                "ready": self._liveness.started() if self._liveness else True,
                 "stalled_s": round(stalled, 1),
             }
             self._client.set(self._key, json.dumps(beat), px=ttl_ms)

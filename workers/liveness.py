@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -25,10 +25,20 @@ class Liveness:
         self._last_mark = time.monotonic() + grace_s
         self._busy = 0
         self._lock = threading.Lock()
+        self._started = threading.Event()
+        #: Called once, at the first mark (the heartbeat announces it at once).
+        self.on_start: Callable[[], None] = lambda: None
 
     def mark(self) -> None:
         """Called from the consumer's event loop."""
         self._last_mark = time.monotonic()
+        if not self._started.is_set():
+            self._started.set()
+            self.on_start()
+
+    def started(self) -> bool:
+        """Whether the consumer loop has run yet: its queues are being consumed."""
+        return self._started.is_set()
 
     def enter(self) -> None:
         """A batch starts: the loop is blocked on purpose (solo pool), not stalled."""

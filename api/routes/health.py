@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import text
 
-from api.state import state
+from api.state import ApiState, state
+from inferq.core.errors import BadRequest
+from inferq.domain.fleet import ready_workers
+
+#: The lane whose consumers make the system ready: where a submitted job goes by default.
+SERVED_LANE = "online"
 
 bp = Blueprint("health", __name__)
 
@@ -26,8 +31,12 @@ def _check(probe: object) -> str:
 
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    """Ready when Postgres, Redis and the broker all answer."""
+    """Ready when a job submitted now runs: Postgres, Redis and the broker answer and a
+    worker consumes the online lane (``?scope=node``: this node's dependencies alone)."""
     st = state()
+    scope = request.args.get("scope", "system")
+    if scope not in ("system", "node"):
+        raise BadRequest("scope must be `system` or `node`")
 
     def database() -> None:
         with st.sessions() as session:
@@ -42,7 +51,19 @@ def readyz() -> tuple[Response, int]:
         "redis": _check(st.redis.ping),
         "broker": _check(broker),
     }
+    if scope == "system":
+        # Not for a load balancer's probe: without workers the API still accepts jobs,
+        # durably, and they run once a worker comes (or the autoscaler starts one).
+        checks["workers"] = _workers(st)
     ready = all(v == "ok" for v in checks.values())
     return jsonify(
         {"status": "ready" if ready else "unavailable", "checks": checks}
     ), 200 if ready else 503
+
+
+def _workers(st: ApiState) -> str:
+    try:
+        count = ready_workers(st.redis, st.settings, SERVED_LANE)
+    except Exception as exc:
+        return f"unavailable: {type(exc).__name__}"
+    return "ok" if count else f"unavailable: no worker consumes the {SERVED_LANE} lane yet"

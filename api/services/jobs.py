@@ -26,7 +26,7 @@ from db.jobs import (
     mark_unpublished,
 )
 from db.partitions import horizon
-from db.registry import ServingInfo, serving_info
+from db.registry import ServingInfo, model_names, serving_info
 from db.tables import TERMINAL_STATUSES, Job
 from inferq.core.errors import (
     BadRequest,
@@ -95,8 +95,10 @@ def model_for(st: ApiState, name: str) -> ServingInfo:
 
     info = st.models.get(name, load)
     if info is None:
+        with st.sessions() as session:
+            known = ", ".join(model_names(session)) or "none yet"
         raise InvalidInput(
-            f"There is no model named {name[:64]!r}.",
+            f"There is no model named {name[:64]!r}; the models are: {known}.",
             errors=[{"pointer": "/model", "detail": "unknown model (GET /v1/models lists them)"}],
         )
     if info.active_version_id is None or info.active_version is None:

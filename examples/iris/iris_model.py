@@ -41,6 +41,9 @@ class IrisHandler(ModelHandler):
             key: {"type": "number", "minimum": 0, "maximum": 100}
             for key in ("sepal_length", "sepal_width", "petal_length", "petal_width")
         },
+        "examples": [
+            {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
+        ],
     }
     label_schema = {"enum": list(SPECIES)}
     default_config = {"max_batch_size": 64, "hidden": 16}

@@ -22,6 +22,7 @@ from inferq.cli import (
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="inferq", prog_name="inferq")
 def main() -> None:
     """inferq: asynchronous serving for PyTorch models."""
 

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from inferq.cli.common import db_session, load_settings, reports_errors
+from inferq.cli.common import db_session, info, load_settings, reports_errors
 from inferq.core.logs import configure
 
 BACKENDS = ["auto", "local", "compose", "kubernetes", "dry-run"]
@@ -96,7 +96,13 @@ def scaling(limit: int) -> None:
     from db.scaling import recent_decisions
 
     with db_session(load_settings()) as session:
-        click.echo(json.dumps(recent_decisions(session, limit), indent=2))
+        decisions = recent_decisions(session, limit)
+    click.echo(json.dumps(decisions, indent=2))
+    if not decisions:
+        info(
+            "no autoscaler has decided anything here: none runs, so the worker count is fixed "
+            "(`inferq up --autoscale MIN:MAX`, or `inferq autoscaler`, scales it)"
+        )
 
 
 COMMANDS = [autoscaler, scaling]

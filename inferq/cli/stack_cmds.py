@@ -70,10 +70,9 @@ def up(
 def _say_ready(url: str, paths: StackPaths, budget: str) -> None:
     info(f"\ninferq is up at {url}")
     info(f"  API key:  {paths.api_key}")
-    info(
-        "  try:      inferq submit --model digits --input '{\"pixels\": [64 numbers 0..16]}' --wait"
-    )
-    info(f"  logs:     {paths.logs}/   status: supervisorctl -c {paths.conf} status")
+    info("  try:      inferq submit --model digits --example --wait")
+    info(f"  logs:     {paths.logs}/")
+    info(f"  status:   supervisorctl -c {paths.conf} status   (then e.g. restart workers:worker-1)")
     if paths.nginx_paths.conf.exists():
         info(
             f"  nginx:    {paths.nginx_paths.conf} (JSON access log {paths.nginx_paths.access_log})"

@@ -1,8 +1,9 @@
 """The workers as their heartbeats in Redis describe them (see workers.heartbeat).
 
 Each live worker keeps a key ``<namespace>:worker:<name>`` holding JSON: its lanes, whether
-its consumer loop is running (``consuming``), for how long it has stalled, and when it
-started. The API's stats and ETAs and the scheduler's gauges read them here.
+its consumer loop is running (``consuming``), whether that loop has run at all yet
+(``ready``: its queues are being consumed), for how long it has stalled, and when it started.
+The API's stats, ETAs and readiness and the scheduler's gauges read them here.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class WorkerBeat:
     lanes: tuple[str, ...]
     consuming: bool
     stalled_s: float
+    ready: bool
     started_at: float | None
     at: float | None
 
@@ -65,6 +67,8 @@ def _parse(name: str, raw: bytes | str) -> WorkerBeat:
         name=name,
         lanes=tuple(str(lane) for lane in body.get("lanes") or ()),
         consuming=bool(body.get("consuming", True)),
+        # A worker from before this field was written is taken as ready.
+        ready=bool(body.get("ready", True)),
         stalled_s=float(body.get("stalled_s") or 0.0),
         started_at=body.get("started_at"),
         at=body.get("at"),
@@ -79,3 +83,11 @@ def per_lane(beats: Iterable[WorkerBeat], lanes: Iterable[str]) -> dict[str, tup
             consuming, stalled = counts.get(lane, (0, 0))
             counts[lane] = (consuming + 1, stalled) if beat.consuming else (consuming, stalled + 1)
     return counts
+
+
+def ready_workers(client: redis.Redis, settings: Settings, lane: str) -> int:
+    """How many live workers consume ``lane`` now: their consumer loop has started and is
+    not stalled, so a job published to it now is taken."""
+    return sum(
+        1 for b in worker_beats(client, settings) if lane in b.lanes and b.ready and b.consuming
+    )

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from inferq.core.artifacts.manifest import Artifact
+from inferq.core.artifacts.packing import pack
 from inferq.core.artifacts.store import ArtifactStore
 from inferq.core.errors import ModelError
 from inferq.domain.registration import HandlerDescription
@@ -44,14 +45,9 @@ def describe(handler: str, config: Mapping[str, Any] | None = None) -> HandlerDe
 def store_tensors(
     store: ArtifactStore, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
 ) -> Artifact:
-    """Write trained weights to the store as one safetensors file."""
-    from safetensors.torch import save_file
-
+    """Write trained weights to the store as one safetensors file (the same bytes for the
+    same weights, see :func:`inferq.core.artifacts.pack`)."""
     with tempfile.TemporaryDirectory(prefix="inferq-weights-") as folder:
         path = Path(folder) / "model.safetensors"
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-            str(path),
-            dict(metadata),
-        )
+        path.write_bytes(pack(tensors, metadata)[0])
         return store.ingest_path(path)

@@ -28,13 +28,22 @@ def assign_ports(
     ports: dict[str, int] = {}
     out = []
     for program in progs:
-        command = program.argv[len(launcher)] if len(program.argv) > len(launcher) else ""
-        if command in JOBS:
+        if command_of(program, launcher) in JOBS:
             ports[program.name] = free_port()
             argv = (*program.argv, "--metrics-port", str(ports[program.name]))
             program = dataclasses.replace(program, argv=argv)
         out.append(program)
     return out, ports
+
+
+def command_of(program: Program, launcher: Sequence[str]) -> str:
+    """The ``inferq`` command a program runs (``worker``, ``beat``…), wherever the launcher
+    stands in its argv: a prefix such as ``nice -n 10`` comes before it."""
+    argv, size = program.argv, len(launcher)
+    for start in range(len(argv) - size):
+        if tuple(argv[start : start + size]) == tuple(launcher):
+            return argv[start + size]
+    return ""
 
 
 def write_targets(
@@ -48,7 +57,7 @@ def write_targets(
     groups: dict[str, list[str]] = {"inferq-api": [f"127.0.0.1:{p}" for p in api_ports]}
     for program in progs:
         if program.name in ports:
-            job = JOBS[program.argv[len(launcher)]]
+            job = JOBS[command_of(program, launcher)]
             groups.setdefault(job, []).append(f"127.0.0.1:{ports[program.name]}")
     document = [{"targets": targets, "labels": {"job": job}} for job, targets in groups.items()]
     path.write_text(json.dumps(document, indent=2) + "\n")

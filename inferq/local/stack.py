@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,7 +40,7 @@ from inferq.local.supervise import (
 
 #: How supervisord runs our commands: this interpreter, so children import the same inferq.
 LAUNCHER = (sys.executable, "-m", "inferq")
-READY_TIMEOUT_S = 60.0
+READY_TIMEOUT_S = 120.0
 DOWN_TIMEOUT_S = 90.0
 #: The development key is its stack's operator's too: the README's model operations use it.
 DEV_SCOPES = ("submit", "read", "admin", "operator")
@@ -264,7 +265,8 @@ def run(settings: Settings, on_ready: Callable[[], None] = lambda: None) -> int:
         targets = paths.home / "prometheus-targets.json"
         scrape_targets.write_targets(targets, api_ports, progs, metrics_ports, LAUNCHER)
         supervisor = start_supervisor(paths, progs, process_env(settings))
-        return serve(f"http://127.0.0.1:{settings.local.port}", paths, supervisor, on_ready)
+        ready_url = f"http://127.0.0.1:{settings.local.port}/readyz{ready_scope(settings)}"
+        return serve(ready_url, paths, supervisor, on_ready)
     except Stopped:
         return 0
     finally:
@@ -298,6 +300,7 @@ def prepare(settings: Settings, paths: StackPaths) -> None:
     subprocess.run(
         [sys.executable, "-m", "inferq", "models", "train", "digits", "--if-missing"],
         env=process_env(settings),
+        stdout=subprocess.DEVNULL,  # the version number it prints is for scripts
         check=True,
     )
     ensure_dev_key(settings, paths.api_key)
@@ -328,11 +331,23 @@ def ensure_dev_key(settings: Settings, path: Path) -> None:
     info(f"created a development API key (tenant dev, scopes {', '.join(DEV_SCOPES)}) in {path}")
 
 
+def ready_scope(settings: Settings) -> str:
+    """What ``inferq up`` waits for: a job submitted now runs (``/readyz``), or, when no
+    online worker starts with the stack (``--workers 0``, ``--autoscale 0:N``), the API alone."""
+    bounds = settings.local.autoscale_bounds
+    online = bounds[0] if bounds is not None else settings.local.workers
+    return "" if online > 0 else "?scope=node"
+
+
 def serve(
-    url: str, paths: StackPaths, supervisor: subprocess.Popen[bytes], on_ready: Callable[[], None]
+    ready_url: str,
+    paths: StackPaths,
+    supervisor: subprocess.Popen[bytes],
+    on_ready: Callable[[], None],
 ) -> int:
-    """Wait for the API to be ready, call ``on_ready``, then wait on supervisord (1 if it dies)."""
-    wait_ready(url, supervisor, paths)
+    """Wait until ``ready_url`` answers 200, call ``on_ready``, then wait on supervisord
+    (1 if it dies)."""
+    wait_ready(ready_url, supervisor, paths)
     on_ready()
     status = supervisor.wait()
     info(f"error: supervisord exited with status {status}; see {paths.logs / 'supervisord.log'}")
@@ -340,17 +355,26 @@ def serve(
 
 
 def wait_ready(url: str, supervisor: subprocess.Popen[bytes], paths: StackPaths) -> None:
-    """Poll ``url/readyz`` until it answers 200; raise when supervisord dies or time runs out."""
+    """Poll ``url`` (a ``/readyz``) until it answers 200; raise, with what it last said,
+    when supervisord dies or time runs out."""
     deadline = time.monotonic() + READY_TIMEOUT_S
+    last = "no answer"
     while time.monotonic() < deadline:
         if supervisor.poll() is not None:
             raise StackError(f"supervisord exited early; see {paths.logs / 'supervisord.log'}")
-        # urlopen raises for any answer but 2xx (HTTPError and URLError are OSErrors).
-        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/readyz", timeout=2):
-            return
-        time.sleep(0.5)
+        try:
+            # urlopen raises for any answer but 2xx (HTTPError and URLError are OSErrors).
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError as exc:
+            last = exc.read().decode(errors="replace").strip()
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.25)
     log = paths.logs / "supervisord.log"
-    raise StackError(f"the API at {url} was not ready after {READY_TIMEOUT_S:.0f} s; see {log}")
+    raise StackError(
+        f"inferq was not ready after {READY_TIMEOUT_S:.0f} s ({url} said {last[:300]}); see {log}"
+    )
 
 
 def shutdown(

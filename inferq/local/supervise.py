@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import secrets
 import shlex
 import subprocess
 import sys
@@ -67,25 +68,32 @@ def stop_timeout(progs: Sequence[Program], margin: float = 5.0) -> float:
     return sum(longest.values()) + margin
 
 
-def supervisord_conf(paths: SupervisorPaths, progs: Sequence[Program]) -> str:
+def supervisord_conf(
+    paths: SupervisorPaths, progs: Sequence[Program], password: str | None = None
+) -> str:
     """The text of ``supervisord.conf`` for ``progs``, with state and logs under ``paths``.
 
     Programs inherit supervisord's environment, set by ``inferq up``, rather than get an
     ``environment=`` line: supervisord's parser of it cannot quote every value a URL may hold.
+    The control socket takes a user and ``password`` (random unless given), which the
+    ``[supervisorctl]`` section carries too: ``supervisorctl -c supervisord.conf`` works, and
+    supervisord has no unauthenticated socket to warn about (its CRIT line at every start).
     """
-    sections = [_main_sections(paths)]
+    sections = [_main_sections(paths, password or secrets.token_urlsafe(24))]
     sections += [_program_section(paths, program) for program in progs]
     sections += _group_sections(progs)
     return "\n\n".join(sections) + "\n"
 
 
-def _main_sections(paths: SupervisorPaths) -> str:
+def _main_sections(paths: SupervisorPaths, password: str) -> str:
     # Naming root when we are root stops supervisord's CRIT about running as root, by choice.
     user = "user=root\n" if os.getuid() == 0 else ""
     return f"""\
 [unix_http_server]
 file={_esc(paths.socket)}
 chmod=0700
+username=inferq
+password={_esc(password)}
 
 [supervisord]
 {user}nodaemon=true
@@ -98,7 +106,9 @@ loglevel=info
 supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
 
 [supervisorctl]
-serverurl=unix://{_esc(paths.socket)}"""
+serverurl=unix://{_esc(paths.socket)}
+username=inferq
+password={_esc(password)}"""
 
 
 def _program_section(paths: SupervisorPaths, program: Program) -> str:
@@ -138,7 +148,11 @@ def start_supervisor(
 ) -> subprocess.Popen[bytes]:
     """Write ``supervisord.conf`` and start supervisord on it in the foreground, with ``env``."""
     paths.logs.mkdir(exist_ok=True)
-    paths.conf.write_text(supervisord_conf(paths, progs))
+    # Owner-only: it holds the control socket's password.
+    paths.conf.unlink(missing_ok=True)
+    fd = os.open(paths.conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(supervisord_conf(paths, progs))
     argv = [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(paths.conf)]
     # Its own session, like the embedded servers: on Ctrl-C we stop it, in order.
     return subprocess.Popen(

@@ -44,7 +44,7 @@ def start_stack(settings: Settings, logs: Path, workers: int) -> Stack:
     scheduler = ServiceProcess("scheduler", ["beat"], settings, logs)
     stack = Stack(settings, f"http://127.0.0.1:{port}", logs, api, scheduler)
     try:
-        wait_for_http(stack.url + "/readyz", api)
+        wait_for_http(stack.url + "/readyz?scope=node", api)
         for i in range(workers):
             stack.start_worker(f"w{i + 1}-{settings.namespace}")
     except BaseException:

@@ -49,7 +49,7 @@ def two_nodes_behind_nginx(
             port = free_port()
             nodes[port] = ServiceProcess(name, ["api", "--port", str(port)], own, tmp_path)
         for port, node in nodes.items():
-            wait_for_http(f"http://127.0.0.1:{port}/readyz", node)
+            wait_for_http(f"http://127.0.0.1:{port}/readyz?scope=node", node)
         proxy = Nginx(own, tmp_path / "home", list(nodes))
         yield proxy, nodes
     finally:

@@ -60,7 +60,7 @@ def start_observed(settings: Settings, logs: Path) -> Observed:
     )
     stack = Stack(settings, f"http://127.0.0.1:{port}", logs, api, scheduler)
     try:
-        wait_for_http(stack.url + "/readyz", api)
+        wait_for_http(stack.url + "/readyz?scope=node", api)
         name = f"obs-{settings.namespace}"
         worker = ServiceProcess(
             name, ["worker", "--name", name, "--metrics-port", str(worker_port)], settings, logs

@@ -182,3 +182,37 @@ def test_a_body_over_the_api_limit_is_refused_by_nginx_with_413(nodes, run_nginx
     assert large.headers["Content-Type"] == "application/problem+json"
     assert large.json()["type"].endswith("/payload-too-large")
     assert nodes[0].seen == ["POST"]
+
+
+def test_while_no_node_is_up_nginx_answers_503_with_retry_after(nodes, run_nginx) -> None:
+    # Given nginx in front of ports where nothing listens yet (the stack is starting)
+    proxy = run_nginx([free_port(), free_port()])
+
+    # When a client reads, or submits
+    answers = [
+        requests.get(proxy.url + "/readyz", timeout=5),
+        requests.post(proxy.url + "/v1/jobs", json={}, timeout=5),
+        requests.get(proxy.url + "/readyz", timeout=5),  # both nodes now marked down
+    ]
+
+    # Then it is told, as a problem, that the service is not up and when to come back: a 503,
+    # since no node received anything, never the 502 of a request a node may have acted on
+    for answer in answers:
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["Content-Type"] == "application/problem+json"
+        assert answer.headers["Retry-After"] == "1"
+        assert answer.json()["type"].endswith("/service-unavailable")
+
+
+def test_metrics_are_not_served_through_nginx(nodes, run_nginx) -> None:
+    # Given nginx in front of a node that would answer anything
+    nodes.append(start_node())
+    proxy = run_nginx([nodes[0].server_port])
+
+    # When an anonymous client asks for /metrics through the front door
+    answer = requests.get(proxy.url + "/metrics", timeout=5)
+
+    # Then nginx refuses it and the node never sees the request
+    assert answer.status_code == 404
+    assert answer.headers["Content-Type"] == "application/problem+json"
+    assert nodes[0].seen == []

@@ -43,7 +43,7 @@ def api_url(
     api = ServiceProcess("api", ["api", "--port", str(port)], fuzzed, tmp_path_factory.mktemp("fz"))
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for_http(url + "/readyz", api)
+        wait_for_http(url + "/readyz?scope=node", api)
         yield url
     finally:
         api.stop()

@@ -255,3 +255,11 @@ def test_a_value_postgres_refuses_is_a_422_not_a_500(app: Flask, keys: Keys) -> 
     response = app.test_client().get("/test/overflow")
     problem = assert_problem(response, 422, "invalid-input")
     assert "out of the range" in problem["detail"]
+
+
+def test_an_unknown_model_is_told_which_models_there_are(alice: Caller) -> None:
+    """Catches: a newcomer who mistypes a model name left to find the list elsewhere."""
+    problem = assert_problem(
+        alice.post("/v1/jobs", {"model": "digit", "input": pixels()}), 422, "invalid-input"
+    )
+    assert "digits" in problem["detail"], problem

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 
+import redis
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from flask.testing import FlaskClient
@@ -11,6 +13,7 @@ from sqlalchemy import create_engine
 
 from db.tables import Base
 from inferq.core.settings import Settings
+from inferq.core.status import worker_key
 from tests.integration.conftest import Caller
 
 PARTITION = re.compile(r"jobs_p\d{8}(t\d{6})?")
@@ -61,9 +64,45 @@ def test_models_lists_digits_with_its_active_version(alice: Caller, digits_versi
 
 def test_health_and_readiness(http: FlaskClient) -> None:
     assert http.get("/healthz").get_json() == {"status": "ok"}
-    ready = http.get("/readyz")
+    ready = http.get("/readyz?scope=node")
     assert ready.status_code == 200
     assert ready.get_json()["checks"] == {"database": "ok", "redis": "ok", "broker": "ok"}
+    assert http.get("/readyz?scope=nonsense").status_code == 400
+
+
+def beat(settings: Settings, name: str, lanes: list[str], ready: bool) -> None:
+    """A worker's heartbeat, as workers.heartbeat writes it."""
+    body = {"name": name, "lanes": lanes, "consuming": True, "ready": ready, "stalled_s": 0}
+    redis.Redis.from_url(settings.effective_redis_url).set(
+        worker_key(settings, name), json.dumps(body), px=10_000
+    )
+
+
+def test_the_system_is_ready_only_once_a_worker_consumes_the_online_lane(
+    http: FlaskClient, settings: Settings
+) -> None:
+    """Catches: a /readyz (and so `inferq up`'s banner) that says ready while a job submitted
+    now would wait in the queue for a worker still starting."""
+    # Given the database, Redis and the broker up, but no worker yet
+    alone = http.get("/readyz")
+    assert alone.status_code == 503
+    assert alone.get_json()["checks"]["workers"].startswith("unavailable")
+
+    # When workers of other lanes run, and an online worker has started but not yet consumes
+    beat(settings, "batch-1", ["batch"], ready=True)
+    beat(settings, "worker-1", ["online"], ready=False)
+
+    # Then the system is still not ready
+    assert http.get("/readyz").status_code == 503
+
+    # When the online worker's consumer loop runs, then it is
+    beat(settings, "worker-1", ["online"], ready=True)
+    ready = http.get("/readyz")
+    assert ready.status_code == 200, ready.get_json()
+    assert ready.get_json()["checks"]["workers"] == "ok"
+    redis.Redis.from_url(settings.effective_redis_url).delete(
+        worker_key(settings, "batch-1"), worker_key(settings, "worker-1")
+    )
 
 
 def test_readiness_fails_when_the_database_is_unreachable(

@@ -94,7 +94,7 @@ def test_services_and_deployments_select_their_own_pods(objects: dict) -> None:
 
 def test_api_pods_are_probed_on_readyz_and_healthz(objects: dict) -> None:
     api = container(deployments(objects)["inferq-api"])
-    assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert api["readinessProbe"]["httpGet"]["path"] == "/readyz?scope=node"
     assert api["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert api["ports"][0]["containerPort"] == 8000
     # headless, so nginx sees every ready pod and balances over them itself

@@ -14,10 +14,13 @@ LAUNCHER = ("/usr/bin/python3", "-m", "inferq")
 
 
 def test_workers_and_the_scheduler_get_ports_of_their_own(tmp_path: Path) -> None:
-    progs, ports = assign_ports(programs(Settings.of(workers=2), launcher=LAUNCHER), LAUNCHER)
+    settings = Settings.of(workers=2, batch_workers=1)
+    progs, ports = assign_ports(programs(settings, launcher=LAUNCHER), LAUNCHER)
     by_name = {p.name: p for p in progs}
 
-    assert {"worker-1", "worker-2", "beat"} <= set(ports)
+    # The batch worker runs behind `nice -n 10`, and still gets a port of its own
+    assert by_name["batch-1"].argv[0].endswith("nice")
+    assert {"worker-1", "worker-2", "batch-1", "trainer", "webhooks", "beat"} <= set(ports)
     assert "api" not in ports
     assert len(set(ports.values())) == len(ports)
     for name, port in ports.items():
@@ -30,3 +33,4 @@ def test_workers_and_the_scheduler_get_ports_of_their_own(tmp_path: Path) -> Non
     assert groups["inferq-api"] == ["127.0.0.1:8080"]
     assert groups["inferq-scheduler"] == [f"127.0.0.1:{ports['beat']}"]
     assert f"127.0.0.1:{ports['worker-2']}" in groups["inferq-workers"]
+    assert f"127.0.0.1:{ports['batch-1']}" in groups["inferq-workers"]

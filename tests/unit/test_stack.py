@@ -21,6 +21,7 @@ from inferq.local.stack import (
     down,
     programs,
     read_running,
+    ready_scope,
     release,
 )
 from inferq.local.supervise import stop_timeout, supervisord_conf
@@ -140,13 +141,17 @@ def test_workers_stop_warmly_and_together(tmp_path: Path) -> None:
 
 def test_supervisorctl_finds_the_control_socket_in_home(tmp_path: Path) -> None:
     paths = StackPaths(tmp_path / "home")
-    parse(paths, supervisord_conf(paths, programs(Settings(), launcher=LAUNCHER)))
+    server = parse(paths, supervisord_conf(paths, programs(Settings(), launcher=LAUNCHER)))
 
     client = ClientOptions()
     client.configfile = str(paths.conf)
     client.process_config(do_usage=False)
 
     assert client.serverurl == f"unix://{paths.home / 'supervisor.sock'}"
+    # The socket asks for a password (no CRIT from supervisord), which supervisorctl has
+    (socket,) = server.configroot.supervisord.server_configs
+    assert socket["username"] == client.username == "inferq"
+    assert socket["password"] and socket["password"] == client.password
 
 
 def test_a_home_too_deep_for_a_unix_socket_puts_the_socket_in_tmp(tmp_path: Path) -> None:
@@ -194,3 +199,18 @@ def test_a_reused_pid_is_not_taken_for_the_up_that_wrote_the_record(tmp_path: Pa
     paths.up_json.write_text(json.dumps(record))
 
     assert read_running(paths) is None
+
+
+@pytest.mark.parametrize(
+    ("values", "scope"),
+    [
+        ({"workers": 1}, ""),
+        ({"workers": 0}, "?scope=node"),
+        ({"autoscale": "1:4"}, ""),
+        ({"autoscale": "0:4", "workers": 2}, "?scope=node"),
+    ],
+)
+def test_up_waits_for_an_online_worker_when_one_starts_with_the_stack(
+    values: dict, scope: str
+) -> None:
+    assert ready_scope(Settings.of(**values)) == scope

@@ -25,8 +25,18 @@ HOLDOUT_FRACTION = 0.2
 MAX_IMAGE_PIXELS = 4096 * 4096
 MAX_IMAGE_B64 = 2_000_000
 
+#: The first of scikit-learn's digits (a 0): ``inferq submit --model digits --example``.
+EXAMPLE_PIXELS = [
+    *(0, 0, 5, 13, 9, 1, 0, 0, 0, 0, 13, 15, 10, 15, 5, 0, 0, 3, 15, 2, 0, 11, 8, 0),
+    *(0, 4, 12, 0, 0, 8, 8, 0, 0, 5, 8, 0, 0, 9, 8, 0, 0, 4, 11, 0, 1, 12, 7, 0),
+    *(0, 2, 14, 5, 10, 12, 0, 0, 0, 0, 6, 13, 10, 0, 0, 0),
+]
+
 INPUT_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
+    # JSON Schema's own place for sample values; stored with the model, so clients (and
+    # `inferq submit --example`) read it from GET /v1/models without the handler.
+    "examples": [{"pixels": EXAMPLE_PIXELS}],
     "type": "object",
     "additionalProperties": False,
     "minProperties": 1,

@@ -39,6 +39,7 @@ class EmbedHandler(ModelHandler):
         "additionalProperties": False,
         "required": ["text"],
         "properties": {"text": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT}},
+        "examples": [{"text": "A queue turns a burst of requests into steady work."}],
     }
     default_config = {"max_batch_size": 64}
 

@@ -23,11 +23,25 @@ def digest(data: bytes) -> str:
 
 
 def pack(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> tuple[bytes, str]:
-    """Serialise weights to safetensors bytes; returns the bytes and their SHA-256."""
+    """Serialise weights to safetensors bytes; returns the bytes and their SHA-256. The same
+    tensors and metadata give the same bytes, and so the same digest, in every process."""
     from safetensors.torch import save
 
     data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, dict(metadata))
+    data = canonical(data)
     return data, digest(data)
+
+
+def canonical(data: bytes) -> bytes:
+    """``data`` (safetensors) with its JSON header's keys sorted. safetensors writes the
+    metadata in hash-map order, which changes from one process to the next: seed-0 weights
+    trained in two homes would otherwise get two digests. Offsets in the header count from
+    the end of the header, so rewriting it moves nothing."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # safetensors keeps the data 8-byte aligned
+    return len(text).to_bytes(8, "little") + text + data[8 + size :]
 
 
 def unpack(data: bytes, sha256: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
