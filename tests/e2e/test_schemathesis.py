@@ -104,7 +104,9 @@ def test_schemathesis_finds_no_server_error_and_no_spec_violation(
     api_url: str, settings: Settings, tmp_path: Path
 ) -> None:
     key = make_key(settings, "fuzz", ["submit", "read"])
-    schemathesis(api_url, key, tmp_path / "report.json")
+    # /readyz answers 503 here by design (no worker consumes this namespace's online lane);
+    # its answers have tests of their own (test_service_endpoints.py).
+    schemathesis(api_url, key, tmp_path / "report.json", "--exclude-path=/readyz")
 
 
 def test_schemathesis_on_the_admin_and_operator_reads(
