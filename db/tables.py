@@ -142,8 +142,11 @@ class Job(Base):
 
     Partitioned by ``created_at`` (migration 0011): retention drops whole partitions. A job's
     id is a UUIDv7 carrying ``created_at`` (``db.ids``), so the id alone finds its partition.
-    The tables that hang off a job carry ``(job_id, job_created_at)`` without a foreign key
-    (``db.partitions`` says why); retention deletes them with their partition.
+    No foreign keys to or from ``jobs``: each would make dropping a partition lock the tables
+    on the other side exclusively (a deadlock with every submit's key checks, seen under
+    load), and a key check per insert costs the hot path. The API writes a job only with the
+    ids it just read (tenant, model, version, experiment, batch), nothing deletes those rows,
+    and the tables that hang off a job (``(job_id, job_created_at)``) go with its partition.
     """
 
     __tablename__ = "jobs"
@@ -164,9 +167,10 @@ class Job(Base):
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
-    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
-    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
-    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    # tenant, model, version, experiment and batch: ids without foreign keys (see above).
+    tenant_id: Mapped[uuid.UUID]
+    model_id: Mapped[int] = mapped_column(Integer)
+    version_id: Mapped[int] = mapped_column(Integer)
     lane: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16), server_default="queued")
     input: Mapped[dict[str, Any]]
@@ -174,9 +178,7 @@ class Job(Base):
     error: Mapped[dict[str, Any] | None]
     user: Mapped[str | None] = mapped_column(String(256))
     #: The experiment that chose this job's version, and the arm the job landed in.
-    experiment_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("experiments.id", name="fk_jobs_experiment")
-    )
+    experiment_id: Mapped[uuid.UUID | None]
     arm: Mapped[str | None] = mapped_column(String(32))
     cached: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
@@ -195,9 +197,7 @@ class Job(Base):
     #: A job not started by then fails as ``expired`` instead of running late (Cancel-After).
     expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     #: The batch this job is an item of, and the item's place in the batch's input (from 0).
-    batch_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("batches.id", ondelete="CASCADE", name="fk_jobs_batch")
-    )
+    batch_id: Mapped[uuid.UUID | None]
     batch_index: Mapped[int | None] = mapped_column(Integer)
 
 

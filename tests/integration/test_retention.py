@@ -448,3 +448,60 @@ def test_making_a_partition_does_not_block_writers(
                 {"id": new_id(), "at": NOW, "t": tenant, "m": model_id, "v": version_id},
             )
             assert conn.scalar(text("SELECT count(*) FROM jobs")) == 1
+
+
+def test_writers_never_fail_while_partitions_come_and_go(
+    own: Settings, db: Engine, model: tuple[uuid.UUID, int, int]
+) -> None:
+    """Catches: making or dropping partitions under load failing submits (a deadlock between
+    the scheduler's DDL and the writers' foreign-key checks, seen in the soak benchmark)."""
+    import threading
+
+    from db.jobs import get_job_view
+    from db.partitions import Partition
+    from scheduler.retention import RetentionReport, _retire
+
+    tenant, model_id, version_id = model
+    report = RetentionReport()
+    sessions = make_session_factory(make_engine(own.database_url or ""))
+    stop, errors, written = threading.Event(), [], [0]
+
+    def write() -> None:
+        while not stop.is_set():
+            try:
+                with sessions.begin() as session:
+                    job_id = new_id()
+                    session.execute(
+                        text(
+                            "INSERT INTO jobs (id, created_at, tenant_id, model_id, version_id,"
+                            " lane, status, input) VALUES (:id, :at, :t, :m, :v, 'online',"
+                            " 'queued', '{}')"
+                        ),
+                        {"id": job_id, "at": time_of(job_id), "t": tenant, "m": model_id,
+                         "v": version_id},
+                    )  # fmt: skip
+                    assert get_job_view(session, job_id, tenant) is not None
+                written[0] += 1
+            except Exception as error:  # every failure is the finding
+                errors.append(repr(error))
+
+    writers = [threading.Thread(target=write) for _ in range(4)]
+    for thread in writers:
+        thread.start()
+    try:
+        ahead = floor_time(NOW, HOUR) + 10 * HOUR
+        for step in range(30):
+            with sessions.begin() as session:
+                create_partition(session, ahead + step * HOUR, ahead + (step + 1) * HOUR)
+            old = floor_time(NOW, HOUR) - (48 - step) * HOUR
+            add_job(db, model, old + HOUR / 2)
+            part = Partition(partition_name(old), old, old + HOUR)
+            for _ in range(20):  # a busy table makes a retire wait for another try
+                if _retire(sessions, part, report):
+                    break
+    finally:
+        stop.set()
+        for thread in writers:
+            thread.join()
+    assert errors == [] and written[0] > 0
+    assert len(report.dropped) >= 25, report

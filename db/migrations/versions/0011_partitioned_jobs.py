@@ -45,14 +45,9 @@ INDEXES = {
     "ix_jobs_tenant_created": "(tenant_id, created_at)",
     "ix_jobs_tenant_queued": "(tenant_id) WHERE status = 'queued'",
 }
-#: jobs' own foreign keys: column, target, ON DELETE.
-FOREIGN_KEYS = {
-    "fk_jobs_batch": ("batch_id", "batches(id)", "CASCADE"),
-    "fk_jobs_experiment": ("experiment_id", "experiments(id)", None),
-    "jobs_model_id_fkey": ("model_id", "models(id)", None),
-    "jobs_tenant_id_fkey": ("tenant_id", "tenants(id)", "CASCADE"),
-    "jobs_version_id_fkey": ("version_id", "model_versions(id)", None),
-}
+#: jobs keeps no foreign keys (nor do the tables that hang off it): dropping a partition
+#: would lock every table on the other side exclusively, deadlocking with the key checks of
+#: concurrent submits (db/tables.py, Job).
 
 JOB_TIME = """
 CREATE FUNCTION job_time(job_id uuid) RETURNS timestamptz
@@ -132,11 +127,6 @@ def _partitioned_jobs(width: dt.timedelta) -> None:
     op.execute("ALTER TABLE jobs ADD PRIMARY KEY (id, created_at)")
     for index, definition in INDEXES.items():
         op.execute(f"CREATE INDEX {index} ON jobs {definition}")
-    for name, (column, target, on_delete) in FOREIGN_KEYS.items():
-        op.execute(
-            f"ALTER TABLE jobs ADD CONSTRAINT {name} FOREIGN KEY ({column}) REFERENCES {target}"
-            + (f" ON DELETE {on_delete}" if on_delete else "")
-        )
     bind = op.get_bind()
     oldest = bind.scalar(sa.text("SELECT min(created_at) FROM jobs_unpartitioned"))
     now = bind.scalar(sa.text("SELECT now()"))
