@@ -167,11 +167,13 @@ def submit_and_poll(stack: UpStack, key: str, out: Outcomes, stop: threading.Eve
 
 
 def kill_tree(pid: int) -> list[int]:
-    """SIGKILL a process and its children, as a crash or the OOM killer would."""
+    """SIGKILL a process and its children, as a crash or the OOM killer would, and return
+    once they are gone (a killed process still holds its sockets until then)."""
     root = psutil.Process(pid)
     victims = [root, *root.children(recursive=True)]
     for process in victims:
         process.kill()
+    psutil.wait_procs(victims, timeout=10)
     return [p.pid for p in victims]
 
 
@@ -191,7 +193,7 @@ def test_killing_an_api_node_fails_only_what_it_was_serving(up: UpStack, keys: K
 
     # When one API node is killed (its gunicorn master and workers) while they run
     killed_pids = kill_tree(up.program_pid("api:api-1"))
-    killed_at = time.time()
+    killed_at = time.time()  # every process of the node is gone by now
     time.sleep(5)
     stop.set()
     for thread in clients:
