@@ -53,8 +53,8 @@ def submit() -> Response:
 @bp.after_request
 def finish_reading_a_refused_upload(response: Response) -> Response:
     """An upload refused before its end (a bad line, a wrong model, a missing scope) is read
-    to its end before the answer goes out: nginx streams uploads to the node as they come
-    (proxy_request_buffering off) and would otherwise reuse the connection mid-body."""
+    to its end before the answer goes out, so a keep-alive connection (from nginx, or from a
+    client that reaches the node directly) is never reused mid-body."""
     if request.endpoint == "batches.submit" and response.status_code >= 400:
         drain_upload(response, state().settings.batches.max_batch_bytes)
     return response

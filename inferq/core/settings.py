@@ -325,6 +325,8 @@ class FrontSettings:
     rate_limit_rps: int = 100
     #: The burst allowed per client address above that rate.
     rate_limit_burst: int = 200
+    #: Batch and artifact uploads one client address may have open at once (more get 429).
+    uploads_per_client: int = 8
     #: The nginx binary for ``inferq up``: ``auto`` (PATH, then /usr/sbin), a path, or ``off``.
     nginx: str = "auto"
 
@@ -476,6 +478,8 @@ class Settings:
             )
         if self.front.rate_limit_rps < 1 or self.front.rate_limit_burst < 0:
             raise ConfigError("need INFERQ_RATE_LIMIT_RPS >= 1 and INFERQ_RATE_LIMIT_BURST >= 0")
+        if self.front.uploads_per_client < 1:
+            raise ConfigError("need INFERQ_UPLOADS_PER_CLIENT >= 1")
         quotas = self.quotas
         if quotas.key_rate_per_s < 0 or (quotas.key_rate_per_s and quotas.key_rate_burst < 1):
             raise ConfigError("need INFERQ_KEY_RATE_PER_S >= 0 and INFERQ_KEY_RATE_BURST >= 1")

@@ -89,6 +89,7 @@ def local_values(
         "INFERQ_MAX_ARTIFACT_BYTES": str(settings.artifacts.max_artifact_bytes),
         "INFERQ_RATE_LIMIT_RPS": str(settings.front.rate_limit_rps),
         "INFERQ_RATE_LIMIT_BURST": str(settings.front.rate_limit_burst),
+        "INFERQ_UPLOADS_PER_CLIENT": str(settings.front.uploads_per_client),
     }
 
 

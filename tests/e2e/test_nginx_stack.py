@@ -6,6 +6,8 @@ INFERQ_HOME. Figures are printed (run with -s to see them).
 
 from __future__ import annotations
 
+import json
+import socket
 import subprocess
 import sys
 import threading
@@ -306,3 +308,103 @@ def test_over_the_rate_limit_inferq_up_answers_429_with_retry_after(
     assert limited.headers["Retry-After"] == "1"
     assert limited.json()["status"] == 429
     assert limited.headers["X-Request-ID"]
+
+
+def _slow_upload(up: UpStack, key: str, source: str) -> socket.socket:
+    """A batch upload from loopback address ``source`` that announces 100 kB, sends two
+    bytes and stalls (an attacker's slow client: it would go on sending 2 bytes every 5 s)."""
+    port = int(up.url.rsplit(":", 1)[1])
+    conn = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+    conn.sendall(
+        f"POST /v1/batches?model=digits HTTP/1.1\r\nHost: inferq\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Type: application/x-ndjson\r\n"
+        f"Content-Length: 100000\r\n\r\n{{\"".encode()
+    )
+    return conn
+
+
+def _batch_posts(up: UpStack) -> int:
+    return sum(
+        1
+        for node in ("api-1", "api-2")
+        for line in api_access_lines(up.log(node))
+        if line.get("path") == "/v1/batches" and line.get("method") == "POST"
+    )
+
+
+def test_slow_batch_uploads_never_hold_an_api_node(up: UpStack, keys: Keys) -> None:
+    """150 clients trickle batch uploads, each from its own loopback address (so the limit per
+    address does not stop them: the attack from many hosts). nginx takes an upload whole
+    before a node sees it, so none of them reaches a node: other requests are answered as
+    usual, and the nodes log none of the uploads, even after the clients give up.
+
+    Mutation caught: ``proxy_request_buffering off;`` back in the /v1/batches location: the
+    nodes receive the 150 uploads as they trickle (their threads, 128 in all by default, are
+    held: GET /v1/models waits past its 10 s timeout) and log them when they are cut off."""
+    headers = {"Authorization": f"Bearer {keys.alice}"}
+    before = _batch_posts(up)
+    slow = [_slow_upload(up, keys.alice, f"127.0.1.{i + 1}") for i in range(150)]
+    try:
+        time.sleep(2)  # what nginx would hand on has reached the nodes by now
+
+        # When other clients read and submit while the uploads trickle
+        def read(_: int) -> tuple[int, float]:
+            began = time.monotonic()
+            answer = requests.get(up.url + "/v1/models", headers=headers, timeout=10)
+            return answer.status_code, time.monotonic() - began
+
+        with ThreadPoolExecutor(8) as pool:
+            timed = list(pool.map(read, range(40)))
+        job = client(up, keys.alice).submit("digits", holdout()[0][0], wait=10)
+        reads = [status for status, _ in timed]
+        took = sorted(seconds for _, seconds in timed)
+        print(f"\nGET /v1/models beside 150 slow uploads: p50 {took[19]:.3f} s, max {took[-1]:.3f} s")
+
+        # Then they are answered, and no node has seen an upload yet
+        assert reads == [200] * 40
+        assert job["status"] == "succeeded"
+        assert _batch_posts(up) == before
+    finally:
+        for conn in slow:
+            conn.close()
+    # and uploads cut off at nginx never reach a node at all
+    time.sleep(2)
+    assert _batch_posts(up) == before
+    cut = [r for r in up.nginx_log() if r["uri"].startswith("/v1/batches")][-150:]
+    assert len(cut) == 150 and {r["upstream_addr"] for r in cut} == {""}, cut[:3]
+
+
+def test_one_address_may_hold_only_a_few_uploads_at_once(up: UpStack, keys: Keys) -> None:
+    """Mutation caught: the ``limit_conn`` line of the /v1/batches location removed (the ninth
+    slow upload from one address is accepted, and holds nginx like the others)."""
+    # Given one address with as many uploads open as it may have (8 by default)
+    source = "127.0.2.1"
+    held = [_slow_upload(up, keys.alice, source) for _ in range(8)]
+    try:
+        time.sleep(0.5)
+        # When it opens one more
+        extra = _slow_upload(up, keys.alice, source)
+        with extra:
+            answer = extra.recv(65536).decode("latin-1")
+    finally:
+        for conn in held:
+            conn.close()
+
+    # Then that one is refused at once with a 429 problem that says why
+    head, _, body = answer.partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 429"), head
+    assert "Content-Type: application/problem+json" in head and "Retry-After: 1" in head
+    assert "uploads at once" in json.loads(body)["detail"]
+
+    # and once its uploads are done, the same address uploads a batch again
+    time.sleep(0.5)
+    port = int(up.url.rsplit(":", 1)[1])
+    line = json.dumps(holdout()[0][0]).encode() + b"\n"
+    with socket.create_connection(("127.0.0.1", port), 10, source_address=(source, 0)) as conn:
+        conn.sendall(
+            b"POST /v1/batches?model=digits HTTP/1.1\r\nHost: inferq\r\nConnection: close\r\n"
+            + f"Authorization: Bearer {keys.alice}\r\n".encode()
+            + f"Content-Type: application/x-ndjson\r\nContent-Length: {len(line)}\r\n\r\n".encode()
+            + line
+        )
+        assert conn.recv(65536).startswith(b"HTTP/1.1 202"), "the limit was not released"

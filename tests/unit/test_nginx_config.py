@@ -70,14 +70,16 @@ def test_only_batch_uploads_may_be_as_large_as_the_batch_limit(tmp_path: Path) -
     # everything else keeps the job body limit; POST /v1/batches alone takes the batch limit
     assert directive(server, "client_max_body_size") == ["12345"]
     assert directive(batches, "client_max_body_size") == ["67890"]
-    # streamed to the node as it arrives (it checks lines as they come), with a long wait
-    assert directive(batches, "proxy_request_buffering") == ["off"]
+    # taken whole by nginx before a node sees it (a slow client never holds a node), a few
+    # uploads at once per address, and a long wait for the node to store it
+    assert directive(batches, "proxy_request_buffering") == []
+    assert directive(batches, "limit_conn") == ["inferq_uploads 8"]
     assert int(directive(batches, "proxy_read_timeout")[0].rstrip("s")) >= 600
     # and its problems are still problems: a location that sets error_page inherits none
     pages = {page.split()[0]: page.split()[-1] for page in directive(batches, "error_page")}
     assert pages == {
         "413": "@batch_too_large",
-        "429": "@rate_limited",
+        "429": "@upload_limited",
         "502": "@bad_gateway",
         "504": "@gateway_timeout",
     }
