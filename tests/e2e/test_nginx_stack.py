@@ -318,7 +318,7 @@ def _slow_upload(up: UpStack, key: str, source: str) -> socket.socket:
     conn.sendall(
         f"POST /v1/batches?model=digits HTTP/1.1\r\nHost: inferq\r\n"
         f"Authorization: Bearer {key}\r\nContent-Type: application/x-ndjson\r\n"
-        f"Content-Length: 100000\r\n\r\n{{\"".encode()
+        f'Content-Length: 100000\r\n\r\n{{"'.encode()
     )
     return conn
 
@@ -358,7 +358,9 @@ def test_slow_batch_uploads_never_hold_an_api_node(up: UpStack, keys: Keys) -> N
         job = client(up, keys.alice).submit("digits", holdout()[0][0], wait=10)
         reads = [status for status, _ in timed]
         took = sorted(seconds for _, seconds in timed)
-        print(f"\nGET /v1/models beside 150 slow uploads: p50 {took[19]:.3f} s, max {took[-1]:.3f} s")
+        print(
+            f"\nGET /v1/models beside 150 slow uploads: p50 {took[19]:.3f} s, max {took[-1]:.3f} s"
+        )
 
         # Then they are answered, and no node has seen an upload yet
         assert reads == [200] * 40
