@@ -25,6 +25,7 @@ and refuses to touch one that another stack claimed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import uuid
@@ -148,19 +149,40 @@ class Reconciler:
             except redis.RedisError:
                 log.warning("could not check who owns Redis", exc_info=True)
 
+    def _redis_uptime_s(self) -> float:
+        """How long the status Redis has run (infinite when it does not say)."""
+        try:
+            return float(self.redis.info("server")["uptime_in_seconds"])
+        except (redis.RedisError, KeyError, ValueError):
+            return float("inf")
+
     def _refill_after_broker_restart(self) -> int:
         """When the broker's Redis is another run than the last pass saw (or lost the key
         saying which), publish every queued job again now; return how many."""
         if self.broker is None:
             return 0
+        key = broker_marker_key(self.settings)
         try:
             run_id = str(self.broker.info("server")["run_id"])
-            # SET … GET: of several reconcilers, the one that swaps the run id refills.
-            seen = self.broker.set(broker_marker_key(self.settings), run_id, get=True)
+            seen = self.broker.get(key)
         except redis.RedisError:
             return 0  # the broker is down: the publishes would fail anyway
         if seen is not None and seen.decode() == run_id:
             return 0
+        total = self._publish_queued()
+        # Recorded only once every queued job went out: a scheduler that dies half-way (it
+        # does, when the restart also took its beat lock) leaves the refill to the next one.
+        # Two reconcilers may both refill; the duplicates cost a claim each.
+        with contextlib.suppress(redis.RedisError):
+            self.broker.set(key, run_id)
+        log.warning(
+            "the broker restarted (or lost its data): queued jobs published again",
+            extra={"jobs": total, "run_id": run_id, "last_seen": seen.decode() if seen else None},
+        )
+        return total
+
+    def _publish_queued(self) -> int:
+        """Publish every job queued now whose message was sent before, in chunks."""
         with self.sessions.begin() as session:
             cutoff = database_now(session)
         total = 0
@@ -170,12 +192,7 @@ class Reconciler:
             self._publish(jobs)
             total += len(jobs)
             if len(jobs) < REFILL_CHUNK:
-                break
-        log.warning(
-            "the broker restarted (or lost its data): queued jobs published again",
-            extra={"jobs": total, "run_id": run_id, "last_seen": seen.decode() if seen else None},
-        )
-        return total
+                return total
 
     def _busy_lanes(self, lanes: Sequence[str]) -> list[str]:
         """Those of ``lanes`` whose broker queue holds ready messages; none when the broker
@@ -188,12 +205,17 @@ class Reconciler:
         return [lane for lane, count in ready.items() if count > 0]
 
     def _requeue_lost(self) -> list[tuple[uuid.UUID, str]]:
-        alive = live_workers(self.redis, self.settings)
+        alive: set[str] | None = live_workers(self.redis, self.settings)
+        # A Redis that restarted lost every heartbeat: a worker counts as gone only once it
+        # had a heartbeat's lifetime to write one again (else a live worker's batch ran twice).
+        if self._redis_uptime_s() < self.settings.worker.heartbeat_ttl_s:
+            alive = None
         back: list[tuple[uuid.UUID, str]] = []
         with self.sessions.begin() as session:
             overdue = overdue_jobs(session, self.settings.scheduler.job_time_limit_s)
             for worker, jobs in running_workers(session).items():
-                lost = [job_id for job_id, _, _ in jobs if worker not in alive or job_id in overdue]
+                gone = alive is not None and worker not in alive
+                lost = [job_id for job_id, _, _ in jobs if gone or job_id in overdue]
                 if lost:
                     log.warning(
                         "requeueing jobs of a lost or stuck worker",

@@ -211,8 +211,8 @@ def test_a_broker_that_lost_its_queue_gets_every_queued_job_at_the_next_pass_onc
     """Catches: jobs whose messages went with a restarted broker waiting out
     INFERQ_STALE_QUEUED_S (issue 16: 1,083 jobs queued two minutes after Redis came back).
     Mutations tried: `_refill_after_broker_restart` returning 0 at once (the first pass sends
-    nothing: fails), and its `set(..., get=True)` made a plain `get` (the marker is never
-    written, so the second pass sends every job again: fails)."""
+    nothing: fails), and the marker's `set` after the refill left out (the second pass sends
+    every job again: fails)."""
     reconciler = make_reconciler(settings.replace(stale_queued_s=86_400))
     reconciler.run_once()  # the reconciler has seen this broker
     # Given a job accepted and published a moment ago, far younger than stale_queued_s
