@@ -409,7 +409,7 @@ def test_embedded_redis_sigkill_under_load_restarted_empty(
     scenario fails (lost > 0 after 120 s)."""
     system = embedded_world[0]
     settings = system.settings()
-    url = system.services()["broker_url"]
+    url = settings.require_broker_url()
     runs: dict[str, str] = {}
 
     def fault(load: Load) -> None:
@@ -435,7 +435,8 @@ def test_embedded_redis_sigkill_under_load_restarted_empty(
         claim = client.get(claim_key(settings))
     finally:
         client.close()
-    assert claim is not None and Claim.decode(claim).id == settings.instance
+    instance = (system.home / "instance").read_text().strip()
+    assert claim is not None and Claim.decode(claim).id == instance
     assert runs["after"] != runs["before"]
 
 
