@@ -406,4 +406,7 @@ def take_queued_before(
     their messages went with a broker that lost its data. Stamps them as published now, so
     a second call with the same ``cutoff`` takes the next ones. Jobs never published are
     left to :func:`take_unpublished`."""
-    return [(row[0], row[1]) for row in session.execute(_QUEUED_BEFORE, {"cutoff": cutoff, "limit": limit})]
+    return [
+        (row[0], row[1])
+        for row in session.execute(_QUEUED_BEFORE, {"cutoff": cutoff, "limit": limit})
+    ]

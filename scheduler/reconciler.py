@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import redis
 from celery import Celery
+from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.jobs import (
@@ -97,7 +98,7 @@ class Reconciler:
     redis: redis.Redis
     app: Celery
     #: The broker when it is a Redis; None: its restarts are not watched (RabbitMQ).
-    broker: redis.Redis | None = None
+    broker: Redis | None = None
     #: Ready messages per lane on the broker.
     broker_ready: Callable[[Settings, Sequence[str]], dict[str, int]] = broker_ready_counts
 
@@ -164,10 +165,11 @@ class Reconciler:
         key = broker_marker_key(self.settings)
         try:
             run_id = str(self.broker.info("server")["run_id"])
-            seen = self.broker.get(key)
+            raw = self.broker.get(key)
         except redis.RedisError:
             return 0  # the broker is down: the publishes would fail anyway
-        if seen is not None and seen.decode() == run_id:
+        seen = raw.decode() if isinstance(raw, bytes) else raw
+        if seen == run_id:
             return 0
         total = self._publish_queued()
         # Recorded only once every queued job went out: a scheduler that dies half-way (it
@@ -177,7 +179,7 @@ class Reconciler:
             self.broker.set(key, run_id)
         log.warning(
             "the broker restarted (or lost its data): queued jobs published again",
-            extra={"jobs": total, "run_id": run_id, "last_seen": seen.decode() if seen else None},
+            extra={"jobs": total, "run_id": run_id, "last_seen": seen},
         )
         return total
 

@@ -114,7 +114,9 @@ def _check_when_up(client: redis.Redis, settings: Settings, url: str, wait_s: fl
             return
         except redis.RedisError:
             if time.monotonic() > deadline:
-                log.warning("Redis does not answer; its owner is not checked", extra={"url": redact(url)})
+                log.warning(
+                    "Redis does not answer; its owner is not checked", extra={"url": redact(url)}
+                )
                 return
             time.sleep(0.25)
 

@@ -18,8 +18,8 @@ import subprocess
 import sys
 import time
 import urllib.error
-import uuid
 import urllib.request
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any

@@ -455,15 +455,17 @@ def test_two_stacks_on_one_host_each_run_their_own_redis_and_refuse_the_other(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     """Catches (issue 16): a second `inferq up` on the host started its Redis on the first
-    one's fixed port (6399) and both stacks used it, mixing their jobs. Mutation tried:
-    `plan_redis` returning port 6399 for every home: stack B's Redis cannot start beside
-    A's, and B never gets ready."""
+    one's fixed port (6399) and both stacks used it, mixing their jobs. `plan_redis`
+    returning 6399 for every home fails `test_two_homes_on_one_host_run_two_redis_servers_on
+    _two_ports` (tried); here it would leave B without a Redis of its own (not run: a fault
+    run costs minutes). The refusal's mutation (the claim check left out) was tried in
+    tests/unit/test_instance.py."""
     base = tmp_path_factory.mktemp("faults-two-stacks")
     databases = [Postgres(base / "pg-a"), Postgres(base / "pg-b")]
     stacks: list[System] = []
     try:
         # Given two stacks on one host, in two homes, both left at every default
-        for name, pg in zip("ab", databases):
+        for name, pg in zip("ab", databases, strict=True):
             (base / name).mkdir()
             stacks.append(System(base / name, pg.url, None, None, "inferq", api_nodes=1, workers=1))
         a, b = stacks
@@ -472,7 +474,7 @@ def test_two_stacks_on_one_host_each_run_their_own_redis_and_refuse_the_other(
 
         # Then each runs a Redis of its own, on the port its home records, claimed by it
         assert urls[0] != urls[1]
-        for stack, url, instance in zip(stacks, urls, ids):
+        for stack, url, instance in zip(stacks, urls, ids, strict=True):
             port = int((stack.home / "redis" / "port").read_text())
             assert url == f"redis://127.0.0.1:{port}/0"
             claim = redis.Redis.from_url(url).get("inferq:instance")

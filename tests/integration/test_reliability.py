@@ -269,7 +269,9 @@ def test_the_reconciler_touches_nothing_in_a_redis_another_stack_claimed(
     client.delete(f"{settings.namespace}:{queue_name(settings, 'online')}")  # as published
     client.set(claim_key(settings), Claim("theirs", "/homes/theirs").encode())
     try:
-        with pytest.raises(ForeignRedis, match="theirs .home /homes/theirs.*ours .home /homes/ours"):
+        with pytest.raises(
+            ForeignRedis, match=r"theirs \(home /homes/theirs\).*ours \(home /homes/ours\)"
+        ):
             reconciler.run_once()
         assert queued_messages(settings, "online").count(job_id) == 0
     finally:

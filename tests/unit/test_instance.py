@@ -82,7 +82,9 @@ def test_a_process_of_another_stack_exits_at_start_naming_both(server: str) -> N
     call the same check). Mutation tried: the `check_at_start` call removed from
     `inferq beat`: it starts and keeps trying its missing database, never naming the stacks,
     and this test fails (on its timeout)."""
-    check_claim(redis.Redis.from_url(server), stack(server, "aaaa", "/homes/a", claims=True), server)
+    check_claim(
+        redis.Redis.from_url(server), stack(server, "aaaa", "/homes/a", claims=True), server
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFERQ_")}
     env.update(
         INFERQ_BROKER_URL=server, INFERQ_INSTANCE="bbbb", INFERQ_HOME="/homes/b",
