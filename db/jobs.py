@@ -378,3 +378,35 @@ def take_unpublished(
         "limit": limit,
     }
     return [(row[0], row[1]) for row in session.execute(_STALE, params)]
+
+
+_QUEUED_BEFORE = text(
+    """
+    UPDATE jobs SET published_at = now()
+     WHERE id IN (
+        SELECT id FROM jobs
+         WHERE status = 'queued' AND published_at < :cutoff
+         ORDER BY created_at
+         LIMIT :limit
+         FOR UPDATE SKIP LOCKED)
+ RETURNING id, lane
+    """
+)
+
+
+def database_now(session: Session) -> dt.datetime:
+    """The database's clock (the times ``published_at`` is compared with)."""
+    return session.scalars(select(func.now())).one()
+
+
+def take_queued_before(
+    session: Session, cutoff: dt.datetime, limit: int = 1000
+) -> list[tuple[uuid.UUID, str]]:
+    """Queued jobs last published before ``cutoff`` (a database time), however recently:
+    their messages went with a broker that lost its data. Stamps them as published now, so
+    a second call with the same ``cutoff`` takes the next ones. Jobs never published are
+    left to :func:`take_unpublished`."""
+    return [
+        (row[0], row[1])
+        for row in session.execute(_QUEUED_BEFORE, {"cutoff": cutoff, "limit": limit})
+    ]

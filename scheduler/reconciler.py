@@ -11,10 +11,21 @@ published again only after ``BUSY_FACTOR`` times the usual wait, so a long backl
 doubled every few minutes. Once the lane's queue is empty, what is still queued in Postgres
 lost its message (or sits in a worker's prefetch buffer) and goes out again after the usual
 ``stale_queued_s``.
+
+A broker that restarted lost what it held in memory: everything, without persistence, or
+its last second of writes with the append-only file. The reconciler keeps the Redis run id
+it last saw under a key in the broker; when that key is gone (the data went) or names
+another run (the server restarted), it publishes every queued job again at once instead of
+waiting out ``stale_queued_s``. The duplicates this makes of messages that did survive cost
+a claim that finds nothing to do.
+
+A pass first checks that the stack's Redis is still its own (:mod:`inferq.core.instance`),
+and refuses to touch one that another stack claimed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import uuid
@@ -23,18 +34,22 @@ from collections.abc import Callable, Iterable, Sequence
 
 import redis
 from celery import Celery
+from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.jobs import (
+    database_now,
     expire_jobs,
     lanes_with_old_jobs,
     mark_unpublished,
     overdue_jobs,
     requeue_jobs,
     running_workers,
+    take_queued_before,
     take_unpublished,
 )
 from inferq.core.broker import publish
+from inferq.core.instance import check_claim
 from inferq.core.messages import PredictRequest
 from inferq.core.settings import LANES, Settings
 from inferq.core.status import announce, live_workers
@@ -44,6 +59,8 @@ from scheduler.autoscaler.observe import broker_ready_counts
 log = logging.getLogger(__name__)
 
 PUBLISH_CHUNK = 100
+#: Queued jobs taken (and published) per transaction when the broker lost its messages.
+REFILL_CHUNK = 1000
 #: How much longer a job may wait in a lane whose queue still holds messages (see above).
 BUSY_FACTOR = 12
 
@@ -55,6 +72,21 @@ class ReconcileReport:
     requeued: int = 0
     republished: int = 0
     expired: int = 0
+    #: Of ``republished``, those sent again because the broker restarted.
+    refilled: int = 0
+
+
+def broker_marker_key(settings: Settings) -> str:
+    """The key in the broker's Redis holding the run id of that Redis the reconciler saw."""
+    return f"{settings.namespace}:broker:run"
+
+
+def broker_redis(settings: Settings) -> redis.Redis | None:
+    """A client of the broker when it is a Redis (whose restarts the reconciler watches)."""
+    url = settings.broker_url or ""
+    if not url.startswith(("redis://", "rediss://")):
+        return None
+    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
 
 
 @dataclasses.dataclass
@@ -65,12 +97,17 @@ class Reconciler:
     sessions: sessionmaker[Session]
     redis: redis.Redis
     app: Celery
+    #: The broker when it is a Redis; None: its restarts are not watched (RabbitMQ).
+    broker: Redis | None = None
     #: Ready messages per lane on the broker.
     broker_ready: Callable[[Settings, Sequence[str]], dict[str, int]] = broker_ready_counts
 
     def run_once(self) -> ReconcileReport:
-        """One pass; safe to run from several processes at once."""
+        """One pass; safe to run from several processes at once. Raises ForeignRedis, and
+        does nothing, when the stack's Redis belongs to another stack."""
+        self._check_owner()
         requeued = self._requeue_lost()
+        refilled = self._refill_after_broker_restart()
         age = self.settings.scheduler.stale_queued_s
         with self.sessions.begin() as session:
             expired = expire_jobs(session)
@@ -91,11 +128,73 @@ class Reconciler:
             notify_finished(self.app, self.settings, self.sessions, [job.id for job in expired])
         self._publish(stale)
         report = ReconcileReport(
-            requeued=len(requeued), republished=len(stale), expired=len(expired)
+            requeued=len(requeued),
+            republished=len(stale) + refilled,
+            expired=len(expired),
+            refilled=refilled,
         )
         if report.requeued or report.republished:
             log.info("reconciled", extra=dataclasses.asdict(report))
         return report
+
+    def _check_owner(self) -> None:
+        """Raise ForeignRedis for a Redis another stack claimed; claim ours again when a
+        restart lost the claim. A Redis that does not answer is checked next pass."""
+        settings = self.settings
+        clients = [(self.redis, settings.effective_redis_url)]
+        if self.broker is not None and settings.broker_url != settings.effective_redis_url:
+            clients.append((self.broker, settings.broker_url or ""))
+        for client, url in clients:
+            try:
+                check_claim(client, settings, url)
+            except redis.RedisError:
+                log.warning("could not check who owns Redis", exc_info=True)
+
+    def _redis_uptime_s(self) -> float:
+        """How long the status Redis has run (infinite when it does not say)."""
+        try:
+            return float(self.redis.info("server")["uptime_in_seconds"])
+        except (redis.RedisError, KeyError, ValueError):
+            return float("inf")
+
+    def _refill_after_broker_restart(self) -> int:
+        """When the broker's Redis is another run than the last pass saw (or lost the key
+        saying which), publish every queued job again now; return how many."""
+        if self.broker is None:
+            return 0
+        key = broker_marker_key(self.settings)
+        try:
+            run_id = str(self.broker.info("server")["run_id"])
+            raw = self.broker.get(key)
+        except redis.RedisError:
+            return 0  # the broker is down: the publishes would fail anyway
+        seen = raw.decode() if isinstance(raw, bytes) else raw
+        if seen == run_id:
+            return 0
+        total = self._publish_queued()
+        # Recorded only once every queued job went out: a scheduler that dies half-way (it
+        # does, when the restart also took its beat lock) leaves the refill to the next one.
+        # Two reconcilers may both refill; the duplicates cost a claim each.
+        with contextlib.suppress(redis.RedisError):
+            self.broker.set(key, run_id)
+        log.warning(
+            "the broker restarted (or lost its data): queued jobs published again",
+            extra={"jobs": total, "run_id": run_id, "last_seen": seen},
+        )
+        return total
+
+    def _publish_queued(self) -> int:
+        """Publish every job queued now whose message was sent before, in chunks."""
+        with self.sessions.begin() as session:
+            cutoff = database_now(session)
+        total = 0
+        while True:
+            with self.sessions.begin() as session:
+                jobs = take_queued_before(session, cutoff, REFILL_CHUNK)
+            self._publish(jobs)
+            total += len(jobs)
+            if len(jobs) < REFILL_CHUNK:
+                return total
 
     def _busy_lanes(self, lanes: Sequence[str]) -> list[str]:
         """Those of ``lanes`` whose broker queue holds ready messages; none when the broker
@@ -108,12 +207,17 @@ class Reconciler:
         return [lane for lane, count in ready.items() if count > 0]
 
     def _requeue_lost(self) -> list[tuple[uuid.UUID, str]]:
-        alive = live_workers(self.redis, self.settings)
+        alive: set[str] | None = live_workers(self.redis, self.settings)
+        # A Redis that restarted lost every heartbeat: a worker counts as gone only once it
+        # had a heartbeat's lifetime to write one again (else a live worker's batch ran twice).
+        if self._redis_uptime_s() < self.settings.worker.heartbeat_ttl_s:
+            alive = None
         back: list[tuple[uuid.UUID, str]] = []
         with self.sessions.begin() as session:
             overdue = overdue_jobs(session, self.settings.scheduler.job_time_limit_s)
             for worker, jobs in running_workers(session).items():
-                lost = [job_id for job_id, _, _ in jobs if worker not in alive or job_id in overdue]
+                gone = alive is not None and worker not in alive
+                lost = [job_id for job_id, _, _ in jobs if gone or job_id in overdue]
                 if lost:
                     log.warning(
                         "requeueing jobs of a lost or stuck worker",

@@ -14,7 +14,7 @@ from inferq.core.settings import Settings
 from inferq.core.status import make_redis
 from scheduler import metrics, retention, retraining
 from scheduler.experiment_checks import judge_forever
-from scheduler.reconciler import Reconciler, ReconcileReport
+from scheduler.reconciler import Reconciler, ReconcileReport, broker_redis
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,11 @@ def make_reconciler(settings: Settings) -> Reconciler:
         application_name="inferq-scheduler",
     )
     return Reconciler(
-        settings, make_session_factory(engine), make_redis(settings), make_celery(settings)
+        settings,
+        make_session_factory(engine),
+        make_redis(settings),
+        make_celery(settings),
+        broker=broker_redis(settings),
     )
 
 

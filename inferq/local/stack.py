@@ -19,6 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,18 @@ from inferq.core.errors import InferqError
 from inferq.core.logs import info
 from inferq.core.settings import Settings
 from inferq.local import nginx, scrape_targets
-from inferq.local.embedded import EmbeddedService, free_port, reachable, start_missing, stop_stale
+from inferq.local.embedded import (
+    EmbeddedService,
+    RedisPlan,
+    free_port,
+    needs_redis,
+    plan_redis,
+    reachable,
+    redis_changes,
+    start_missing,
+    stop_stale,
+    wait_for_redis,
+)
 from inferq.local.supervise import (
     Program,
     SupervisorPaths,
@@ -64,6 +76,8 @@ class StackPaths(SupervisorPaths):
     #: The addresses of the stack's databases, for the CLI (owner-readable only).
     services_json = property(lambda self: self.home / "services.json")
     api_key = property(lambda self: self.home / "dev-api-key")
+    #: This home's id (INFERQ_INSTANCE), which claims the Redis the stack runs.
+    instance = property(lambda self: self.home / "instance")
     nginx_paths = property(lambda self: nginx.NginxPaths(self.home))
 
 
@@ -259,12 +273,18 @@ def run(settings: Settings, on_ready: Callable[[], None] = lambda: None) -> int:
         else:  # a config left by an earlier run would say nginx runs
             paths.nginx_paths.conf.unlink(missing_ok=True)
         settings = start_missing(settings, paths.home, services, announce=info)
+        redis = plan_redis(paths.home / "redis") if needs_redis(settings) else None
+        settings = own_redis(settings, paths, redis)
         write_services(paths, settings)
         prepare(settings, paths)
         api_ports = front.node_ports if front is not None else (settings.local.port,)
         targets = paths.home / "prometheus-targets.json"
         scrape_targets.write_targets(targets, api_ports, progs, metrics_ports, LAUNCHER)
+        if redis is not None:
+            progs = [redis_program(redis), *progs]
         supervisor = start_supervisor(paths, progs, process_env(settings))
+        if redis is not None:
+            claim_embedded_redis(settings, redis, supervisor, paths)
         ready_url = f"http://127.0.0.1:{settings.local.port}/readyz{ready_scope(settings)}"
         return serve(ready_url, paths, supervisor, on_ready)
     except Stopped:
@@ -273,6 +293,60 @@ def run(settings: Settings, on_ready: Callable[[], None] = lambda: None) -> int:
         # The shutdown is bounded; a second Ctrl-C must not cut it short and orphan processes.
         _on_stop_signals(signal.SIG_IGN)
         shutdown(supervisor, services, paths, stop_timeout(progs))
+
+
+def own_redis(settings: Settings, paths: StackPaths, redis: RedisPlan | None) -> Settings:
+    """Settings naming the embedded Redis (when ``redis``) and this home's instance id, which
+    claims that Redis; a configured Redis that another stack claimed is refused here."""
+    settings = settings.replace(
+        **redis_changes(settings, redis.url if redis else None),
+        instance=instance_id(paths),
+        claim_redis=redis is not None,
+    )
+    if redis is None:
+        from inferq.core.instance import check_at_start
+
+        check_at_start(settings, wait_s=5.0)
+    else:
+        info(f"embedded Redis on {redis.url} (supervised; data in {redis.data_dir})")
+    return settings
+
+
+def instance_id(paths: StackPaths) -> str:
+    """This home's id, made on its first start and kept in ``paths.instance``."""
+    with contextlib.suppress(OSError):
+        found = paths.instance.read_text().strip()
+        if found:
+            return found
+    made = uuid.uuid4().hex
+    paths.instance.write_text(made + "\n")
+    return made
+
+
+def redis_program(redis: RedisPlan) -> Program:
+    """The embedded Redis: started first and stopped last, restarted whenever it dies."""
+    return Program("redis", redis.argv, priority=10, stopwaitsecs=15)
+
+
+def claim_embedded_redis(
+    settings: Settings, redis: RedisPlan, supervisor: subprocess.Popen[bytes], paths: StackPaths
+) -> None:
+    """Wait until the embedded Redis answers, then write this stack's claim in it (the
+    stack's processes also check it as they start)."""
+    import redis as redis_client
+
+    from inferq.core.instance import check_claim
+
+    def supervisor_alive() -> None:
+        if supervisor.poll() is not None:
+            raise StackError(f"supervisord exited early; see {paths.logs / 'supervisord.log'}")
+
+    wait_for_redis(redis.port, paths.logs / "redis.log", supervisor_alive)
+    client = redis_client.Redis.from_url(redis.url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        check_claim(client, settings, redis.url)
+    finally:
+        client.close()
 
 
 def prepare_nginx(settings: Settings, paths: StackPaths, front: Front) -> None:

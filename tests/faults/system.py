@@ -3,6 +3,7 @@ supervisord), pointed at the fault suite's own Postgres, Redis and RabbitMQ."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -45,23 +46,34 @@ CREATE TRIGGER fault_log_terminal AFTER UPDATE ON jobs FOR EACH ROW EXECUTE FUNC
 
 
 class System:
-    """`inferq up --api-nodes 2 --workers 2` in a home of its own."""
+    """`inferq up --api-nodes 2 --workers 2` in a home of its own; with no broker and Redis
+    URLs, on the Redis that `inferq up` runs itself (embedded, under supervisord)."""
 
     def __init__(
-        self, home: Path, database_url: str, broker_url: str, redis_url: str, namespace: str
+        self,
+        home: Path,
+        database_url: str,
+        broker_url: str | None,
+        redis_url: str | None,
+        namespace: str,
+        *,
+        env: dict[str, str] | None = None,
+        api_nodes: int = 2,
+        workers: int = 2,
     ) -> None:
         self.home, self.port = home, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.database_url = database_url
+        configured = {"INFERQ_BROKER_URL": broker_url, "INFERQ_REDIS_URL": redis_url}
         self.env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if k not in configured},
             **FAST,
             "INFERQ_HOME": str(home),
             "INFERQ_DATABASE_URL": database_url,
-            "INFERQ_BROKER_URL": broker_url,
-            "INFERQ_REDIS_URL": redis_url,
+            **{k: v for k, v in configured.items() if v},
             "INFERQ_NAMESPACE": namespace,
             "PYTHONUNBUFFERED": "1",
+            **(env or {}),
         }
         self.log = (home / "up.out").open("ab")
         self.proc = subprocess.Popen(
@@ -73,9 +85,9 @@ class System:
                 "--port",
                 str(self.port),
                 "--api-nodes",
-                "2",
+                str(api_nodes),
                 "--workers",
-                "2",
+                str(workers),
             ],
             env=self.env,
             stdout=self.log,
@@ -94,7 +106,14 @@ class System:
             raise
 
     def settings(self) -> Settings:
-        return Settings.from_env({k: v for k, v in self.env.items() if k.startswith("INFERQ_")})
+        """This system's settings, with the Redis `inferq up` runs when it runs one."""
+        given = {k: v for k, v in self.env.items() if k.startswith("INFERQ_")}
+        return Settings.from_env(given, **self.services())
+
+    def services(self) -> dict[str, str]:
+        """The URLs `inferq up` handed its processes (services.json)."""
+        record = json.loads((self.home / "services.json").read_text())
+        return {k: v for k, v in record.items() if v}
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

@@ -8,21 +8,27 @@ written to test-artifacts/reliability.md (RELIABILITY.md records a run).
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
 import pytest
+import redis
+import requests
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
-from tests.factories import register_fixture_model, running_on
+from inferq.core.instance import Claim, claim_key
+from tests.factories import holdout, register_fixture_model, running_on
 from tests.faults.ledger import HEADER, Outcome, account
 from tests.faults.load import Load
 from tests.faults.services import Postgres, RabbitMQ, Redis
 from tests.faults.system import System
 from tests.fixture_models.poison import POISON
+from tests.processes import free_port
 
 pytestmark = pytest.mark.faults
 
@@ -92,10 +98,14 @@ def rabbit_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sys
 
 
 def scenario(
-    name: str, system: System, fault: Callable[[Load], None], after_s: float = 4.0
+    name: str,
+    system: System,
+    fault: Callable[[Load], None],
+    after_s: float = 4.0,
+    rate: float = 15.0,
 ) -> Outcome:
     """Load, fault, load again, then count every accepted job."""
-    load = Load(system.url, system.key, LOAD_MODEL).start()
+    load = Load(system.url, system.key, LOAD_MODEL, rate=rate).start()
     time.sleep(3.0)
     fault(load)
     fault_end = time.time()
@@ -338,3 +348,157 @@ def test_rabbitmq_down_while_clients_submit(rabbit_world: tuple[System, RabbitMQ
         rabbit.start()
 
     assert_clean(scenario("RabbitMQ down 8 s while clients submit", system, fault, after_s=10))
+
+
+#: A stack that recovers from a lost broker at its default pace: a lost message would wait
+#: INFERQ_STALE_QUEUED_S (300 s) unless the reconciler (every 5 s) sees the restart. nginx
+#: lets the one load generator's address through at 100 submits/s and its long-polls.
+DEFAULT_RECOVERY = {
+    "INFERQ_STALE_QUEUED_S": "300",
+    "INFERQ_RECONCILE_INTERVAL_S": "5",
+    "INFERQ_RATE_LIMIT_RPS": "1000",
+    "INFERQ_RATE_LIMIT_BURST": "2000",
+}
+
+
+@pytest.fixture(scope="module")
+def embedded_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[System, Postgres]]:
+    """`inferq up` on the Redis it runs itself (under supervisord), as on a bare host."""
+    base = tmp_path_factory.mktemp("faults-embedded")
+    pg = Postgres(base / "postgres")
+    (base / "home").mkdir()
+    try:
+        system = System(base / "home", pg.url, None, None, "faultsembedded", env=DEFAULT_RECOVERY)
+        prepare_models(system)
+    except BaseException:
+        pg.stop()
+        raise
+    yield system, pg
+    system.stop()
+    pg.stop()
+
+
+def wait_for_new_redis(url: str, old_run_id: str, timeout: float = 30) -> str:
+    """Wait until a Redis other than run ``old_run_id`` answers at ``url``; its run id."""
+    client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            try:
+                run_id = str(client.info("server")["run_id"])
+                if run_id != old_run_id:
+                    return run_id
+            except redis.RedisError:
+                pass
+            time.sleep(0.05)
+    finally:
+        client.close()
+    raise TimeoutError(f"no Redis answered again at {url} within {timeout}s")
+
+
+def test_embedded_redis_sigkill_under_load_restarted_empty(
+    embedded_world: tuple[System, Postgres],
+) -> None:
+    """Catches (issue 16): an embedded Redis nothing restarted, and jobs whose messages went
+    with it queued until INFERQ_STALE_QUEUED_S (300 s) passed. Its append-only file is
+    removed first, so the server supervisord restarts comes back empty (the worst case: a
+    SIGKILL alone loses only the last second of writes). Every job accepted before Redis
+    answered again must be terminal within 30 s of that, none lost, none finished twice.
+    Mutation tried: the reconciler's refill disabled (`_refill_after_broker_restart`
+    returning 0): the jobs whose messages were lost wait out the stale timer, and this
+    scenario fails (lost > 0 after 120 s)."""
+    system = embedded_world[0]
+    settings = system.settings()
+    url = settings.require_broker_url()
+    runs: dict[str, str] = {}
+
+    def fault(load: Load) -> None:
+        client = redis.Redis.from_url(url)
+        runs["before"] = str(client.info("server")["run_id"])
+        client.close()
+        (system.home / "redis" / "appendonly.aof").unlink()
+        system.kill("redis")
+        runs["after"] = wait_for_new_redis(url, runs["before"])
+
+    outcome = scenario(
+        "embedded Redis SIGKILL under 100 jobs/s, restarted empty",
+        system,
+        fault,
+        after_s=5,
+        rate=100,
+    )
+    assert_clean(outcome)
+    assert outcome.recover_s <= 30, outcome
+    # supervisord restarted it on the same port, and the stack claimed it again
+    client = redis.Redis.from_url(url)
+    try:
+        claim = client.get(claim_key(settings))
+    finally:
+        client.close()
+    instance = (system.home / "instance").read_text().strip()
+    assert claim is not None and Claim.decode(claim).id == instance
+    assert runs["after"] != runs["before"]
+
+
+def serves_a_digit(system: System) -> bool:
+    pixels = holdout(1)[0][0]
+    response = requests.post(
+        f"{system.url}/v1/jobs",
+        json={"model": "digits", "input": pixels},
+        headers={"Authorization": f"Bearer {system.key}", "Prefer": "wait=20"},
+        timeout=30,
+    )
+    return response.status_code == 200 and response.json()["status"] == "succeeded"
+
+
+def test_two_stacks_on_one_host_each_run_their_own_redis_and_refuse_the_other(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Catches (issue 16): a second `inferq up` on the host started its Redis on the first
+    one's fixed port (6399) and both stacks used it, mixing their jobs. `plan_redis`
+    returning 6399 for every home fails `test_two_homes_on_one_host_run_two_redis_servers_on
+    _two_ports` (tried); here it would leave B without a Redis of its own (not run: a fault
+    run costs minutes). The refusal's mutation (the claim check left out) was tried in
+    tests/unit/test_instance.py."""
+    base = tmp_path_factory.mktemp("faults-two-stacks")
+    databases = [Postgres(base / "pg-a"), Postgres(base / "pg-b")]
+    stacks: list[System] = []
+    try:
+        # Given two stacks on one host, in two homes, both left at every default
+        for name, pg in zip("ab", databases, strict=True):
+            (base / name).mkdir()
+            stacks.append(System(base / name, pg.url, None, None, "inferq", api_nodes=1, workers=1))
+        a, b = stacks
+        urls = [stack.services()["broker_url"] for stack in stacks]
+        ids = [(stack.home / "instance").read_text().strip() for stack in stacks]
+
+        # Then each runs a Redis of its own, on the port its home records, claimed by it
+        assert urls[0] != urls[1]
+        for stack, url, instance in zip(stacks, urls, ids, strict=True):
+            port = int((stack.home / "redis" / "port").read_text())
+            assert url == f"redis://127.0.0.1:{port}/0"
+            claim = redis.Redis.from_url(url).get("inferq:instance")
+            assert claim is not None
+            assert Claim.decode(claim) == Claim(instance, str(stack.home.resolve()))
+            assert serves_a_digit(stack)
+
+        # When stack B is started again pointed at stack A's Redis
+        b.stop()
+        refused = subprocess.run(
+            [sys.executable, "-m", "inferq", "up", "--port", str(free_port())],
+            env={**b.env, "INFERQ_BROKER_URL": urls[0]},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+        # Then it refuses, naming both stacks, and A goes on serving
+        assert refused.returncode == 1, refused.stderr[-2000:]
+        assert f"another inferq stack: {ids[0]} (home {a.home.resolve()})" in refused.stderr
+        assert f"not this one: {ids[1]} (home {b.home.resolve()})" in refused.stderr
+        assert serves_a_digit(a)
+    finally:
+        for stack in stacks:
+            stack.stop()
+        for pg in databases:
+            pg.stop()

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import pytest
+import redis
 from sqlalchemy import func, select, update
 
 from api.app import create_app
 from db.jobs import claim_jobs, mark_unpublished, requeue_jobs, take_unpublished
 from db.tables import Job
-from inferq.core.broker import make_celery
+from inferq.core.broker import make_celery, queue_name
+from inferq.core.errors import ForeignRedis
+from inferq.core.instance import Claim, claim_key
 from inferq.core.settings import LANES, Settings
+from scheduler.reconciler import broker_marker_key
 from scheduler.service import make_reconciler
 from tests.conftest import Keys
 from tests.factories import pixels
@@ -182,3 +189,93 @@ def test_a_job_whose_publish_failed_is_sent_at_the_next_pass_however_young(
     with reconciler.sessions() as session:
         job = session.scalars(select(Job).where(Job.id == uuid.UUID(job_id))).one()
     assert job.published_at is not None
+
+
+def queued_messages(settings: Settings, lane: str) -> list[str]:
+    """The job ids of every message waiting in ``lane``'s queue on the (Redis) broker."""
+    client = redis.Redis.from_url(settings.broker_url or "")
+    try:
+        raw = client.lrange(f"{settings.namespace}:{queue_name(settings, lane)}", 0, -1)
+    finally:
+        client.close()
+    ids: list[str] = []
+    for envelope in raw:
+        args, _, _ = json.loads(base64.b64decode(json.loads(envelope)["body"]))
+        ids += args[0]
+    return ids
+
+
+def test_a_broker_that_lost_its_queue_gets_every_queued_job_at_the_next_pass_once(
+    alice: Caller, settings: Settings
+) -> None:
+    """Catches: jobs whose messages went with a restarted broker waiting out
+    INFERQ_STALE_QUEUED_S (issue 16: 1,083 jobs queued two minutes after Redis came back).
+    Mutations tried: `_refill_after_broker_restart` returning 0 at once (the first pass sends
+    nothing: fails), and the marker's `set` after the refill left out (the second pass sends
+    every job again: fails)."""
+    reconciler = make_reconciler(settings.replace(stale_queued_s=86_400))
+    reconciler.run_once()  # the reconciler has seen this broker
+    # Given a job accepted and published a moment ago, far younger than stale_queued_s
+    job_id = alice.post("/v1/jobs", {"model": "digits", "input": pixels(3.0)}).get_json()["id"]
+    assert job_id in queued_messages(settings, "online")
+    # and a pass that changes nothing while the broker keeps its messages
+    assert reconciler.run_once().refilled == 0
+
+    # When the broker loses its data: the lane's queue and the reconciler's marker are gone
+    client = redis.Redis.from_url(settings.broker_url or "")
+    client.delete(f"{settings.namespace}:{queue_name(settings, 'online')}")
+    client.delete(broker_marker_key(settings))
+    client.close()
+    assert job_id not in queued_messages(settings, "online")
+    report = reconciler.run_once()
+
+    # Then one pass publishes it again, at once
+    assert report.refilled >= 1 and report.republished >= report.refilled
+    assert queued_messages(settings, "online").count(job_id) == 1
+    # and the next pass does not publish it a second time
+    assert reconciler.run_once().refilled == 0
+    assert queued_messages(settings, "online").count(job_id) == 1
+
+
+def test_a_broker_that_restarted_is_refilled_even_when_it_kept_its_marker(
+    alice: Caller, settings: Settings
+) -> None:
+    """An append-only file keeps the marker but not the last second of messages: a new run
+    id is enough. Mutation tried: comparing only whether the marker exists (nothing is
+    refilled: fails)."""
+    reconciler = make_reconciler(settings.replace(stale_queued_s=86_400))
+    reconciler.run_once()
+    job_id = alice.post("/v1/jobs", {"model": "digits", "input": pixels(2.0)}).get_json()["id"]
+    client = redis.Redis.from_url(settings.broker_url or "")
+    client.set(broker_marker_key(settings), "run-id-of-the-server-before-its-restart")
+    client.close()
+
+    assert reconciler._refill_after_broker_restart() >= 1
+    assert queued_messages(settings, "online").count(job_id) == 2  # the API's, and again
+    assert reconciler._refill_after_broker_restart() == 0
+
+
+def test_the_reconciler_touches_nothing_in_a_redis_another_stack_claimed(
+    alice: Caller, settings: Settings
+) -> None:
+    """Mutation tried: `_check_owner` not called by `run_once` (the pass publishes into the
+    other stack's Redis and this test fails)."""
+    job_id = alice.post("/v1/jobs", {"model": "digits", "input": pixels(4.0)}).get_json()["id"]
+    ours = settings.replace(stale_queued_s=86_400, instance="ours", home=Path("/homes/ours"))
+    reconciler = make_reconciler(ours)
+    with reconciler.sessions.begin() as session:
+        mark_unpublished(session, [uuid.UUID(job_id)])
+    client = redis.Redis.from_url(settings.effective_redis_url)
+    client.delete(f"{settings.namespace}:{queue_name(settings, 'online')}")  # as published
+    client.set(claim_key(settings), Claim("theirs", "/homes/theirs").encode())
+    try:
+        with pytest.raises(
+            ForeignRedis, match=r"theirs \(home /homes/theirs\).*ours \(home /homes/ours\)"
+        ):
+            reconciler.run_once()
+        assert queued_messages(settings, "online").count(job_id) == 0
+    finally:
+        client.delete(claim_key(settings))
+        client.close()
+    reconciler.run_once()
+    assert queued_messages(settings, "online").count(job_id) == 1

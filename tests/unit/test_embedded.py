@@ -17,7 +17,9 @@ from inferq.local.embedded import (
     EmbeddedService,
     free_port,
     needs_redis,
+    plan_redis,
     reachable,
+    recorded_port,
     redis_changes,
     sqlalchemy_url,
     start_postgres,
@@ -181,3 +183,54 @@ def test_a_configured_redis_without_a_broker_is_the_broker_too() -> None:
 
     assert not needs_redis(settings)
     assert redis_changes(settings, None) == {"broker_url": "redis://cache:6379/2"}
+
+
+def test_a_home_records_its_redis_port_and_reuses_it_while_free(tmp_path: Path) -> None:
+    """Catches: a fixed port (the old 6399) or a new port at every start. Mutation tried:
+    `recorded_port` returning a fresh `free_port()` without reading the record (the second
+    plan gets another port and this test fails)."""
+    # Given a home whose Redis was planned once
+    first = plan_redis(tmp_path / "home" / "redis")
+    assert (tmp_path / "home" / "redis" / "port").read_text().strip() == str(first.port)
+    assert first.url == f"redis://127.0.0.1:{first.port}/0"
+    assert first.argv[first.argv.index("--port") + 1] == str(first.port)
+
+    # When the same home starts again with that port free, then it gets the same port
+    assert plan_redis(tmp_path / "home" / "redis").port == first.port
+
+
+def test_a_taken_recorded_port_is_replaced_and_the_new_one_recorded(tmp_path: Path) -> None:
+    """Mutation tried: `recorded_port` keeping the recorded port whether or not something
+    listens there (this test fails: the taken port comes back)."""
+    record = tmp_path / "port"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        record.write_text(f"{port}\n")
+
+        again = recorded_port(record)
+
+    assert again != port
+    assert record.read_text().strip() == str(again)
+
+
+def test_two_homes_on_one_host_run_two_redis_servers_on_two_ports(
+    tmp_path: Path, cleanup: list
+) -> None:
+    """The attack of issue 16: a second home's Redis took the first one's fixed port.
+    Mutation tried: `plan_redis` returning the old DEFAULT_REDIS_PORT (6399) for every home
+    (the second plan's port equals the first's and this test fails)."""
+    # Given home A's Redis running on its planned port
+    a = plan_redis(tmp_path / "a" / "redis")
+    cleanup.append(start_redis(a.data_dir, port=a.port))
+    redis.Redis.from_url(a.url).set("whose", "a")
+
+    # When home B plans its Redis while A's runs
+    b = plan_redis(tmp_path / "b" / "redis")
+    cleanup.append(start_redis(b.data_dir, port=b.port))
+
+    # Then B has a port and a server of its own
+    assert b.port != a.port
+    assert redis.Redis.from_url(b.url).get("whose") is None
+    assert redis.Redis.from_url(a.url).get("whose") == b"a"

@@ -10,18 +10,22 @@ import sys
 from pathlib import Path
 
 import pytest
+from supervisor.datatypes import RestartUnconditionally
 from supervisor.options import ClientOptions, ServerOptions
 
 from inferq.core.errors import ConfigError
 from inferq.core.settings import Settings
+from inferq.local.embedded import RedisPlan
 from inferq.local.stack import (
     StackError,
     StackPaths,
     claim,
     down,
+    instance_id,
     programs,
     read_running,
     ready_scope,
+    redis_program,
     release,
 )
 from inferq.local.supervise import stop_timeout, supervisord_conf
@@ -214,3 +218,32 @@ def test_up_waits_for_an_online_worker_when_one_starts_with_the_stack(
     values: dict, scope: str
 ) -> None:
     assert ready_scope(Settings.of(**values)) == scope
+
+
+def test_the_embedded_redis_is_supervised_started_first_and_stopped_last(tmp_path: Path) -> None:
+    """Catches: an embedded Redis nothing restarts (a SIGKILL left the stack without one).
+    Mutation tried: the stack leaving `redis_program` out of supervisord's programs (the e2e
+    and fault tests fail); here, a priority above the workers' fails it."""
+    paths = StackPaths(tmp_path)
+    progs = [redis_program(RedisPlan(tmp_path / "redis", 6123)), *programs(Settings(), LAUNCHER)]
+
+    options = parse(paths, supervisord_conf(paths, progs))
+
+    by_name = {group.name: group for group in options.process_group_configs}
+    redis_group = by_name["redis"]
+    (process,) = redis_group.process_configs
+    assert "redis-server" in process.command and "--port 6123" in process.command
+    assert process.autorestart is RestartUnconditionally
+    # supervisord starts low priorities first and stops them last
+    assert redis_group.priority < min(g.priority for g in by_name.values() if g.name != "redis")
+    assert stop_timeout(progs) >= stop_timeout(progs[1:]) + process.stopwaitsecs
+
+
+def test_a_home_keeps_its_instance_id(tmp_path: Path) -> None:
+    """Mutation tried: `instance_id` making a new id at every call (the claim the stack wrote
+    in its own Redis would then name another stack after a restart: this test fails)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = instance_id(StackPaths(tmp_path / "a"))
+    assert instance_id(StackPaths(tmp_path / "a")) == first
+    assert instance_id(StackPaths(tmp_path / "b")) != first
