@@ -16,6 +16,7 @@ import json
 import os
 import resource
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,22 @@ def write_problem(sock: Any, status_int: int, reason: str, mesg: str) -> None:
         f"Content-Type: application/problem+json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode("latin-1")
     gunicorn_util.write_nonblock(sock, head + body)
+    _drain(sock)
+
+
+def _drain(sock: Any) -> None:
+    # gunicorn closes the connection next. Closing with request bytes still unread makes the
+    # kernel reset it, and a reset can destroy the answer before the client reads it (the
+    # gevent worker refuses a long request line after reading only part of it): say we are
+    # done writing, and read what is left first, briefly.
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(0.5)
+        for _ in range(16):
+            if not sock.recv(65536):
+                break
+    except OSError:
+        pass
 
 
 def serve(settings: Settings, host: str, port: int) -> None:
