@@ -32,6 +32,9 @@ from inferq.core.status import completion_channel, make_redis
 
 log = logging.getLogger(__name__)
 
+#: Redis connections one API process keeps (requests take one per command or pipeline).
+REDIS_CONNECTIONS = 32
+
 #: Every resource of the API, one blueprint each.
 BLUEPRINTS = (
     health.bp,
@@ -62,12 +65,15 @@ def create_app(settings: Settings | None = None) -> Flask:
         max_overflow=pool.overflow,
         application_name="inferq-api",
         pre_ping=False,
+        pool_timeout_s=settings.database.api_db_wait_s,
     )
     celery = make_celery(settings)
     ApiState(
         settings=settings,
         sessions=make_session_factory(engine),
-        redis=make_redis(settings),
+        # Bounded: thousands of concurrent requests (gevent) must queue for a few Redis
+        # connections, not open one each; the pool's wait ends in a 503 like a dead Redis.
+        redis=make_redis(settings, max_connections=REDIS_CONNECTIONS),
         celery=celery,
         publisher=GroupPublisher(
             lambda job_ids, lane: publish(celery, settings, PredictRequest(tuple(job_ids), lane)),

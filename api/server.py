@@ -1,14 +1,22 @@
 """Serving the API with gunicorn.
 
-``gthread`` workers: a long-poll parks one thread (holding no database connection) while
-the others keep answering, and nginx's upstream keep-alive is honoured.
+``gevent`` workers: each request is a greenlet, so a waiting long-poll costs a socket and a
+few kilobytes, not a thread, and holds no database connection. gunicorn's gevent worker
+monkey-patches the standard library before it loads the app, so the completion listener and
+the group publisher (``threading.Thread``) run as greenlets, their ``Event``/``Condition``
+waits and redis-py's and kombu's sockets yield, and SQLAlchemy's pool queues its checkouts
+cooperatively; psycopg2, a C extension, is made to yield by psycogreen (:meth:`ApiServer.load`).
+With ``gthread`` workers a long-poll parked a thread for its whole wait: 200 of them took
+a node down (issue 16). nginx's upstream keep-alive is honoured either way.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +34,8 @@ class ApiServer(BaseApplication):
         self.options = {
             "bind": bind,
             "workers": settings.api.api_processes,
-            "worker_class": "gthread",
-            "threads": settings.api.api_threads,
+            "worker_class": "gevent",
+            "worker_connections": settings.api.api_connections,
             # A long-poll may legitimately hold a request for max_wait_s.
             "timeout": int(settings.api.max_wait_s) + 30,
             "graceful_timeout": int(settings.api.max_wait_s) + 5,
@@ -51,6 +59,7 @@ class ApiServer(BaseApplication):
     def load(self) -> Any:
         from api.app import create_app
 
+        _cooperative_psycopg()
         return create_app(self.settings)
 
 
@@ -69,12 +78,50 @@ def write_problem(sock: Any, status_int: int, reason: str, mesg: str) -> None:
         f"Content-Type: application/problem+json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode("latin-1")
     gunicorn_util.write_nonblock(sock, head + body)
+    _drain(sock)
+
+
+def _drain(sock: Any) -> None:
+    # gunicorn closes the connection next. Closing with request bytes still unread makes the
+    # kernel reset it, and a reset can destroy the answer before the client reads it (the
+    # gevent worker refuses a long request line after reading only part of it): say we are
+    # done writing, and read what is left first, briefly.
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(0.5)
+        for _ in range(16):
+            if not sock.recv(65536):
+                break
+    except OSError:
+        pass
 
 
 def serve(settings: Settings, host: str, port: int) -> None:
     """Run an API node in the foreground."""
     metrics_dir(settings, port)
+    raise_open_files_limit()
     ApiServer(settings, f"{host}:{port}").run()
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit (its children inherit it):
+    every waiting long-poll holds a socket. Returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    return soft
+
+
+def _cooperative_psycopg() -> None:
+    # Only where gevent has patched the process (its gunicorn worker does, before load):
+    # psycopg2 then waits for the server through gevent instead of blocking the process.
+    from gevent import monkey
+
+    if monkey.is_module_patched("socket"):
+        from psycogreen.gevent import patch_psycopg
+
+        patch_psycopg()
 
 
 def metrics_dir(settings: Settings, port: int) -> Path:

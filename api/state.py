@@ -18,27 +18,59 @@ from api.services.waiters import CompletionWaiter
 from inferq.core.artifacts.store import ArtifactStore
 from inferq.core.settings import Settings
 
+#: Keys loading at once (per cache) before two keys may share a lock.
+LOAD_STRIPES = 64
+
 K = TypeVar("K")
 V = TypeVar("V")
 
 
 class TtlCache(Generic[K, V]):
-    """A tiny thread-safe cache whose entries live ``ttl_s`` seconds (misses are not cached)."""
+    """A tiny thread-safe cache whose entries live ``ttl_s`` seconds (misses are not cached).
+
+    One request at a time loads a key: an API process serves thousands of requests at once
+    (gevent), and an entry expiring under them must not send every one of them to Postgres
+    or Redis together. While one reloads an expired entry the others answer from it; with no
+    entry yet they wait for the load.
+    """
 
     def __init__(self, ttl_s: float, max_entries: int = 10_000) -> None:
         self._ttl = ttl_s
         self._max = max_entries
         self._data: dict[K, tuple[float, V]] = {}
         self._lock = threading.Lock()
+        self._loading: list[threading.RLock] | None = None  # made on the first miss
 
     def get(self, key: K, load: Callable[[], V | None]) -> V | None:
         """The cached value for ``key``, or ``load()`` stored for next time when not None."""
-        now = time.monotonic()
         hit = self._data.get(key)
-        if hit and hit[0] > now:
+        if hit and hit[0] > time.monotonic():
             return hit[1]
+        if self._ttl <= 0:
+            return load()
+        loading = self._stripe(key)
+        if not loading.acquire(blocking=hit is None):
+            assert hit is not None
+            return hit[1]  # another request is reloading it
+        try:
+            hit = self._data.get(key)
+            if hit and hit[0] > time.monotonic():
+                return hit[1]  # loaded while this one waited
+            return self._load(key, load)
+        finally:
+            loading.release()
+
+    def _stripe(self, key: K) -> threading.RLock:
+        if self._loading is None:
+            with self._lock:
+                if self._loading is None:
+                    self._loading = [threading.RLock() for _ in range(LOAD_STRIPES)]
+        return self._loading[hash(key) % LOAD_STRIPES]
+
+    def _load(self, key: K, load: Callable[[], V | None]) -> V | None:
+        now = time.monotonic()
         value = load()
-        if value is not None and self._ttl > 0:
+        if value is not None:
             with self._lock:
                 if len(self._data) >= self._max:
                     self._data.clear()

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
+from psycopg2.extensions import get_wait_callback, set_wait_callback
 from sqlalchemy import CursorResult, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
@@ -90,9 +91,14 @@ def copy_items(session: Session, batch: Batch, items: Sequence[Item]) -> list[uu
         rows.write(f"{job_id}\t{created.isoformat()}\t{fixed}\t{state}\t{batch.id}\t{item.index}\n")
     rows.seek(0)
     cursor = session.connection().connection.cursor()
+    # psycopg2 refuses COPY while a wait callback is set (psycogreen's, in a gevent API
+    # process): this chunk's COPY runs blocking, and nothing else runs in between.
+    wait_callback = get_wait_callback()
+    set_wait_callback(None)
     try:
         cursor.copy_expert(_COPY, rows)
     finally:
+        set_wait_callback(wait_callback)
         cursor.close()
     return queued
 

@@ -20,13 +20,15 @@ def make_engine(
     max_overflow: int | None = None,
     application_name: str = "inferq",
     pre_ping: bool = True,
+    pool_timeout_s: float = 30.0,
 ) -> Engine:
     """An engine for ``url`` keeping ``pool_size`` connections, and opening up to
     ``max_overflow`` more under load (default: as many again).
 
     With ``pre_ping`` every checkout costs a round trip, and a restarted Postgres costs
     nothing; hot paths turn it off and retry once on a dropped connection instead
-    (:func:`retry_on_disconnect`).
+    (:func:`retry_on_disconnect`). A checkout that finds every connection taken waits up to
+    ``pool_timeout_s``, then raises :class:`sqlalchemy.exc.TimeoutError`.
     """
     connect_args = {"application_name": application_name} if url.startswith("postgresql") else {}
     return create_engine(
@@ -35,6 +37,7 @@ def make_engine(
         max_overflow=pool_size if max_overflow is None else max_overflow,
         pool_pre_ping=pre_ping,
         pool_recycle=1800,
+        pool_timeout=pool_timeout_s,
         connect_args=connect_args,
     )
 

@@ -9,6 +9,7 @@ from flask import Flask, Response, request
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from inferq.core.errors import (
@@ -70,6 +71,18 @@ def _dependency_down(exc: Exception) -> Response:
     )
 
 
+def _pool_exhausted(exc: PoolTimeout) -> Response:
+    # Every pooled connection stayed taken for INFERQ_API_DB_WAIT_S: the node is overloaded.
+    log.warning("no database connection came free", extra={"path": request.path})
+    return problem_response(
+        ServiceUnavailable(
+            "The server is too busy to answer this request now (no database connection came "
+            "free in time). Retry shortly.",
+            headers={"Retry-After": "2"},
+        )
+    )
+
+
 def _unstorable_value(exc: DataError) -> Response:
     # A value the request carried that Postgres refused for its column (a number out of
     # range...): the schemas should have caught it, so log it, but it is the client's input,
@@ -92,6 +105,7 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(HTTPException, _from_http)
     app.register_error_handler(DataError, _unstorable_value)
     app.register_error_handler(OperationalError, _dependency_down)
+    app.register_error_handler(PoolTimeout, _pool_exhausted)
     app.register_error_handler(InterfaceError, _dependency_down)
     app.register_error_handler(RedisConnectionError, _dependency_down)
     app.register_error_handler(RedisTimeoutError, _dependency_down)

@@ -34,7 +34,7 @@ def _service_urls() -> tuple[str | None, str | None]:
     return settings.database_url or record.get("database_url"), redis_url or record.get("redis_url")
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--model", default="digits", show_default=True)
 @click.option(
     "--concurrency", type=int, default=64, show_default=True, help="Closed loop: clients."
@@ -49,8 +49,10 @@ def _service_urls() -> tuple[str | None, str | None]:
 @click.option(
     "--output", type=click.Path(path_type=Path), default=None, help="Write the JSON report here."
 )
+@click.pass_context
 @reports_errors
 def bench(
+    ctx: click.Context,
     model: str,
     concurrency: int,
     rate: float | None,
@@ -60,7 +62,12 @@ def bench(
     inputs_path: Path | None,
     output: Path | None,
 ) -> None:
-    """Load a running system and report throughput, latency and cost per job (JSON on stdout)."""
+    """Load a running system and report throughput, latency and cost per job (JSON on stdout).
+
+    Without a subcommand: submitters alone. ``inferq bench longpoll``: thousands of
+    long-polls held open while they submit."""
+    if ctx.invoked_subcommand is not None:
+        return
     from inferq.bench import load, probes
     from inferq.bench.inputs import inputs_for
     from inferq.bench.summary import histogram, summary
@@ -181,6 +188,89 @@ def _ratios(report: dict[str, Any]) -> dict[str, float]:
         "end_to_end_per_in_process_best": round(report["throughput_jobs_s"] / best, 3),
         "in_process_batching_gain": round(best / base["in_process_inputs_s"]["1"], 2),
     }
+
+
+@bench.command()
+@click.option("--waiters", type=int, default=5000, show_default=True, help="Long-polls held.")
+@click.option("--submitters", type=int, default=64, show_default=True, help="Closed loop.")
+@click.option("--wait", "wait_s", type=float, default=10.0, show_default=True, help="?wait=N")
+@click.option(
+    "--duration", type=float, default=20.0, show_default=True, help="Seconds of submits, each."
+)
+@click.option("--model", default="digits", show_default=True)
+@click.option("--inputs", "inputs_path", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--output", type=click.Path(path_type=Path), default=None, help="Write the JSON report here."
+)
+@reports_errors
+def longpoll(
+    waiters: int,
+    submitters: int,
+    wait_s: float,
+    duration: float,
+    model: str,
+    inputs_path: Path | None,
+    output: Path | None,
+) -> None:
+    """Hold WAITERS long-polls on a queued job while SUBMITTERS submit; compare the submits'
+    latency with a run without the long-polls (needs a stack without batch workers)."""
+    from inferq.bench import load
+    from inferq.bench.inputs import inputs_for
+    from inferq.bench.longpoll import GRACE_S, LongPolls, park, raise_open_files_limit, report
+    from inferq.bench.summary import summary
+
+    raise_open_files_limit(submitters + 64)
+    client = make_client()
+    key = client.session.headers["Authorization"].split()[1]
+    make_input = inputs_for(model, inputs_path)
+    target = load.Target(client.base_url, key, model, make_input, "wait")
+    job_id = asyncio.run(park(target.url, key, model, make_input(0)))
+    info(f"warming up, then {submitters} submitters alone for {duration:g} s…")
+    asyncio.run(load.closed_loop(target, min(submitters, 8), 3.0, lambda: None))
+    alone = asyncio.run(load.closed_loop(target, submitters, duration, lambda: None))
+    polls = LongPolls(target.url, key, job_id, waiters, wait_s)
+    polls.start(hold_s=wait_s + 2 + duration)
+    info(f"opening {waiters} long-polls (?wait={wait_s:g}) over {wait_s:g} s…")
+    time.sleep(wait_s + 2)
+    info(f"{submitters} submitters beside them for {duration:g} s…")
+    beside = asyncio.run(load.closed_loop(target, submitters, duration, lambda: None))
+    info("waiting for the last long-polls…")
+    held = report(polls.result(), wait_s)
+
+    def submits(samples: list[Any]) -> dict[str, Any]:
+        good = [s.latency_ms for s in samples if s.ok]
+        return {
+            "jobs": len(samples),
+            "failed": len(samples) - len(good),
+            "errors": sorted({s.status for s in samples if not s.ok}),
+            "latency_ms": summary(good),
+        }
+
+    base, loaded = submits(alone), submits(beside)
+    p99s = (loaded["latency_ms"]["p99"], base["latency_ms"]["p99"])
+    ratio = p99s[0] / p99s[1] if p99s[0] and p99s[1] else None  # None: no submit succeeded
+    result = {
+        "url": target.url,
+        "waiters": waiters,
+        "wait_s": wait_s,
+        "submitters": submitters,
+        "duration_s": duration,
+        "long_polls": held,
+        "submits_alone": base,
+        "submits_beside_long_polls": loaded,
+        "submit_p99_ratio": None if ratio is None else round(ratio, 2),
+        "goal": {
+            f"every long-poll within wait + {GRACE_S:g} s": held["late_over_wait_plus_1s"] == 0
+            and held["no_answer"] == 0,
+            "submit p99 at most 1.5x": ratio is not None and ratio <= 1.5,
+            "no 5xx": held["server_errors"] == 0
+            and not any(e.startswith("http 5") for e in base["errors"] + loaded["errors"]),
+        },
+    }
+    text = json.dumps(result, indent=2)
+    if output:
+        output.write_text(text + "\n")
+    click.echo(text)
 
 
 COMMANDS = [bench]

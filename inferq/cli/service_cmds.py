@@ -16,7 +16,7 @@ METRICS_PORT_HELP = "Serve Prometheus /metrics on this port; 0: off (default: IN
 @click.option("--port", type=int, default=None, help="Default: INFERQ_PORT (8080).")
 @reports_errors
 def api(host: str, port: int | None) -> None:
-    """Run an API node (gunicorn, gthread workers)."""
+    """Run an API node (gunicorn, gevent workers)."""
     from api.server import serve
 
     settings = load_settings()

@@ -35,7 +35,7 @@ def pool(settings: Settings, role: str) -> Pool:
     """The pool one process of ``role`` (one of :data:`ROLES`) opens."""
     database = settings.database
     sizes = {
-        "api": database.api_db_pool or settings.api.api_threads // 2 + 2,
+        "api": database.api_db_pool,
         "worker": database.worker_db_pool,
         "scheduler": database.scheduler_db_pool,
         "autoscaler": database.autoscaler_db_pool,

@@ -32,8 +32,11 @@ class ApiSettings:
     max_body_bytes: int = 1_048_576
     #: The longest ``Prefer: wait=N`` or ``?wait=N`` a request may ask for, seconds.
     max_wait_s: float = 30.0
-    #: Threads per gunicorn process (gthread).
-    api_threads: int = 32
+    #: Connections one gunicorn process holds at once (gevent's ``worker_connections``):
+    #: requests in flight, waiting long-polls and idle keep-alive connections from nginx
+    #: together. A waiting long-poll costs a socket and a greenlet, not a thread; past this
+    #: many, new connections wait in the listen backlog.
+    api_connections: int = 5000
     #: gunicorn worker processes per API node (threads share one GIL; processes do not).
     api_processes: int = 2
     #: How long a publish to the broker may take before the job is left to the reconciler.
@@ -51,9 +54,12 @@ class DatabaseSettings:
     """Postgres connections: how many each process may open (summed in `inferq up`'s banner
     and docs/connections.md; `inferq db connections` sums them for any fleet)."""
 
-    #: Connections each API process keeps (its threads share them; a long-poll holds none);
-    #: 0: half of ``api_threads`` plus 2.
-    api_db_pool: int = 0
+    #: Connections each API process keeps; its requests share them, holding one only for a
+    #: query or a transaction (a waiting long-poll holds none).
+    api_db_pool: int = 18
+    #: How long an API request waits for a free pooled connection (requests beyond the pool
+    #: and its overflow queue for one) before it is answered 503 with ``Retry-After``.
+    api_db_wait_s: float = 10.0
     #: Connections each worker process keeps (any lane).
     worker_db_pool: int = 2
     #: Connections the scheduler keeps (reconciler, experiment and retraining checks).
@@ -496,10 +502,10 @@ class Settings:
             raise ConfigError("need INFERQ_WEBHOOK_MAX_ATTEMPTS >= 1, INFERQ_WEBHOOK_TIMEOUT_S > 0")
         database = self.database
         pools = (database.worker_db_pool, database.scheduler_db_pool, database.autoscaler_db_pool)
-        if database.api_db_pool < 0 or min(pools) < 1 or database.db_overflow < 0:
-            raise ConfigError(
-                "need INFERQ_API_DB_POOL >= 0, the other *_DB_POOL >= 1, INFERQ_DB_OVERFLOW >= 0"
-            )
+        if min(database.api_db_pool, *pools) < 1 or database.db_overflow < 0:
+            raise ConfigError("need every INFERQ_*_DB_POOL >= 1 and INFERQ_DB_OVERFLOW >= 0")
+        if database.api_db_wait_s <= 0 or self.api.api_connections < 1:
+            raise ConfigError("need INFERQ_API_DB_WAIT_S > 0 and INFERQ_API_CONNECTIONS >= 1")
         self.quotas.lane_limits  # noqa: B018 (raises ConfigError when malformed)
         self.scheduler.job_retention_s  # noqa: B018 (raises ConfigError when malformed)
         self.scheduler.job_partition_s  # noqa: B018 (raises ConfigError when malformed)

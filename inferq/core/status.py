@@ -26,14 +26,21 @@ def status_key(settings: Settings, job_id: str) -> str:
     return f"{settings.namespace}:job:{job_id}:status"
 
 
-def make_redis(settings: Settings) -> redis.Redis:
-    """A Redis client for status and signals (connects lazily)."""
-    return redis.Redis.from_url(
-        settings.effective_redis_url,
-        socket_timeout=5,
-        socket_connect_timeout=5,
-        health_check_interval=30,
+def make_redis(settings: Settings, max_connections: int | None = None) -> redis.Redis:
+    """A Redis client for status and signals (connects lazily). With ``max_connections``,
+    a caller finding them all in use waits up to 5 s for one, then gets a
+    ``redis.ConnectionError``; without, every concurrent caller opens its own."""
+    options: dict[str, Any] = {
+        "socket_timeout": 5,
+        "socket_connect_timeout": 5,
+        "health_check_interval": 30,
+    }
+    if max_connections is None:
+        return redis.Redis.from_url(settings.effective_redis_url, **options)
+    pool = redis.BlockingConnectionPool.from_url(
+        settings.effective_redis_url, max_connections=max_connections, timeout=5, **options
     )
+    return redis.Redis(connection_pool=pool)
 
 
 def announce(

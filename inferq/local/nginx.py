@@ -122,9 +122,12 @@ pid {_quote(paths.pidfile)};
 error_log {_quote(paths.error_log)} warn;
 # A graceful stop (SIGQUIT) waits for open long-polls at most this long.
 worker_shutdown_timeout 10s;
+# Each waiting long-poll holds two connections (client and API node), and one worker may
+# accept most of them: room for 5,000 long-polls and the traffic beside them in each worker.
+worker_rlimit_nofile 32768;
 
 events {{
-    worker_connections 1024;
+    worker_connections 16384;
 }}
 
 http {{

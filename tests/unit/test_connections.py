@@ -21,10 +21,10 @@ LARGE = Fleet(api_nodes=20, workers=500, batch_workers=20, autoscalers=1)
 
 def test_the_default_stack_sums_every_pool_at_its_fullest() -> None:
     # Given the defaults: one API node of api_processes gunicorn processes, each keeping
-    # half its threads plus 2 and as many again under load, and four workers of 2 (+2)
+    # api_db_pool connections and as many again under load, and four workers of 2 (+2)
     settings = Settings()
     api, database = settings.api, settings.database
-    api_each = 2 * (api.api_threads // 2 + 2)
+    api_each = 2 * database.api_db_pool
     worker_each = 2 * database.worker_db_pool
     expected = (
         api.api_processes * api_each  # one API node
@@ -57,7 +57,7 @@ def test_each_setting_moves_the_sum_by_what_it_says() -> None:
 
 def test_every_engine_is_sized_by_the_budget() -> None:
     """Catches: a process sizing its pool itself (tried: api/app.py back to
-    ``pool_size=api_threads // 2 + 2``: the API's pool ignores INFERQ_API_DB_POOL)."""
+    ``pool_size=18``: the API's pool ignores INFERQ_API_DB_POOL)."""
     from api.app import create_app
     from scheduler.service import make_reconciler
 

@@ -1,0 +1,57 @@
+"""The API's per-process cache loads each key once at a time: thousands of concurrent
+requests (gevent) must not all reload an entry that expired under them."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from api.state import TtlCache
+
+
+def slow_loader(calls: list[int], value: int) -> tuple[threading.Event, object]:
+    release = threading.Event()
+
+    def load() -> int:
+        calls.append(value)
+        release.wait(5)
+        return value
+
+    return release, load
+
+
+def test_concurrent_misses_load_once() -> None:
+    cache: TtlCache[str, int] = TtlCache(60)
+    calls: list[int] = []
+    release, load = slow_loader(calls, 7)
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        # Given 20 requests missing the same key at once
+        futures = [pool.submit(cache.get, "lane", load) for _ in range(20)]  # type: ignore[arg-type]
+        time.sleep(0.2)
+        release.set()
+        # Then one loaded it, and every one got its value
+        assert [f.result() for f in futures] == [7] * 20
+    assert calls == [7]
+
+
+def test_an_expired_entry_answers_while_one_request_reloads_it() -> None:
+    cache: TtlCache[str, int] = TtlCache(0.5)
+    assert cache.get("lane", lambda: 1) == 1
+    time.sleep(0.6)
+    calls: list[int] = []
+    release, load = slow_loader(calls, 2)
+    reloading = threading.Thread(target=cache.get, args=("lane", load))
+    reloading.start()
+    time.sleep(0.1)
+    # While one request reloads the expired entry, others answer from it at once
+    assert cache.get("lane", lambda: 3) == 1
+    release.set()
+    reloading.join()
+    assert cache.get("lane", lambda: 4) == 2
+    assert calls == [2]
+
+
+def test_no_ttl_caches_nothing() -> None:
+    cache: TtlCache[str, int] = TtlCache(0)
+    assert [cache.get("k", lambda n=n: n) for n in range(3)] == [0, 1, 2]
