@@ -142,6 +142,30 @@ def get_job_view(session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID) -> J
     return JobView(*row) if row else None
 
 
+@dataclasses.dataclass(frozen=True)
+class JobProgress:
+    """What an open job changes before it finishes."""
+
+    status: str
+    started_at: dt.datetime | None
+    worker: str | None
+    attempts: int
+    cancel_requested: bool
+
+
+def get_job_progress(
+    session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID
+) -> JobProgress | None:
+    """The tenant's job's status and the fields that change with it before it finishes, or
+    None: five columns of one row, for a long-poll whose wait ran out without a signal."""
+    row = session.execute(
+        select(Job.status, Job.started_at, Job.worker, Job.attempts, Job.cancel_requested).where(
+            is_job(job_id), Job.tenant_id == tenant_id
+        )
+    ).one_or_none()
+    return JobProgress(*row) if row else None
+
+
 def cancel_job(session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID) -> Job | None:
     """Cancel a queued job outright; mark a running one so its result is discarded."""
     session.execute(

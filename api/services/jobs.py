@@ -20,8 +20,10 @@ from api.state import ApiState
 from db.engine import retry_on_disconnect
 from db.ids import time_of
 from db.jobs import (
+    JobProgress,
     JobView,
     create_job,
+    get_job_progress,
     get_job_view,
     mark_unpublished,
 )
@@ -263,10 +265,30 @@ def wait_until_terminal(st: ApiState, view: JobView, seconds: float, signal: Sig
     while view.job.status not in TERMINAL_STATUSES:
         remaining = deadline - time.monotonic()
         if remaining <= 0 or not signal.wait(remaining):
-            return load(st, view.job.id, view.job.tenant_id)
+            return refresh(st, view)
         finished, signal.payload = signal.payload, None
         signal.clear()
         view = with_final_fields(view, finished) or load(st, view.job.id, view.job.tenant_id)
+    return view
+
+
+def refresh(st: ApiState, view: JobView) -> JobView:
+    """``view`` brought up to date once a wait ended without a completion signal: the job is
+    most likely still open, so only the fields an open job changes are read (a light query;
+    reading the whole row again was the largest cost of a long-poll that timed out). A job
+    found finished after all (a signal missed while the subscription reconnected), or gone,
+    is read whole."""
+
+    def read() -> JobProgress | None:
+        with st.sessions() as session:
+            return get_job_progress(session, view.job.id, view.job.tenant_id)
+
+    now = retry_on_disconnect(read)
+    if now is None or now.status in TERMINAL_STATUSES:
+        return load(st, view.job.id, view.job.tenant_id)
+    job = view.job  # detached from its session: set for rendering, never written back
+    job.status, job.started_at, job.worker = now.status, now.started_at, now.worker
+    job.attempts, job.cancel_requested = now.attempts, now.cancel_requested
     return view
 
 

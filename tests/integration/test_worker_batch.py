@@ -233,3 +233,73 @@ def test_the_cache_answers_a_repeated_input_without_a_worker(
     # and a different input is not
     other = alice.post("/v1/jobs", {"model": "digits", "input": {"pixels": [1.0] * 64}})
     assert other.status_code == 202 and other.get_json()["cached"] is False
+
+
+def _full_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ids of every whole-job read the long-poll code makes from now on."""
+    reads: list[str] = []
+    real_load = jobs_service.load
+
+    def counting_load(*args: Any) -> Any:
+        reads.append(str(args[1]))
+        return real_load(*args)
+
+    monkeypatch.setattr(jobs_service, "load", counting_load)
+    return reads
+
+
+def test_a_long_poll_that_times_out_shows_what_changed_without_reading_the_job_again(
+    alice: Caller, ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wait that runs out (no completion) reads five columns, not the whole job again: the
+    largest cost of a long-poll on a parked job. Mutations caught: ``refresh`` answering the
+    view read before the wait unchanged (status still "queued"), or reading the job whole
+    again (two full reads)."""
+    # Given a queued job, and a long-poll of 1 s on it
+    job_id = submit(alice, holdout(1)[0][0])
+    reads = _full_reads(monkeypatch)
+
+    def start_it() -> None:  # a worker claims it, and has not finished it when the wait ends
+        with ctx.sessions.begin() as session:
+            claim_jobs(session, [job_id], "slow-worker@test")
+
+    timer = threading.Timer(0.3, start_it)
+    timer.start()
+    # When the wait runs out
+    body = alice.get(f"/v1/jobs/{job_id}?wait=1").get_json()
+    timer.join()
+
+    # Then the answer shows the job running on that worker, and the rest of it as it was
+    assert body["status"] == "running" and body["worker"] == "slow-worker@test"
+    assert body["attempts"] == 1 and body["started_at"] is not None
+    assert body["input"] == holdout(1)[0][0] and body["output"] is None
+    # read whole once (before waiting), never after
+    assert reads == [job_id]
+
+
+def test_a_job_that_finished_without_a_signal_is_read_whole_when_the_wait_ends(
+    alice: Caller, ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mutation caught: ``refresh`` setting only the five columns on a job found finished (the
+    answer would say "succeeded" with no output)."""
+    # Given a long-poll on a queued job
+    job_id = submit(alice, holdout(1)[0][0])
+    reads = _full_reads(monkeypatch)
+
+    def finish_silently() -> None:  # stored, but its completion signal never arrives
+        with ctx.sessions.begin() as session:
+            claim_jobs(session, [job_id], "quiet-worker@test")
+        result = JobResult(uuid.UUID(job_id), "succeeded", output={"label": 7})
+        with ctx.sessions.begin() as session:
+            store_results(session, [result], "quiet-worker@test")
+
+    timer = threading.Timer(0.3, finish_silently)
+    timer.start()
+    # When its wait runs out
+    body = alice.get(f"/v1/jobs/{job_id}?wait=1").get_json()
+    timer.join()
+
+    # Then it answers the finished job whole
+    assert body["status"] == "succeeded" and body["output"] == {"label": 7}
+    assert body["completed_at"] is not None
+    assert reads == [job_id, job_id]
