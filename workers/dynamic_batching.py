@@ -40,7 +40,15 @@ class DynamicBatches(Batches):
     sparse_gap_s = 0.004
 
     def Strategy(self, task: Any, app: Any, consumer: Any) -> Callable[..., None]:
+        # Celery builds the strategy again each time the consumer (re)connects, after clearing
+        # the event loop's timers. celery-batches arms its flush timer only while it records
+        # none (``_tref``): forget the one from before, or a partial batch never flushes again
+        # and, once the prefetch window holds only unflushed messages, the worker takes no
+        # more (celery-batches issue 99). What was buffered then goes with the next batch.
+        self._tref = None
         handle = super().Strategy(task, app, consumer)
+        if self._buffer.qsize():
+            self._tref = consumer.timer.call_repeatedly(self.flush_interval, self._do_flush)
         self._first_at = self._last_at = time.monotonic()
         self._items = self._last_batch = 0
         self._alone = False

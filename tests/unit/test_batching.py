@@ -43,18 +43,15 @@ class Timer:
             self.callback()
 
 
-def strategy(
+def batching_task(
     flush_every: int,
     max_items: int,
     sparse_gap_s: float = 60,
     idle_gap_s: float = 60,
     max_delay_s: float = 60,
     timer: Timer | None = None,
-) -> tuple[Any, Pool]:
-    """The message handler the worker's consumer would call, wired to a recording pool.
-
-    By default neither the quiet gap nor the deadline flushes within a test, and no message
-    comes after a lull."""
+) -> tuple[Any, Any, SimpleNamespace, Pool]:
+    """The predict task, its app, a consumer with a recording pool (and ``timer``)."""
     app = Celery("t", set_as_current=False)
 
     @app.task(
@@ -77,6 +74,24 @@ def strategy(
         connection_errors=(),
         event_dispatcher=None,
         timer=timer or Timer(),
+    )
+    return predict, app, consumer, pool
+
+
+def strategy(
+    flush_every: int,
+    max_items: int,
+    sparse_gap_s: float = 60,
+    idle_gap_s: float = 60,
+    max_delay_s: float = 60,
+    timer: Timer | None = None,
+) -> tuple[Any, Pool]:
+    """The message handler the worker's consumer would call, wired to a recording pool.
+
+    By default neither the quiet gap nor the deadline flushes within a test, and no message
+    comes after a lull."""
+    predict, app, consumer, pool = batching_task(
+        flush_every, max_items, sparse_gap_s, idle_gap_s, max_delay_s, timer
     )
     return predict.Strategy(predict, app, consumer), pool
 
@@ -226,3 +241,37 @@ def test_under_a_steady_trickle_a_partial_batch_goes_at_the_max_delay(clock: Clo
     clock.sleep(0.001)
     timer.tick()
     assert pool.batches == [sent]
+
+
+def test_after_a_lost_broker_connection_the_flush_timer_is_armed_again(clock: Clock) -> None:
+    """Celery clears its event loop's timers when the broker connection is lost, and builds
+    the task's strategy again on the new connection. celery-batches arms its flush timer only
+    while none is recorded (``_tref``), so the one recorded before the loss, long gone, kept
+    a partial batch from ever flushing: the worker took no more messages once its prefetch
+    window held unflushed ones (the fault suite's RabbitMQ restart left 4 jobs queued for
+    minutes).
+
+    Mutation caught: the reset of ``_tref`` in ``DynamicBatches.Strategy`` removed (the batch
+    delivered after the reconnect never goes)."""
+    timer = Timer()
+    predict, app, consumer, pool = batching_task(
+        flush_every=64, max_items=64, idle_gap_s=0.010, max_delay_s=1.0, timer=timer
+    )
+    handler = predict.Strategy(predict, app, consumer)
+    # Given a partial batch buffered, its flush timer armed
+    deliver(handler, ["a"])
+    assert timer.callback is not None
+    # When the connection is lost before it went (Celery clears the loop's timers) and the
+    # consumer starts again on a new connection
+    timer.callback = None
+    handler = predict.Strategy(predict, app, consumer)
+    # Then what was buffered goes once the stream is quiet, with what came after it
+    deliver(handler, ["b"])
+    clock.sleep(0.011)
+    timer.tick()
+    assert pool.batches == [[["a"], ["b"]]]
+    # and a later partial batch goes too
+    deliver(handler, ["c"])
+    clock.sleep(0.011)
+    timer.tick()
+    assert pool.batches[1:] == [[["c"]]]
