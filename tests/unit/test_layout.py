@@ -81,6 +81,33 @@ def test_architecture_names_every_room_of_inferq_and_api() -> None:
                 assert f"`{package}/{room.name}/`" in text, f"{package}/{room.name}/ is missing"
 
 
+#: Calls that put a message on the broker. Only ``inferq/core/broker.py`` (``publish``) makes
+#: them, apart from the sends below that Celery makes itself; the app carries the same
+#: ``RETRY_POLICY`` for those (tests/unit/test_messages_and_errors.py).
+SENDS = re.compile(r"\bsend_task\(|\bapply_async\(|\.delay\(|\.retry\(|\.beat_schedule\s*=")
+SENDS_ELSEWHERE = {
+    "workers/tasks/webhooks.py": "self.retry: Celery sends the delivery again after its "
+    "backoff, keeping its try count (request.retries), which publish cannot carry",
+    "scheduler/service.py": "beat_schedule: beat sends the scheduled training "
+    "(scheduler/retraining.py), a TrainRequest's args to its lane's route",
+}
+
+
+def test_nothing_reaches_the_broker_except_through_publish() -> None:
+    """Catches: a ``send_task``/``apply_async``/``.delay`` (or a ``self.retry``, or a beat
+    schedule) in a production module other than inferq/core/broker.py and the two listed
+    above, i.e. a message sent outside ``publish``, perhaps with another retry policy."""
+    found = {
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in production_modules()
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if SENDS.search(line.split("#")[0])
+    }
+    allowed = {"inferq/core/broker.py", *SENDS_ELSEWHERE}
+    assert {site for site in found if site.split(":")[0] not in allowed} == set()
+    assert {site.split(":")[0] for site in found} == allowed  # each exception is still real
+
+
 UNPICKLING = re.compile(r"\btorch\.load\(|\bimport pickle\b|\bpickle\.loads?\(|\bjoblib\.load\(")
 
 
