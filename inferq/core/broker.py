@@ -8,7 +8,6 @@ from kombu import Exchange, Queue
 from inferq.core.messages import PREDICT_TASK, RECONCILE_TASK, TaskMessage
 from inferq.core.settings import LANES, Settings
 
-
 #: How every message is published: a few quick retries, then the caller decides (the API
 #: marks the job unpublished for the reconciler; a worker leaves it to the reconciler too).
 #: The app carries it too, for the sends Celery makes itself: beat's schedule and a task's
