@@ -5,10 +5,14 @@ page names what exists."""
 
 from __future__ import annotations
 
+import itertools
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import grimp
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,7 +26,7 @@ def test_import_contracts_hold() -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "5 kept, 0 broken" in result.stdout
+    assert "6 kept, 0 broken" in result.stdout
 
 
 PACKAGES = ("inferq", "api", "workers", "scheduler", "db")
@@ -187,6 +191,89 @@ def test_nothing_reaches_the_broker_except_through_publish() -> None:
     allowed = {"inferq/core/broker.py", *SENDS_ELSEWHERE}
     assert {site for site in found if site.split(":")[0] not in allowed} == set()
     assert {site.split(":")[0] for site in found} == allowed  # each exception is still real
+
+
+ARROW = "──▶"
+
+
+def drawn_arrows() -> set[tuple[str, str]]:
+    """The pairs (importer, imported) of ARCHITECTURE.md's arrows: each line's every room
+    on the left to every room on the right (a trailing parenthesis is a remark)."""
+    text = (ROOT / "ARCHITECTURE.md").read_text()
+    section = text[text.index("## Arrows") : text.index("## A job's id")]
+    pairs = set()
+    for line in section.splitlines():
+        if ARROW in line:
+            left, right = line.split(ARROW)
+            rooms = [side.split("(")[0].split(",") for side in (left, right)]
+            importers, imported = ([room.strip() for room in side] for side in rooms)
+            pairs |= {(a, b) for a in importers for b in imported}
+    return pairs
+
+
+def real_imports(graph: grimp.ImportGraph, rooms: set[str]) -> set[tuple[str, str]]:
+    """The pairs of ``rooms`` where a module of the first directly imports one of the second."""
+
+    def members(room: str) -> set[str]:
+        return {room} | (graph.find_descendants(room) if graph.find_children(room) else set())
+
+    inside = {room: members(room) for room in rooms}
+    found = set()
+    for a, b in itertools.permutations(sorted(rooms), 2):
+        if not (a.startswith(f"{b}.") or b.startswith(f"{a}.")):
+            imported = {i for m in inside[a] for i in graph.find_modules_directly_imported_by(m)}
+            if imported & inside[b]:
+                found.add((a, b))
+    return found
+
+
+def contracts_forbid(importer: str, imported: str) -> bool:
+    """Whether an import-linter contract in pyproject.toml forbids ``importer`` importing
+    ``imported``."""
+
+    def under(module: str, modules: list[str]) -> bool:
+        return any(module == m or module.startswith(f"{m}.") for m in modules)
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    for contract in config["contracts"]:
+        if contract["type"] == "forbidden":
+            if under(importer, contract["source_modules"]) and under(
+                imported, contract["forbidden_modules"]
+            ):
+                return True
+        elif contract["type"] == "independence":
+            if under(importer, contract["modules"]) and under(imported, contract["modules"]):
+                return True
+        elif contract["type"] == "layers":
+            for container in contract["containers"]:
+                level = {
+                    f"{container}.{name.strip()}": depth
+                    for depth, layer in enumerate(contract["layers"])
+                    for name in layer.split("|")
+                }
+                depths = [
+                    next((d for room, d in level.items() if under(module, [room])), None)
+                    for module in (importer, imported)
+                ]
+                if None not in depths and depths[0] > depths[1]:  # type: ignore[operator]
+                    return True
+    return False
+
+
+def test_the_architecture_arrows_are_the_real_imports_and_one_way() -> None:
+    """Catches: an arrow that no import draws (tried: the old ``inferq.core ──▶ db``), a room
+    importing another without an arrow on the page (tried: ``from db.engine import
+    make_engine`` in inferq/bench/runner.py), and an arrow whose reverse import exists or
+    that no import-linter contract forbids (tried: the new contract on the services'
+    imports of inferq removed from pyproject.toml)."""
+    drawn = drawn_arrows()
+    rooms = {room for pair in drawn for room in pair}
+    assert len(rooms) >= 11  # the rooms of inferq, the three services and db
+    graph = grimp.build_graph(*PACKAGES, cache_dir=None)
+    assert real_imports(graph, rooms) == drawn
+    for importer, imported in sorted(drawn):
+        assert not graph.chain_exists(imported, importer, as_packages=True), (imported, importer)
+        assert contracts_forbid(imported, importer), f"nothing forbids {imported} -> {importer}"
 
 
 UNPICKLING = re.compile(r"\btorch\.load\(|\bimport pickle\b|\bpickle\.loads?\(|\bjoblib\.load\(")
