@@ -66,7 +66,10 @@ def parse_schedule(text: str) -> dict[str, Any]:
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
-    """Beat's entries: one training task per scheduled model."""
+    """Beat's entries: one training task per scheduled model.
+
+    Beat sends them itself, not through ``publish``; the app (``make_celery``) carries the
+    same ``RETRY_POLICY``."""
     return {
         f"retrain {model}": {
             "task": TrainRequest.task,

@@ -50,10 +50,10 @@ def run_shadows(ctx: WorkerContext, requests: Sequence[ShadowRequest]) -> int:
     copies = _copies(requests)
     if not copies:
         return 0
-    with ctx.liveness.busy():
-        inputs = retry_on_disconnect(lambda: _inputs(ctx, {c.job_id for c in copies}))
-        rows = predict_copies(ctx, copies, inputs)
-        return retry_on_disconnect(lambda: _store(ctx, rows))
+    # Busy, not stalled, while it runs: the Liveness middleware around the shadow batch.
+    inputs = retry_on_disconnect(lambda: _inputs(ctx, {c.job_id for c in copies}))
+    rows = predict_copies(ctx, copies, inputs)
+    return retry_on_disconnect(lambda: _store(ctx, rows))
 
 
 def _inputs(ctx: WorkerContext, job_ids: set[uuid.UUID]) -> dict[uuid.UUID, ShadowInput]:

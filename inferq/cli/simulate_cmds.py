@@ -8,6 +8,11 @@ from pathlib import Path
 import click
 
 from inferq.cli.common import reports_errors
+from inferq.core.settings import AutoscalerSettings
+
+#: The policy's flags default to the ``INFERQ_AUTOSCALER_*`` settings' defaults (never a
+#: copy of them); only ``--max-workers`` is the simulation's own, a fleet for its peak.
+AUTOSCALER = AutoscalerSettings()
 
 PROFILES = ["day", "diurnal", "burst", "flat"]
 CURVES = ["embed-cpu", "embed-gpu", "digits-cpu"]
@@ -60,14 +65,20 @@ CURVES = ["embed-cpu", "embed-gpu", "digits-cpu"]
 )
 @click.option("--tick", type=float, default=1.0, show_default=True, help="Simulation step, s.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--min-workers", type=int, default=1, show_default=True)
+@click.option(
+    "--min-workers", type=int, default=AUTOSCALER.autoscaler_min_workers, show_default=True
+)
 @click.option("--max-workers", type=int, default=500, show_default=True)
-@click.option("--target-wait", type=float, default=30.0, show_default=True)
-@click.option("--max-step", type=int, default=4, show_default=True)
-@click.option("--poll", type=float, default=5.0, show_default=True)
-@click.option("--window", type=float, default=60.0, show_default=True)
-@click.option("--stabilization", type=float, default=60.0, show_default=True)
-@click.option("--cooldown", type=float, default=30.0, show_default=True)
+@click.option(
+    "--target-wait", type=float, default=AUTOSCALER.autoscaler_target_wait_s, show_default=True
+)
+@click.option("--max-step", type=int, default=AUTOSCALER.autoscaler_max_step, show_default=True)
+@click.option("--poll", type=float, default=AUTOSCALER.autoscaler_poll_s, show_default=True)
+@click.option("--window", type=float, default=AUTOSCALER.autoscaler_window_s, show_default=True)
+@click.option(
+    "--stabilization", type=float, default=AUTOSCALER.autoscaler_stabilization_s, show_default=True
+)
+@click.option("--cooldown", type=float, default=AUTOSCALER.autoscaler_cooldown_s, show_default=True)
 @click.option(
     "--slo",
     "slo_s",

@@ -8,6 +8,12 @@ from kombu import Exchange, Queue
 from inferq.core.messages import PREDICT_TASK, RECONCILE_TASK, TaskMessage
 from inferq.core.settings import LANES, Settings
 
+#: How every message is published: a few quick retries, then the caller decides (the API
+#: marks the job unpublished for the reconciler; a worker leaves it to the reconciler too).
+#: The app carries it too, for the sends Celery makes itself: beat's schedule and a task's
+#: own ``self.retry``.
+RETRY_POLICY = {"max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+
 
 def queue_name(settings: Settings, lane: str) -> str:
     """The broker queue of ``lane`` in this deployment's namespace."""
@@ -59,6 +65,9 @@ def make_celery(settings: Settings) -> Celery:
         accept_content=["json"],
         result_backend=None,
         task_ignore_result=True,
+        # The one retry policy, also for what Celery sends itself (beat, ``self.retry``).
+        task_publish_retry=True,
+        task_publish_retry_policy=RETRY_POLICY,
         task_queues=queues,
         task_default_queue=queue_name(settings, "online"),
         task_default_exchange=settings.namespace,
@@ -127,11 +136,6 @@ def declare_dead_letters(app: Celery, settings: Settings) -> None:
     """Declare the dead-letter exchange and queue (RabbitMQ only; idempotent)."""
     with app.connection_for_write() as connection:
         dead_letter_queue(settings)(connection.default_channel).declare()
-
-
-#: How every message is published: a few quick retries, then the caller decides (the API
-#: marks the job unpublished for the reconciler; a worker leaves it to the reconciler too).
-RETRY_POLICY = {"max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 
 
 def route(settings: Settings, lane: str) -> dict[str, str]:

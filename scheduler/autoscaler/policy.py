@@ -14,19 +14,22 @@ import math
 
 from inferq.core.settings import AutoscalerSettings
 
+#: The settings' defaults, which a policy's own defaults are (never a copy of them).
+_DEFAULTS = AutoscalerSettings()
+
 
 @dataclasses.dataclass(frozen=True)
 class Policy:
-    """The operator's knobs."""
+    """The operator's knobs; each default is the ``INFERQ_AUTOSCALER_*`` setting's."""
 
-    min_workers: int = 1
-    max_workers: int = 4
-    target_queue_wait_s: float = 30.0
-    max_step: int = 4
-    stabilization_s: float = 60.0
-    cooldown_s: float = 30.0
+    min_workers: int = _DEFAULTS.autoscaler_min_workers
+    max_workers: int = _DEFAULTS.autoscaler_max_workers
+    target_queue_wait_s: float = _DEFAULTS.autoscaler_target_wait_s
+    max_step: int = _DEFAULTS.autoscaler_max_step
+    stabilization_s: float = _DEFAULTS.autoscaler_stabilization_s
+    cooldown_s: float = _DEFAULTS.autoscaler_cooldown_s
     #: Jobs that must wait before a pool at zero starts a worker.
-    activation_backlog: int = 1
+    activation_backlog: int = _DEFAULTS.autoscaler_activation
     #: Jobs per second one worker is assumed to finish before any was measured.
     default_service_rate: float = 1.0
 

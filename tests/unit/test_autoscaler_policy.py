@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 
+from inferq.core.settings import AutoscalerSettings
 from scheduler.autoscaler.policy import Memory, Observation, Policy, decide, recommend
 
 POLICY = Policy(
@@ -101,3 +102,31 @@ def test_unknown_service_rate_uses_the_default() -> None:
 def test_bad_bounds_are_refused() -> None:
     with pytest.raises(ValueError):
         Policy(min_workers=3, max_workers=2)
+
+
+#: ``inferq simulate``'s policy flags and the settings whose defaults they take.
+SIMULATE_FLAGS = {
+    "min_workers": "autoscaler_min_workers",
+    "target_wait": "autoscaler_target_wait_s",
+    "max_step": "autoscaler_max_step",
+    "poll": "autoscaler_poll_s",
+    "window": "autoscaler_window_s",
+    "stabilization": "autoscaler_stabilization_s",
+    "cooldown": "autoscaler_cooldown_s",
+}
+
+
+def test_the_policy_and_simulate_take_their_defaults_from_the_settings() -> None:
+    """Catches: a default copied into ``Policy`` or an ``inferq simulate`` flag that drifts
+    from ``AutoscalerSettings`` (tried: ``cooldown_s: float = 45.0`` in Policy, and
+    ``--poll`` back to ``default=5.0`` with the setting's default changed to 10.0)."""
+    from inferq.cli.simulate_cmds import simulate
+
+    defaults = AutoscalerSettings()
+    assert Policy() == Policy.from_settings(defaults)
+    flags = {param.name: param.default for param in simulate.params}
+    assert {flag: flags[flag] for flag in SIMULATE_FLAGS} == {
+        flag: getattr(defaults, field) for flag, field in SIMULATE_FLAGS.items()
+    }
+    # The one flag of its own: the simulation sizes a fleet for its 10,000 jobs/s peak.
+    assert flags["max_workers"] == 500

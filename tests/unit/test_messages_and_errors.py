@@ -3,9 +3,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import kombu.messaging
 import pytest
+from celery.beat import Scheduler
+from celery.exceptions import Retry
 
-from inferq.core.broker import RETRY_POLICY, publish
+from inferq.core.broker import RETRY_POLICY, make_celery, publish, route
 from inferq.core.errors import (
     InvalidInput,
     NotFound,
@@ -23,6 +26,7 @@ from inferq.core.messages import (
     chunks,
 )
 from inferq.core.settings import Settings
+from scheduler.retraining import beat_schedule
 
 
 def test_completion_round_trips_and_tolerates_garbage() -> None:
@@ -86,6 +90,50 @@ def test_every_message_goes_through_one_publish_to_its_lane(
     assert json.loads(json.dumps(options["args"])) == message.to_args()
     if hasattr(type(message), "from_args"):
         assert type(message).from_args(message.to_args()) == message  # type: ignore[attr-defined]
+
+
+def test_the_celery_app_carries_the_one_retry_policy() -> None:
+    """Catches: ``make_celery`` without ``task_publish_retry_policy=RETRY_POLICY`` (or with
+    ``task_publish_retry`` off), so what Celery sends itself uses Celery's own default."""
+    app = make_celery(Settings.of(namespace="ns"))
+    assert app.conf.task_publish_retry is True
+    assert app.conf.task_publish_retry_policy == RETRY_POLICY
+
+
+@pytest.fixture
+def published(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """The keyword arguments of every message kombu is asked to put on the wire."""
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(
+        kombu.messaging.Producer, "publish", lambda _self, _body, **kw: calls.append(kw)
+    )
+    return calls
+
+
+def test_beat_and_a_task_retry_publish_with_the_one_retry_policy(
+    published: list[dict[str, Any]],
+) -> None:
+    """The two sends that do not pass through ``publish``: beat's scheduled training and a
+    webhook's ``self.retry``. Catches: the same as the test above, seen on the wire."""
+    settings = Settings.of(namespace="ns", broker_url="memory://", retrain_schedule="m=every 60s")
+    app = make_celery(settings)
+    app.conf.beat_schedule = beat_schedule(settings)
+    beat = Scheduler(app, lazy=True)
+    beat.setup_schedule()
+    (entry,) = (e for e in beat.schedule.values() if e.task == TrainRequest.task)
+    beat.apply_async(entry)
+
+    @app.task(name="inferq.test-retry", bind=True, max_retries=None)
+    def retried(self: Any) -> None:  # pragma: no cover - never run, only retried
+        pass
+
+    retried.push_request(id="r", args=[], kwargs={}, retries=0, called_directly=False)
+    with pytest.raises(Retry):
+        retried.retry(countdown=5, **route(settings, "webhooks"))
+    tasks = [call for call in published if call["routing_key"] != "task.sent"]  # events apart
+    assert [call["routing_key"] for call in tasks] == ["ns.training", "ns.webhooks"]
+    assert all(call["retry"] is True for call in tasks)
+    assert all(call["retry_policy"] == RETRY_POLICY for call in tasks)
 
 
 @pytest.mark.parametrize(

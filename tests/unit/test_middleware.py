@@ -98,3 +98,28 @@ def test_the_attempts_cap_settles_poison_jobs_before_they_run() -> None:
         "type": "attempts-exhausted",
         "message": "gave up after 3 attempts; the job kept failing its worker",
     }
+
+
+def test_a_shadow_batch_is_busy_through_the_middleware_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The shadow task's body no longer marks the worker busy itself (workers/shadow_runs.py):
+    the default middleware around the shadow batch does. Catches: the shadow task run
+    outside ``around``, or ``Liveness`` left out of the default middleware (tried: the task
+    calling ``run_shadows`` without ``with around(...)``)."""
+    from inferq.core.broker import make_celery
+    from inferq.core.messages import SHADOW_TASK
+    from workers.middleware import default_middleware
+    from workers.tasks import shadow
+
+    settings = Settings.of(namespace="ns")
+    ctx = SimpleNamespace(middleware=default_middleware(), settings=settings, liveness=Liveness())
+    busy_while_running: list[int] = []
+    monkeypatch.setattr(
+        shadow, "run_shadows", lambda ctx, _: busy_while_running.append(ctx.liveness._busy)
+    )
+    app = make_celery(settings)
+    shadow.register(app, settings, lambda: ctx)
+    app.tasks[SHADOW_TASK].run([])
+    assert busy_while_running == [1]
+    assert ctx.liveness._busy == 0

@@ -35,6 +35,8 @@ def register(app: Celery, settings: Settings, context: Callable[[], WorkerContex
         try_number = self.request.retries + 1
         outcome = deliver(context(), message.job_id, try_number, message.redelivery)
         if outcome.retry:
+            # Not through publish: Celery sends it again with its try count, under the
+            # app's RETRY_POLICY (make_celery).
             raise self.retry(
                 countdown=backoff_s(try_number, settings.webhooks.webhook_backoff_s),
                 **route(settings, message.lane),
