@@ -369,6 +369,43 @@ def test_a_missing_artifact_fails_its_versions_jobs_and_the_worker_serves_the_re
     assert served["status"] == "succeeded"
 
 
+def test_a_tampered_artifact_of_the_same_size_fails_its_jobs_and_the_worker_serves_the_rest(
+    settings: Settings, ctx: WorkerContext, alice: Caller, tmp_path: Path
+) -> None:
+    """Given a registered version whose blob in the store then has one byte of its weights
+    flipped (same size, still valid safetensors), when a worker serves a batch of its jobs
+    and digits', then those jobs fail with a clear model-unavailable error naming the digest,
+    and digits' job is served.
+
+    Catches: the SHA-256 comparison in ArtifactCache._download turned into a size check (the
+    tampered weights would load and serve)."""
+    import hashlib
+
+    from inferq.core.artifacts import blob_key, open_store
+
+    name, weights = new_name(), saved(tmp_path / "w.safetensors", seed=14)
+    added = cli(settings, "models", "add", name, "--handler", HANDLER,
+                "--weights", str(weights), "--activate")  # fmt: skip
+    assert added.exit_code == 0, added.output
+    sha256 = hashlib.sha256(weights.read_bytes()).hexdigest()
+    blob = Path(open_store(settings).uri.removeprefix("file://")) / blob_key(sha256)
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0x01  # the last byte of the last tensor: the header still parses
+    blob.write_bytes(bytes(data))
+    ours = alice.post("/v1/jobs", {"model": name, "input": tabular.EXAMPLES[0]}).get_json()["id"]
+    pixels = {"pixels": [0] * 64}
+    digits = alice.post("/v1/jobs", {"model": "digits", "input": pixels}).get_json()["id"]
+
+    run_batch(ctx, [ours, digits])
+
+    failed = alice.get(f"/v1/jobs/{ours}").get_json()
+    assert failed["status"] == "failed" and failed["error"]["type"] == "model-unavailable"
+    message = failed["error"]["message"]
+    assert "damaged" in message and f"expected sha256 {sha256}" in message, message
+    assert alice.get(f"/v1/jobs/{digits}").get_json()["status"] == "succeeded"
+    assert not (settings.artifact_cache_path / "blobs" / sha256).exists()  # never cached
+
+
 def test_a_model_in_s3_registers_and_serves(
     settings: Settings, digits_version: int, alice: Caller, s3_endpoint: str, tmp_path: Path
 ) -> None:
