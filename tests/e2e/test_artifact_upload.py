@@ -167,7 +167,9 @@ def test_nginx_refuses_an_artifact_over_its_limit_with_a_413_problem(
 
         assert answer.status_code == 413, answer.text
         assert answer.headers["Content-Type"] == "application/problem+json"
-        assert answer.json()["detail"] == f"The artifact is larger than {NGINX_ARTIFACT_LIMIT} bytes."
+        assert (
+            answer.json()["detail"] == f"The artifact is larger than {NGINX_ARTIFACT_LIMIT} bytes."
+        )
     assert proxied.versions(name) == []
 
 
