@@ -148,9 +148,9 @@ def test_nginx_refuses_an_artifact_over_its_limit_with_a_413_problem(
     then nginx answers 413 application/problem+json naming its limit, and the model has no
     version.
 
-    Catches: the upload location without its own client_max_body_size (nginx would pass the
-    upload to the node, which takes it: 201), or without the error_page to its problem
-    (nginx's HTML 413 page)."""
+    Catches: the upload location's limit lifted (client_max_body_size 0: nginx passes the
+    upload on to the node, which takes it: 201), or the location without its error_page to
+    the problem (nginx's HTML 413 page)."""
     name = proxied.new_model()
     weights = tmp_path / "big.safetensors"
     write_weights(weights, 4 * NGINX_ARTIFACT_LIMIT)
