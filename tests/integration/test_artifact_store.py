@@ -177,6 +177,35 @@ def test_a_damaged_or_missing_blob_in_the_store_is_an_artifact_error(
     assert not list((tmp_path / "cache").glob("blobs/.fetch-*"))  # nothing half-written is kept
 
 
+def test_a_tree_another_worker_assembled_first_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers sharing one cache (compose's artifact-cache volume, `inferq up`'s workers) may
+    assemble the same directory artifact at once; the one that comes second uses the first's.
+
+    Catches: the second rename's error (the tree is there, not empty) failing the fetch."""
+    import workers.artifact_cache as cache_module
+
+    store = FileStore(tmp_path / "store")
+    artifact = store.ingest_path(model_dir(tmp_path / "m"))
+    other = cache_for(store, tmp_path / "cache")
+    real = cache_module.tempfile.mkdtemp
+
+    def meanwhile(**kwargs: object) -> str:  # the other worker finishes its tree right now
+        monkeypatch.setattr(cache_module.tempfile, "mkdtemp", real)
+        other.fetch(artifact)
+        return real(**kwargs)  # type: ignore[arg-type]
+
+    for entry in artifact.files:  # this worker has the blobs, not yet the tree
+        cache_for(store, tmp_path / "cache")._ensure_blob(store, entry)
+    monkeypatch.setattr(cache_module.tempfile, "mkdtemp", meanwhile)
+
+    path, _ = cache_for(store, tmp_path / "cache").fetch(artifact)
+
+    assert (path / "tokenizer" / "vocab.txt").read_text() == "a\nb\n"
+    assert [p.name for p in (tmp_path / "cache").iterdir() if p.name.startswith(".tree-")] == []
+
+
 def test_the_cache_keeps_under_its_size_evicting_the_least_recently_used(tmp_path: Path) -> None:
     """Catches: a cache that grows without bound, or evicts what a worker serves."""
     store = FileStore(tmp_path / "store")
