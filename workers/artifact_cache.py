@@ -126,7 +126,12 @@ class ArtifactCache:
                 except OSError:  # a filesystem without hard links
                     shutil.copyfile(self._blob(entry.sha256), target)
             tree.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging, tree)
+            try:
+                os.replace(staging, tree)
+            except OSError:
+                if not tree.is_dir():
+                    raise
+                # another worker sharing this cache assembled the same tree first
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return tree

@@ -3,7 +3,8 @@
 It loads the weights as a worker would, then checks what serving relies on: every example
 fits the input schema; ``prepare`` takes it; ``predict`` gives one JSON output per input;
 a batch gives the same outputs as the same inputs one by one (within a tolerance: batched
-kernels may round differently); and it times each batch size up to the model's largest.
+kernels may round differently); and it times batch sizes from 1 to the model's largest
+(powers of two, and the largest itself), failing a size whose batch raises or miscounts.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ def run_check(
     report.outputs = singles
     _compare_batch(handler, prepared, singles, report)
     largest = max_batch or int(handler.config.get("max_batch_size") or 64)
-    report.timings = _timings(handler, prepared, largest)
+    _timings(handler, prepared, largest, report)
     return report
 
 
@@ -193,25 +194,42 @@ def _compare_batch(
     )
 
 
-def _timings(handler: Any, prepared: list[Any], largest: int) -> dict[int, float]:
+def batch_sizes(largest: int) -> list[int]:
+    """The batch sizes timed: the powers of two up to ``largest``, and ``largest`` itself
+    (1, 2, 4, 8, 16, 32, 50 for 50). Every size from 1 would take ``largest`` times
+    TIME_PER_SIZE_S; these show the curve and end at the batch a worker will run."""
     sizes, size = [], 1
-    while size <= largest:
+    while size < largest:
         sizes.append(size)
         size *= 2
-    timings = {}
-    for size in sizes:
+    return [*sizes, max(largest, 1)]
+
+
+def _timings(handler: Any, prepared: list[Any], largest: int, report: CheckReport) -> None:
+    for size in batch_sizes(largest):
         batch = [prepared[i % len(prepared)] for i in range(size)]
-        handler.predict(batch)  # warm this shape up
-        samples: list[float] = []
-        deadline = time.perf_counter() + TIME_PER_SIZE_S
-        while time.perf_counter() < deadline or len(samples) < 3:
-            started = time.perf_counter()
-            handler.predict(batch)
-            samples.append((time.perf_counter() - started) * 1000)
-            if len(samples) >= 50:
-                break
-        timings[size] = round(statistics.median(samples), 3)
-    return timings
+        try:
+            outputs = handler.predict(batch)  # warms this shape up
+            if not isinstance(outputs, list) or len(outputs) != size:
+                report.failures.append(f"a batch of {size} gave {_count(outputs)} outputs")
+                return
+            report.timings[size] = _time(handler, batch)
+        except Exception as exc:
+            report.failures.append(f"predict(batch of {size}): {type(exc).__name__}: {exc}")
+            return
+
+
+def _time(handler: Any, batch: list[Any]) -> float:
+    """Median milliseconds of ``handler.predict(batch)`` over up to TIME_PER_SIZE_S."""
+    samples: list[float] = []
+    deadline = time.perf_counter() + TIME_PER_SIZE_S
+    while time.perf_counter() < deadline or len(samples) < 3:
+        started = time.perf_counter()
+        handler.predict(batch)
+        samples.append((time.perf_counter() - started) * 1000)
+        if len(samples) >= 50:
+            break
+    return round(statistics.median(samples), 3)
 
 
 def close(a: Any, b: Any) -> bool:

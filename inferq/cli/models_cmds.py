@@ -221,7 +221,8 @@ def describe(handler: str, config_json: str) -> None:
 @click.option("--example", "example", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Inputs: one JSON object, a JSON list, or JSON lines.")  # fmt: skip
 @click.option("--config", "config_json", default="{}", help="The model's config as JSON.")
-@click.option("--max-batch", type=int, default=None, help="Largest batch timed (default: config).")
+@click.option("--max-batch", type=click.IntRange(min=1), default=None,
+              help="Largest batch timed (default: config).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @reports_errors
 def check(handler: str, weights: str, example: str, config_json: str, max_batch: int | None,
@@ -229,7 +230,8 @@ def check(handler: str, weights: str, example: str, config_json: str, max_batch:
     """Try HANDLER with WEIGHTS on the example inputs, in this process, before serving it.
 
     Checks that the examples fit the input schema, that outputs are JSON and one per input,
-    and that a batch gives what the same inputs give one by one; times batch sizes 1..max.
+    and that a batch gives what the same inputs give one by one; times batch sizes 1..max
+    (powers of two, and max itself).
     """
     from inferq.cli.model_check import run_check
 

@@ -216,3 +216,55 @@ def test_metrics_are_not_served_through_nginx(nodes, run_nginx) -> None:
     assert answer.status_code == 404
     assert answer.headers["Content-Type"] == "application/problem+json"
     assert nodes[0].seen == []
+
+
+class Receiver(BaseHTTPRequestHandler):
+    """Notes each request as soon as its head arrives, before reading its body."""
+
+    def do_POST(self) -> None:
+        self.server.heads.set()  # type: ignore[attr-defined]
+        length = int(self.headers.get("Content-Length") or 0)
+        received = len(self.rfile.read(length))
+        body = json.dumps({"received": received}).encode()
+        self.send_response(201)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_an_artifact_upload_streams_through_nginx_to_the_node(nodes, run_nginx) -> None:
+    """Given nginx in front of a node, when a client has sent the head of an artifact upload
+    and a quarter of its 1 MiB body, then the node already has the request; once the client
+    sends the rest, the node answers for the whole body.
+
+    Catches: proxy_request_buffering on in the upload location (nginx would spool the whole
+    artifact to its own disk, a second copy of gigabytes, before the node saw a byte)."""
+    import socket
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Receiver)
+    server.daemon_threads = True
+    server.heads = threading.Event()  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    nodes.append(server)
+    proxy = run_nginx([server.server_port], max_artifact_bytes=4 * 2**20)
+    size = 2**20
+    host, port = proxy.url.removeprefix("http://").split(":")
+    head = (
+        f"POST /v1/models/m/versions HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n"
+        "Content-Type: application/octet-stream\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(head + b"\0" * (size // 4))
+
+        assert server.heads.wait(20), "nginx held the upload back from the node"  # type: ignore[attr-defined]
+
+        conn.sendall(b"\0" * (size - size // 4))
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 201")
+    assert json.loads(answer.partition(b"\r\n\r\n")[2]) == {"received": size}

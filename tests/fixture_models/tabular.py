@@ -77,6 +77,22 @@ class TensorOutputHandler(TabularHandler):
             return list(self.module(torch.tensor(batch)))
 
 
+class LargeBatchFailsHandler(TabularHandler):
+    """Fine up to a batch of 4, then raises, as a model out of device memory would."""
+
+    def predict(self, batch: Sequence[list[float]]) -> list[dict[str, Any]]:
+        if len(batch) > 4:
+            raise RuntimeError(f"out of memory at a batch of {len(batch)}")
+        return super().predict(batch)
+
+
+class LargeBatchDropsHandler(TabularHandler):
+    """Answers at most 4 outputs, however large the batch."""
+
+    def predict(self, batch: Sequence[list[float]]) -> list[dict[str, Any]]:
+        return super().predict(batch)[:4]
+
+
 def weights(hidden: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
     """A state_dict of TabularNet, as a user's training would leave one."""
     torch.manual_seed(seed)

@@ -123,6 +123,37 @@ def test_a_damaged_cached_copy_is_fetched_again(store: ArtifactStore, tmp_path: 
     assert fetch_s > 0 and hashlib.sha256(again.read_bytes()).hexdigest() == artifact.sha256
 
 
+def test_a_cached_copy_with_one_byte_changed_and_the_same_size_is_fetched_again(
+    store: ArtifactStore, tmp_path: Path
+) -> None:
+    """Catches: a cached copy checked by its size instead of its SHA-256 (one flipped byte
+    keeps the size)."""
+    (tmp_path / "w").write_bytes(os.urandom(4096))
+    artifact = store.ingest_path(tmp_path / "w")
+    path, _ = cache_for(store, tmp_path / "cache").fetch(artifact)
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert path.stat().st_size == artifact.size
+    again, fetch_s = cache_for(store, tmp_path / "cache").fetch(artifact)
+    assert fetch_s > 0 and hashlib.sha256(again.read_bytes()).hexdigest() == artifact.sha256
+
+
+def test_a_blob_in_the_store_with_one_byte_changed_and_the_same_size_is_refused(
+    store: ArtifactStore, tmp_path: Path
+) -> None:
+    """Catches: a download checked by its size instead of its SHA-256."""
+    (tmp_path / "w").write_bytes(os.urandom(4096))
+    artifact = store.ingest_path(tmp_path / "w")
+    data = bytearray((tmp_path / "w").read_bytes())
+    data[-1] ^= 0x01
+    (tmp_path / "flipped").write_bytes(bytes(data))
+    store.put_file(blob_key(artifact.sha256), tmp_path / "flipped")  # tampered in place
+    with pytest.raises(ArtifactError, match=f"expected sha256 {artifact.sha256}"):
+        cache_for(store, tmp_path / "cache").fetch(artifact)
+    assert not list((tmp_path / "cache").glob("blobs/*"))  # nothing kept, not even half
+
+
 def test_a_damaged_or_missing_blob_in_the_store_is_an_artifact_error(
     store: ArtifactStore, tmp_path: Path
 ) -> None:
@@ -144,6 +175,35 @@ def test_a_damaged_or_missing_blob_in_the_store_is_an_artifact_error(
     with pytest.raises(ArtifactError):
         cache_for(store, tmp_path / "cache2").fetch(gone)
     assert not list((tmp_path / "cache").glob("blobs/.fetch-*"))  # nothing half-written is kept
+
+
+def test_a_tree_another_worker_assembled_first_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers sharing one cache (compose's artifact-cache volume, `inferq up`'s workers) may
+    assemble the same directory artifact at once; the one that comes second uses the first's.
+
+    Catches: the second rename's error (the tree is there, not empty) failing the fetch."""
+    import workers.artifact_cache as cache_module
+
+    store = FileStore(tmp_path / "store")
+    artifact = store.ingest_path(model_dir(tmp_path / "m"))
+    other = cache_for(store, tmp_path / "cache")
+    real = cache_module.tempfile.mkdtemp
+
+    def meanwhile(**kwargs: object) -> str:  # the other worker finishes its tree right now
+        monkeypatch.setattr(cache_module.tempfile, "mkdtemp", real)
+        other.fetch(artifact)
+        return real(**kwargs)  # type: ignore[arg-type]
+
+    for entry in artifact.files:  # this worker has the blobs, not yet the tree
+        cache_for(store, tmp_path / "cache")._ensure_blob(store, entry)
+    monkeypatch.setattr(cache_module.tempfile, "mkdtemp", meanwhile)
+
+    path, _ = cache_for(store, tmp_path / "cache").fetch(artifact)
+
+    assert (path / "tokenizer" / "vocab.txt").read_text() == "a\nb\n"
+    assert [p.name for p in (tmp_path / "cache").iterdir() if p.name.startswith(".tree-")] == []
 
 
 def test_the_cache_keeps_under_its_size_evicting_the_least_recently_used(tmp_path: Path) -> None:

@@ -307,6 +307,68 @@ def test_bad_uploads_are_4xx_problems_and_register_nothing(
     assert versions_of(settings, name) == []
 
 
+def _without_last_layer_bias(tensors: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in tensors.items() if k != "layers.2.bias"}
+
+
+def _with_an_extra_tensor(tensors: dict[str, Any]) -> dict[str, Any]:
+    return {**tensors, "head.weight": tensors["layers.2.weight"].clone()}
+
+
+def _saved_from_a_wrapper(tensors: dict[str, Any]) -> dict[str, Any]:
+    return {f"module.{k}": v for k, v in tensors.items()}  # DataParallel's prefix
+
+
+def _reshaped(tensors: dict[str, Any]) -> dict[str, Any]:
+    return {**tensors, "layers.2.bias": tensors["layers.2.bias"].repeat(2)}
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (_without_last_layer_bias, "missing tensor 'layers.2.bias'"),
+        (_with_an_extra_tensor, "unexpected tensor 'head.weight'"),
+        (_saved_from_a_wrapper, "missing tensor 'layers.0.bias'; missing tensor"),
+        (_reshaped, "tensor 'layers.2.bias' has shape [6], the model wants [3]"),
+    ],
+    ids=["missing", "unexpected", "prefixed", "shape"],
+)
+@pytest.mark.parametrize("form", ["file", "tar"])
+def test_tensors_that_do_not_fit_the_handler_are_a_422_over_rest_and_register_nothing(
+    settings: Settings, operator: Caller, tmp_path: Path, change: Any, says: str, form: str
+) -> None:
+    """Given a model whose handler builds TabularNet, when an operator uploads weights with a
+    tensor missing, one too many, every name prefixed, or one misshapen (one file, or a tar
+    of two shards), then the API answers 422 with a problem naming the tensor, and the model
+    has no version.
+
+    Catches: mismatches() comparing shapes only (names missing or unexpected would register
+    a version that fails only when a worker loads it), or shards checked one by one."""
+    name = new_name()
+    assert operator.post("/v1/models", {"name": name, "handler": HANDLER}).status_code == 201
+    tensors = change(tabular.weights())
+    url = f"/v1/models/{name}/versions?activate=true"
+    if form == "file":
+        save_file(tensors, str(tmp_path / "w.safetensors"))
+        body, kind = (tmp_path / "w.safetensors").read_bytes(), "application/octet-stream"
+    else:
+        keys = sorted(tensors)
+        folder = tmp_path / "dir"
+        folder.mkdir()
+        save_file({k: tensors[k] for k in keys[:2]}, str(folder / "model-1.safetensors"))
+        save_file({k: tensors[k] for k in keys[2:]}, str(folder / "model-2.safetensors"))
+        tar = io.BytesIO()
+        with tarfile.open(fileobj=tar, mode="w") as archive:
+            archive.add(folder, arcname=".")
+        body, kind = tar.getvalue(), "application/x-tar"
+
+    response = operator.http.post(url, data=body, headers=operator.headers({"Content-Type": kind}))
+
+    _problem(response, 422, says)
+    assert response.get_json()["detail"].startswith("The artifact cannot be used: the weights do")
+    assert versions_of(settings, name) == []
+
+
 def test_an_upload_over_the_limit_is_413(
     settings: Settings, digits_version: int, operator_key: str, tmp_path: Path
 ) -> None:
@@ -367,6 +429,43 @@ def test_a_missing_artifact_fails_its_versions_jobs_and_the_worker_serves_the_re
     assert failed["status"] == "failed" and failed["error"]["type"] == "model-unavailable"
     assert "has nothing at" in failed["error"]["message"]
     assert served["status"] == "succeeded"
+
+
+def test_a_tampered_artifact_of_the_same_size_fails_its_jobs_and_the_worker_serves_the_rest(
+    settings: Settings, ctx: WorkerContext, alice: Caller, tmp_path: Path
+) -> None:
+    """Given a registered version whose blob in the store then has one byte of its weights
+    flipped (same size, still valid safetensors), when a worker serves a batch of its jobs
+    and digits', then those jobs fail with a clear model-unavailable error naming the digest,
+    and digits' job is served.
+
+    Catches: the SHA-256 comparison in ArtifactCache._download turned into a size check (the
+    tampered weights would load and serve)."""
+    import hashlib
+
+    from inferq.core.artifacts import blob_key, open_store
+
+    name, weights = new_name(), saved(tmp_path / "w.safetensors", seed=14)
+    added = cli(settings, "models", "add", name, "--handler", HANDLER,
+                "--weights", str(weights), "--activate")  # fmt: skip
+    assert added.exit_code == 0, added.output
+    sha256 = hashlib.sha256(weights.read_bytes()).hexdigest()
+    blob = Path(open_store(settings).uri.removeprefix("file://")) / blob_key(sha256)
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0x01  # the last byte of the last tensor: the header still parses
+    blob.write_bytes(bytes(data))
+    ours = alice.post("/v1/jobs", {"model": name, "input": tabular.EXAMPLES[0]}).get_json()["id"]
+    pixels = {"pixels": [0] * 64}
+    digits = alice.post("/v1/jobs", {"model": "digits", "input": pixels}).get_json()["id"]
+
+    run_batch(ctx, [ours, digits])
+
+    failed = alice.get(f"/v1/jobs/{ours}").get_json()
+    assert failed["status"] == "failed" and failed["error"]["type"] == "model-unavailable"
+    message = failed["error"]["message"]
+    assert "damaged" in message and f"expected sha256 {sha256}" in message, message
+    assert alice.get(f"/v1/jobs/{digits}").get_json()["status"] == "succeeded"
+    assert not (settings.artifact_cache_path / "blobs" / sha256).exists()  # never cached
 
 
 def test_a_model_in_s3_registers_and_serves(

@@ -238,3 +238,26 @@ def test_every_service_that_registers_or_serves_models_shares_the_artifact_volum
             for v in services[name].get("volumes", [])
         }
         assert "/var/lib/inferq/artifacts" in targets, name
+
+
+def test_every_service_that_loads_models_keeps_its_artifact_cache_on_a_volume(
+    services: dict[str, Any],
+) -> None:
+    """Catches: the worker's cache (<INFERQ_HOME>/artifact-cache) in the container's own
+    filesystem (a recreated worker would fetch and hash every model again), or a worker
+    that lost the artifact store's volume when it got the cache's."""
+    from inferq.core.settings import Settings
+
+    home = services["worker"]["environment"]["INFERQ_HOME"]
+    cache = str(Settings.of(home=home).artifact_cache_path)  # INFERQ_ARTIFACT_CACHE_DIR unset
+    assert "INFERQ_ARTIFACT_CACHE_DIR" not in services["worker"]["environment"]
+    for name in ("worker", "worker-gpu", "worker-batch", "trainer"):
+        mounted = {
+            (v["source"], v["target"]) if isinstance(v, dict) else tuple(str(v).split(":")[:2])
+            for v in services[name].get("volumes", [])
+        }
+        assert ("artifact-cache", cache) in mounted, name
+        assert ("artifacts", "/var/lib/inferq/artifacts") in mounted, name
+    # a new named volume takes the owner of the image's directory: the worker's user
+    made = re.search(r"install -d -o inferq -g inferq (.+)$", DOCKERFILE.read_text(), re.M)
+    assert made is not None and cache in made.group(1).split()

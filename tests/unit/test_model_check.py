@@ -31,6 +31,55 @@ def test_a_sound_model_passes_every_check_and_is_timed(files: tuple[Path, Path])
     assert report.outputs[0]["label"] in (0, 1, 2)
 
 
+def test_every_batch_size_up_to_the_largest_is_covered_and_the_largest_is_timed(
+    files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Catches: timing powers of two only (with --max-batch 50, the batch a worker runs,
+    50, was never timed)."""
+    import inferq.cli.model_check as model_check
+
+    monkeypatch.setattr(model_check, "TIME_PER_SIZE_S", 0.001)
+    report = run_check(f"{MODULE}:TabularHandler", *files, {}, max_batch=50)
+    assert report.ok, report.text()
+    assert list(report.timings) == [1, 2, 4, 8, 16, 32, 50]
+    assert model_check.batch_sizes(1) == [1] and model_check.batch_sizes(3) == [1, 2, 3]
+    default = run_check(f"{MODULE}:TabularHandler", *files, {"max_batch_size": 5})
+    assert list(default.timings) == [1, 2, 4, 5]  # the model's config, when not given
+
+
+@pytest.mark.parametrize(
+    ("handler", "says"),
+    [
+        ("LargeBatchFailsHandler", "predict(batch of 8): RuntimeError: out of memory at a batch"),
+        ("LargeBatchDropsHandler", "a batch of 8 gave 4 outputs"),
+    ],
+)
+def test_a_batch_size_that_raises_or_miscounts_while_timed_is_a_failure_line(
+    files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, handler: str, says: str
+) -> None:
+    """Given a handler that is right for the two examples but raises (or drops outputs) at
+    a batch of 8, when the check times sizes up to 16, then it reports that size as a
+    failure, keeps the timings of the sizes before it, and the command exits 1.
+
+    Catches: an exception from predict while timing escaping run_check (a traceback instead
+    of a report), or timed batches whose output count is not checked."""
+    import inferq.cli.model_check as model_check
+
+    monkeypatch.setattr(model_check, "TIME_PER_SIZE_S", 0.001)
+    report = run_check(f"{MODULE}:{handler}", *files, {}, max_batch=16)
+    (failure,) = report.failures
+    assert failure.startswith(says), failure
+    assert list(report.timings) == [1, 2, 4]
+    weights, examples = files
+    result = CliRunner().invoke(
+        main,
+        ["models", "check", f"{MODULE}:{handler}", "--weights", str(weights),
+         "--example", str(examples), "--max-batch", "16"],
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert f"  FAIL  {says}" in result.stdout
+
+
 @pytest.mark.parametrize(
     ("handler", "says"),
     [
@@ -95,6 +144,36 @@ def test_init_writes_a_model_that_checks_and_whose_test_passes(
     again = runner.invoke(main, ["init", "sentiment", "--dir", str(tmp_path)])
     assert again.exit_code == 1 and "not overwriting" in again.stderr
     sys.modules.pop("sentiment_model", None)
+
+
+def test_the_test_init_writes_passes_when_pytest_runs_it(tmp_path: Path) -> None:
+    """Given `inferq init sentiment` run in an empty directory, when the user runs pytest on
+    the test it wrote, as its docstring says, then that test passes.
+
+    Catches: a scaffolded test that does not run as written (a wrong file name or command
+    in the template, or a scaffolded model whose check fails)."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+    }
+    made = subprocess.run(
+        [sys.executable, "-m", "inferq", "init", "sentiment"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+
+    ran = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+         "test_sentiment_model.py"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-2000:]
+    assert "1 passed" in ran.stdout
 
 
 def test_check_exits_non_zero_when_a_check_fails(files: tuple[Path, Path]) -> None:
