@@ -201,3 +201,12 @@ def test_a_torch_already_installed_is_kept(clone: Path, tmp_path: Path, installe
     calls = (env / "calls").read_text().splitlines()
     assert not any("torch==" in call for call in calls)
     assert "-m pip install -e .[dev]" in calls
+
+
+def test_every_script_runs_where_only_python3_exists() -> None:
+    """Debian has no `python` outside a virtualenv. Mutation tried: scripts/gpu-check back on
+    `#!/usr/bin/env python` (fails)."""
+    for script in sorted((ROOT / "scripts").iterdir()):
+        first = script.read_text().splitlines()[0]
+        if first.startswith("#!"):
+            assert first in ("#!/usr/bin/env bash", "#!/usr/bin/env python3"), script.name
