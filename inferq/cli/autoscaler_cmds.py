@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
 
 import click
 
 from inferq.cli.common import db_session, info, load_settings, reports_errors
+from inferq.cli.service_cmds import METRICS_PORT_HELP
 from inferq.core.instance import check_at_start
 from inferq.core.logs import configure
 
@@ -48,6 +51,14 @@ BACKENDS = ["auto", "local", "compose", "kubernetes", "dry-run"]
 @click.option("--k8s-namespace", default=None, help="kubernetes: default, this pod's.")
 @click.option("--k8s-deployment", default=None, help="kubernetes: the Deployment scaled.")
 @click.option("--grace", type=int, default=None, help="compose: seconds to drain before SIGKILL.")
+@click.option("--metrics-port", type=int, default=None, help=METRICS_PORT_HELP)
+@click.option(
+    "--metrics-targets",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="local: give each worker a metrics port and list them in this Prometheus file_sd "
+    "file (inferq up passes its INFERQ_HOME/prometheus-targets.json).",
+)
 @reports_errors
 def autoscaler(backend: str | None, lanes: str | None, min_workers: int | None,
                max_workers: int | None, target_wait: float | None, poll: float | None,
@@ -55,7 +66,8 @@ def autoscaler(backend: str | None, lanes: str | None, min_workers: int | None,
                max_step: int | None, activation: int | None, docker_url: str | None,
                compose_project: str | None, compose_service: str | None,
                k8s_namespace: str | None, k8s_deployment: str | None,
-               grace: int | None) -> None:  # fmt: skip
+               grace: int | None, metrics_port: int | None,
+               metrics_targets: Path | None) -> None:  # fmt: skip
     """Scale the workers on queue depth and arrival rate (run exactly one).
 
     Every option defaults to its INFERQ_AUTOSCALER_* setting (README: Settings); a flag
@@ -73,6 +85,7 @@ def autoscaler(backend: str | None, lanes: str | None, min_workers: int | None,
         autoscaler_docker_url=docker_url, autoscaler_compose_project=compose_project,
         autoscaler_compose_service=compose_service, autoscaler_k8s_namespace=k8s_namespace,
         autoscaler_k8s_deployment=k8s_deployment, autoscaler_grace_s=grace,
+        metrics_port=metrics_port,
     )  # fmt: skip
     configure(settings.log_level)
     check_at_start(settings)  # never a Redis of another stack
@@ -84,7 +97,7 @@ def autoscaler(backend: str | None, lanes: str | None, min_workers: int | None,
     run_autoscaler(
         settings,
         policy,
-        BackendOptions.from_settings(scaling),
+        dataclasses.replace(BackendOptions.from_settings(scaling), metrics_targets=metrics_targets),
         scaling.autoscaler_poll_s,
         scaling.autoscaler_window_s,
     )

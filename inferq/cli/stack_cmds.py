@@ -64,15 +64,18 @@ def up(
     paths = stack.StackPaths(settings.home.resolve())
     url = f"http://127.0.0.1:{settings.local.port}"
     budget = stack.connection_budget(settings)
-    sys.exit(stack.run(settings, on_ready=lambda: _say_ready(url, paths, budget)))
+    program = stack.example_program(settings)
+    sys.exit(stack.run(settings, on_ready=lambda: _say_ready(url, paths, budget, program)))
 
 
-def _say_ready(url: str, paths: StackPaths, budget: str) -> None:
+def _say_ready(url: str, paths: StackPaths, budget: str, program: str) -> None:
+    """The banner: where the stack is, a command to try, and how to look after it
+    (``program``: one that supervisord runs, as supervisorctl names it)."""
     info(f"\ninferq is up at {url}")
     info(f"  API key:  {paths.api_key}")
     info("  try:      inferq submit --model digits --example --wait")
     info(f"  logs:     {paths.logs}/")
-    info(f"  status:   supervisorctl -c {paths.conf} status   (then e.g. restart workers:worker-1)")
+    info(f"  status:   supervisorctl -c {paths.conf} status   (then e.g. restart {program})")
     if paths.nginx_paths.conf.exists():
         info(
             f"  nginx:    {paths.nginx_paths.conf} (JSON access log {paths.nginx_paths.access_log})"

@@ -523,11 +523,7 @@ class Settings:
     def require_database_url(self) -> str:
         """The database URL, or a clear error when it is not configured."""
         if not self.database_url:
-            raise ConfigError(
-                f"INFERQ_DATABASE_URL is not set and no `inferq up` runs from {self.home} "
-                "(INFERQ_HOME): start one there, or point INFERQ_HOME at the directory it "
-                "runs from, or set INFERQ_DATABASE_URL"
-            )
+            raise self._nothing_running("INFERQ_DATABASE_URL")
         return self.database_url
 
     def require_direct_database_url(self) -> str:
@@ -538,12 +534,18 @@ class Settings:
     def require_broker_url(self) -> str:
         """The broker URL, or a clear error when it is not configured."""
         if not self.broker_url:
-            raise ConfigError(
-                f"INFERQ_BROKER_URL is not set and no `inferq up` runs from {self.home} "
-                "(INFERQ_HOME): start one there, or point INFERQ_HOME at the directory it "
-                "runs from, or set INFERQ_BROKER_URL"
-            )
+            raise self._nothing_running("INFERQ_BROKER_URL")
         return self.broker_url
+
+    def _nothing_running(self, variable: str) -> ConfigError:
+        """The error of a command that needs ``variable`` where it is unset and no ``inferq
+        up`` runs from the home (absolute, and the files that would have told)."""
+        home = Path(self.home).resolve()
+        return ConfigError(
+            f"{variable} is not set and no `inferq up` runs from {home} (INFERQ_HOME; looked "
+            f"for {home / 'up.json'} and the {home / 'services.json'} it keeps): start one "
+            f"there, or point INFERQ_HOME at the directory it runs from, or set {variable}"
+        )
 
     @property
     def artifact_cache_path(self) -> Path:

@@ -1,15 +1,18 @@
-"""Prometheus metrics ports for ``inferq up``: one per worker and for the scheduler, and a
-file_sd file naming every ``/metrics`` of the stack.
+"""Prometheus metrics ports for ``inferq up``: one per worker, for the scheduler and for the
+autoscaler, and a file_sd file naming every ``/metrics`` of the stack.
 
-API nodes serve ``/metrics`` on their own port; workers and the scheduler get a free
-loopback port each (``--metrics-port``), and ``INFERQ_HOME/prometheus-targets.json`` lists
-them all for a Prometheus on this host (``file_sd_configs``).
+API nodes serve ``/metrics`` on their own port; workers, the scheduler and the autoscaler get
+a free loopback port each (``--metrics-port``), and ``INFERQ_HOME/prometheus-targets.json``
+lists them all for a Prometheus on this host (``file_sd_configs``). The workers that the
+autoscaler starts and stops come and go: it keeps a group of its own in that file up to date
+(``--metrics-targets``, :func:`set_group`), which Prometheus reads again when it changes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -17,20 +20,26 @@ from inferq.local.embedded import free_port
 from inferq.local.supervise import Program
 
 #: Commands that serve metrics on a port of their own, and the scrape job of each.
-JOBS = {"worker": "inferq-workers", "beat": "inferq-scheduler"}
+JOBS = {"worker": "inferq-workers", "beat": "inferq-scheduler", "autoscaler": "inferq-autoscaler"}
+#: The scrape job of the workers an autoscaler starts: the same as the fixed workers'.
+AUTOSCALED_JOB = JOBS["worker"]
 
 
 def assign_ports(
-    progs: Sequence[Program], launcher: Sequence[str]
+    progs: Sequence[Program], launcher: Sequence[str], targets: Path | None = None
 ) -> tuple[list[Program], dict[str, int]]:
-    """``progs`` with ``--metrics-port`` given to each worker and the scheduler, and the port
-    each of those programs got (by program name)."""
+    """``progs`` with ``--metrics-port`` given to each worker, the scheduler and the
+    autoscaler, and the port each of those programs got (by program name). The autoscaler
+    is also told to list the workers it starts in ``targets`` (``--metrics-targets``)."""
     ports: dict[str, int] = {}
     out = []
     for program in progs:
-        if command_of(program, launcher) in JOBS:
+        command = command_of(program, launcher)
+        if command in JOBS:
             ports[program.name] = free_port()
             argv = (*program.argv, "--metrics-port", str(ports[program.name]))
+            if command == "autoscaler" and targets is not None:
+                argv += ("--metrics-targets", str(targets))
             program = dataclasses.replace(program, argv=argv)
         out.append(program)
     return out, ports
@@ -61,3 +70,20 @@ def write_targets(
             groups.setdefault(job, []).append(f"127.0.0.1:{ports[program.name]}")
     document = [{"targets": targets, "labels": {"job": job}} for job, targets in groups.items()]
     path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def set_group(path: Path, labels: Mapping[str, str], targets: Iterable[str]) -> None:
+    """Make the group of ``path`` labelled ``labels`` hold ``targets`` (none: no group), the
+    other groups as they are. The file is replaced whole, so Prometheus never reads half
+    of it."""
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError):
+        document = []
+    kept = [group for group in document if group.get("labels") != dict(labels)]
+    wanted = sorted(targets)
+    if wanted:
+        kept.append({"targets": wanted, "labels": dict(labels)})
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(json.dumps(kept, indent=2) + "\n")
+    os.replace(partial, path)

@@ -129,6 +129,14 @@ def programs(
     return [*workers, beat, *api_programs(settings, launcher, front)]
 
 
+def example_program(settings: Settings) -> str:
+    """A program the stack runs, named as supervisorctl names it (``group:name``), for the
+    banner's hint: the first online worker, else the autoscaler (``--autoscale``), else the
+    first other worker (``--workers 0``)."""
+    first = programs(settings)[0]
+    return f"{first.group}:{first.name}" if first.group else first.name
+
+
 def connection_budget(settings: Settings) -> str:
     """The most Postgres connections this stack's processes open, and where they come from
     (the banner's line; the same sum as ``inferq db connections``)."""
@@ -256,7 +264,10 @@ def run(settings: Settings, on_ready: Callable[[], None] = lambda: None) -> int:
     services: list[EmbeddedService] = []
     supervisor: subprocess.Popen[bytes] | None = None
     front = plan_front(settings, paths)
-    progs, metrics_ports = scrape_targets.assign_ports(programs(settings, front=front), LAUNCHER)
+    targets = paths.home / "prometheus-targets.json"
+    progs, metrics_ports = scrape_targets.assign_ports(
+        programs(settings, front=front), LAUNCHER, targets
+    )
     _on_stop_signals(_raise_stopped)
     try:
         # claim() found no live `inferq up` here, so a supervisord or nginx still running from
@@ -278,7 +289,6 @@ def run(settings: Settings, on_ready: Callable[[], None] = lambda: None) -> int:
         write_services(paths, settings)
         prepare(settings, paths)
         api_ports = front.node_ports if front is not None else (settings.local.port,)
-        targets = paths.home / "prometheus-targets.json"
         scrape_targets.write_targets(targets, api_ports, progs, metrics_ports, LAUNCHER)
         if redis is not None:
             progs = [redis_program(redis), *progs]

@@ -39,6 +39,8 @@ class BackendOptions:
     k8s_namespace: str | None = None
     k8s_deployment: str = "inferq-worker"
     grace_s: int = 60
+    #: local: a Prometheus file_sd file (``inferq up``'s) listing each worker's metrics port.
+    metrics_targets: Path | None = None
 
     @classmethod
     def from_settings(cls, scaling: AutoscalerSettings) -> BackendOptions:
@@ -70,7 +72,8 @@ def make_backend(settings: Settings, options: BackendOptions, lanes: str) -> Bac
         from scheduler.backends.local import LocalBackend
 
         prefix = "auto-" + lanes.replace(",", "-")  # one autoscaler per pool: distinct names
-        return LocalBackend(settings, settings.home / "logs", prefix=prefix, lanes=lanes)
+        logs = settings.home / "logs"
+        return LocalBackend(settings, logs, prefix, lanes, metrics_targets=options.metrics_targets)
     if kind == "dry-run":
         from scheduler.backends.dry_run import DryRunBackend
 
@@ -125,9 +128,9 @@ def run_autoscaler(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    metrics_port = int(getattr(settings, "metrics_port", 0) or 0)
-    if metrics_port:
-        start_http_server(metrics_port, getattr(settings, "metrics_host", "127.0.0.1"))
+    observability = settings.observability
+    if observability.metrics_port:
+        start_http_server(observability.metrics_port, observability.metrics_host)
     log.info("autoscaling %s with the %s backend: %s", scaler.pool, backend.name, policy)
     try:
         scaler.run(stop)

@@ -6,9 +6,11 @@ import json
 import os
 import shlex
 import signal
+import stat
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,7 +92,10 @@ def up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path]]:
 @pytest.mark.e2e
 @pytest.mark.timeout(600)
 def test_up_serves_a_digit_and_down_leaves_nothing_running(up: tuple) -> None:
-    """Also ``--autoscale``: down drains the autoscaler's workers too (they are in `started`)."""
+    """Also ``--autoscale``: down drains the autoscaler's workers too (they are in `started`),
+    and the autoscaler and its workers serve metrics where the targets file says. Mutation
+    tried: the autoscaler looking up `getattr(settings, "metrics_port")` again, which is
+    never there (fails: its target refuses the connection)."""
     process, home, stderr = up
     env = bare_env(home)
 
@@ -126,6 +131,13 @@ def test_up_serves_a_digit_and_down_leaves_nothing_running(up: tuple) -> None:
     assert any("worker" in " ".join(p.cmdline()) for p in started if p.is_running())
     label = job["output"]["label"]
     assert isinstance(label, int) and 0 <= label <= 9
+    # and the database's address is kept for the CLI readable by its owner alone
+    assert stat.S_IMODE((home / "services.json").stat().st_mode) == 0o600
+    # and every process serves metrics where the targets file says: the autoscaler and the
+    # worker it started too (before: neither had a port, nor a target)
+    metrics = scrape_every_target(home / "prometheus-targets.json")
+    assert "inferq_autoscaler_workers" in metrics["inferq-autoscaler"], metrics
+    assert 'inferq_worker_jobs_total{model="digits",status="succeeded"}' in metrics["auto-online"]
 
     # When `inferq down` runs, then `up` exits cleanly and nothing it started is left
     down = subprocess.run(
@@ -143,3 +155,27 @@ def names(processes: list[psutil.Process]) -> set[str]:
         text = " ".join([process.name(), *process.cmdline()])
         found |= {name for name in ("supervisord", "redis-server", "postgres") if name in text}
     return found
+
+
+def scrape_every_target(path: Path) -> dict[str, str]:
+    """Every ``/metrics`` the targets file names, read; by scrape job (an autoscaler's
+    workers by their pool), the bodies of a group's targets joined. Only the online lane
+    counts for "up": the other lanes' workers may still be starting."""
+    bodies: dict[str, str] = {}
+    for group in json.loads(path.read_text()):
+        key = group["labels"].get("pool", group["labels"]["job"])
+        for target in group["targets"]:
+            bodies[key] = bodies.get(key, "") + scrape(f"http://{target}/metrics", key)
+    return bodies
+
+
+def scrape(url: str, what: str, timeout: float = 90.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as answer:
+                return str(answer.read().decode())
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                pytest.fail(f"{what} at {url}: {exc}")
+            time.sleep(0.5)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from inferq.cli import main
@@ -42,11 +43,18 @@ def test_a_client_command_with_nothing_running_says_what_it_looked_for(tmp_path:
     assert "INFERQ_URL" in err and "INFERQ_API_KEY" in err
 
 
-def test_an_admin_command_with_nothing_running_says_what_it_looked_for(tmp_path: Path) -> None:
-    env = {"INFERQ_HOME": str(tmp_path / "elsewhere"), "INFERQ_DATABASE_URL": ""}
+def test_an_admin_command_with_nothing_running_says_what_it_looked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With INFERQ_HOME relative, as a newcomer sets it. Catches: the home printed as given
+    (`runs from elsewhere`, relative to who knows where) and no file named."""
+    monkeypatch.chdir(tmp_path)
+    env = {"INFERQ_HOME": "elsewhere", "INFERQ_DATABASE_URL": ""}
     code, _, err = invoke(env, "keys", "list")
     assert code == 1
-    assert "INFERQ_HOME" in err and str(tmp_path / "elsewhere") in err, err
+    home = tmp_path.resolve() / "elsewhere"
+    assert f"runs from {home} (INFERQ_HOME" in err, err
+    assert str(home / "up.json") in err and str(home / "services.json") in err, err
     assert "INFERQ_DATABASE_URL" in err
 
 

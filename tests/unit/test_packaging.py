@@ -19,7 +19,22 @@ NOT_SOURCE = (
     "__pycache__",
     "*_cache",
     "node_modules",
+    ".venv",  # what scripts/setup makes: torch and all, copied twice through lib64 -> lib
+    "test-artifacts",
 )
+
+
+def test_what_git_ignores_is_not_copied_as_source() -> None:
+    """Catches: a directory that scripts/setup or the tests make in the checkout (`.venv`)
+    copied whole before every wheel build. Mutation tried: `.venv` out of NOT_SOURCE (fails)."""
+    ignored = [
+        line.strip("/")
+        for line in (ROOT / ".gitignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert ".venv" in ignored
+    for name in ignored:
+        assert shutil.ignore_patterns(*NOT_SOURCE)(str(ROOT), [name]), name
 
 
 def test_a_wheel_install_renders_nginx_and_finds_its_migrations(tmp_path: Path) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 from supervisor.datatypes import RestartUnconditionally
 from supervisor.options import ClientOptions, ServerOptions
 
+from inferq.cli.stack_cmds import _say_ready
 from inferq.core.errors import ConfigError
 from inferq.core.settings import Settings
 from inferq.local.embedded import RedisPlan
@@ -21,12 +24,15 @@ from inferq.local.stack import (
     StackPaths,
     claim,
     down,
+    example_program,
     instance_id,
     programs,
     read_running,
     ready_scope,
     redis_program,
     release,
+    running_services,
+    write_services,
 )
 from inferq.local.supervise import stop_timeout, supervisord_conf
 from tests.unit.deploy_checks import CONSUMED_LANES, lanes_consumed
@@ -247,3 +253,48 @@ def test_a_home_keeps_its_instance_id(tmp_path: Path) -> None:
     first = instance_id(StackPaths(tmp_path / "a"))
     assert instance_id(StackPaths(tmp_path / "a")) == first
     assert instance_id(StackPaths(tmp_path / "b")) != first
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{}, {"workers": 0}, {"workers": 0, "batch_workers": 0}, {"autoscale": "1:4"}],
+    ids=str,
+)
+def test_the_banner_names_a_program_supervisord_runs(
+    values: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Catches: a hint hard-coding `workers:worker-1`, which no stack has under
+    `--autoscale` or `--workers 0` (supervisorctl: `ERROR (no such process)`). Mutation
+    tried: `example_program` returning "workers:worker-1" again (fails for three of four)."""
+    settings = Settings.of(**values)
+    paths = StackPaths(tmp_path)
+    options = parse(paths, supervisord_conf(paths, programs(settings, launcher=LAUNCHER)))
+    # What supervisorctl accepts: group:name, and a lone program's own name
+    names = {f"{g.name}:{p.name}" for g in options.process_group_configs for p in g.process_configs}
+    names |= {g.name for g in options.process_group_configs if len(g.process_configs) == 1}
+
+    _say_ready("http://127.0.0.1:8080", paths, "90", example_program(settings))
+
+    (hint,) = re.findall(r"then e\.g\. restart (\S+)\)", capsys.readouterr().err)
+    assert hint in names
+
+
+def test_services_json_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """It may hold passwords in its URLs. Catches: a plain `write_text` (0644 under the usual
+    umask, or whatever mode a file left behind had). Mutation tried: `os.open(..., 0o644)`
+    (fails: mode 0o644)."""
+    paths = StackPaths(tmp_path)
+    paths.services_json.write_text("{}")
+    paths.services_json.chmod(0o666)  # left behind world-readable
+    url = "postgresql+psycopg2://inferq:s3cret@db.example/inferq"
+    old = os.umask(0)  # the most permissive umask there is
+    try:
+        write_services(paths, Settings.of(database_url=url, broker_url="redis://r:6379/0"))
+    finally:
+        os.umask(old)
+
+    assert stat.S_IMODE(paths.services_json.stat().st_mode) == 0o600
+    claim(paths, 8080)  # a live up here: the CLI reads the file back
+    assert running_services(tmp_path)["database_url"] == url
+    release(paths)
+    assert not paths.services_json.exists()
