@@ -19,10 +19,19 @@ from sqlalchemy.engine import Engine
 
 from api.app import create_app
 from db.engine import make_engine, make_session_factory
+from db.feedback import add_feedback
 from db.ids import new_id, time_of
+from db.jobs import get_job_view
 from db.keys import create_key, ensure_tenant
 from db.migrate import upgrade
-from db.partitions import create_partition, floor_time, partition_name, partitions
+from db.partitions import (
+    DEPENDENTS,
+    create_partition,
+    floor_time,
+    mirror,
+    partition_name,
+    partitions,
+)
 from db.training import labelled_feedback
 from inferq.core.settings import Settings
 from scheduler.retention import enforce
@@ -48,6 +57,7 @@ def own(services: Services, settings: Settings) -> Iterator[Settings]:
         while lower < made:
             create_partition(session, lower, lower + HOUR)
             lower += HOUR
+        mirror(session)  # and the same in the tables that hang off a job
     yield settings.replace(database_url=url, job_retention="6h", job_partition="1h")
     drop()
 
@@ -111,23 +121,34 @@ def add_job(
                 "batch": batch_id,
             },
         )
+        at = time_of(job_id)
         conn.execute(
             text(
-                "INSERT INTO feedback (id, job_id, tenant_id, label, correct)"
-                " VALUES (:f, :j, :t, CAST(:label AS jsonb), true)"
+                "INSERT INTO feedback (id, job_id, job_created_at, tenant_id, label, correct)"
+                " VALUES (:f, :j, :at, :t, CAST(:label AS jsonb), true)"
             ),
-            {"f": uuid.uuid4(), "j": job_id, "t": tenant, "label": json.dumps(label)},
-        )
-        conn.execute(
-            text("INSERT INTO webhooks (job_id, url) VALUES (:j, 'https://example.com/h')"),
-            {"j": job_id},
+            {"f": uuid.uuid4(), "j": job_id, "at": at, "t": tenant, "label": json.dumps(label)},
         )
         conn.execute(
             text(
-                "INSERT INTO webhook_deliveries (job_id, attempt, ok, status_code)"
-                " VALUES (:j, 1, true, 200)"
+                "INSERT INTO webhooks (job_id, job_created_at, url)"
+                " VALUES (:j, :at, 'https://example.com/h')"
             ),
-            {"j": job_id},
+            {"j": job_id, "at": at},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO webhook_deliveries (job_id, job_created_at, attempt, ok, status_code)"
+                " VALUES (:j, :at, 1, true, 200)"
+            ),
+            {"j": job_id, "at": at},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO shadow_results (job_id, job_created_at, version_id, experiment_id,"
+                " arm, status, output) VALUES (:j, :at, :v, :e, 'b', 'succeeded', '{}')"
+            ),
+            {"j": job_id, "at": at, "v": version_id, "e": uuid.uuid4()},
         )
         key_id = create_key_row(conn, tenant)
         conn.execute(
@@ -356,36 +377,81 @@ def test_the_migration_moves_existing_jobs_into_partitions(services: Services) -
                 ),
                 {"j": job_id, "t": tenant, "m": model_id, "v": version_id, "at": created},
             )
-            conn.execute(
-                text(
-                    "INSERT INTO feedback (id, job_id, tenant_id, label) VALUES (:f, :j, :t, '5')"
-                ),
-                {"f": uuid.uuid4(), "j": job_id, "t": tenant},
-            )
+            add_dependents_at_0008(conn, job_id, tenant, model_id, version_id)
         upgrade(url, job_partition_s=86_400)
         with engine.begin() as conn:
             assert conn.scalar(text("SELECT count(*) FROM jobs WHERE id = :j"), {"j": job_id}) == 1
-            assert conn.scalar(text("SELECT job_created_at FROM feedback")) == created
             where = conn.scalar(
                 text("SELECT tableoid::regclass::text FROM jobs WHERE id = :j"), {"j": job_id}
             )
             assert where == f"jobs_p{created:%Y%m%d}"
-            # A legacy (UUIDv4) job still takes feedback: the trigger finds its time.
-            conn.execute(
-                text(
-                    "INSERT INTO feedback (id, job_id, tenant_id, correct)"
-                    " VALUES (:f, :j, :t, true)"
-                ),
-                {"f": uuid.uuid4(), "j": job_id, "t": tenant},
-            )
-            assert conn.scalar(text("SELECT count(DISTINCT job_created_at) FROM feedback")) == 1
+            # Migration 0012: each dependent's row moved into its twin of that partition.
+            for table in (*DEPENDENTS, "idempotency_keys"):
+                rows = conn.execute(
+                    text(f"SELECT tableoid::regclass::text, job_created_at FROM {table}")
+                ).all()
+                home = f"{table}_p{created:%Y%m%d}" if table in DEPENDENTS else table
+                assert rows == [(home, created)], table
         engine.dispose()
         sessions = make_session_factory(make_engine(url))
-        with sessions() as session:
+        with sessions.begin() as session:
             names = [p.name for p in partitions(session)]
+            for table in DEPENDENTS:  # the same bounds as jobs'
+                twins = [p.name.replace(table, "jobs") for p in partitions(session, table)]
+                assert twins == names, table
+            # A legacy (UUIDv4) job still takes feedback, in its partition.
+            view = get_job_view(session, job_id, tenant)
+            assert view is not None and view.job.created_at == created
+            assert add_feedback(
+                session, job_id=job_id, job_created_at=created, tenant_id=tenant, correct=True
+            )
         assert names[0] == f"jobs_p{created:%Y%m%d}" and len(names) >= 6
+        with sessions() as session:
+            assert session.scalar(text("SELECT count(DISTINCT job_created_at) FROM feedback")) == 1
     finally:
         drop()
+
+
+def add_dependents_at_0008(
+    conn: Any, job_id: uuid.UUID, tenant: uuid.UUID, model_id: int, version_id: int
+) -> None:
+    """A feedback, a webhook with a delivery, an idempotency key and a shadow result on
+    ``job_id``, in the schema of migration 0008 (foreign keys, no ``job_created_at``)."""
+    conn.execute(
+        text("INSERT INTO feedback (id, job_id, tenant_id, label) VALUES (:f, :j, :t, '5')"),
+        {"f": uuid.uuid4(), "j": job_id, "t": tenant},
+    )
+    conn.execute(
+        text("INSERT INTO webhooks (job_id, url) VALUES (:j, 'https://example.com/h')"),
+        {"j": job_id},
+    )
+    conn.execute(
+        text("INSERT INTO webhook_deliveries (job_id, attempt, ok) VALUES (:j, 1, true)"),
+        {"j": job_id},
+    )
+    key_id = create_key_row(conn, tenant)
+    conn.execute(
+        text(
+            "INSERT INTO idempotency_keys (key_id, key, fingerprint, job_id)"
+            " VALUES (:k, 'k1', repeat('a', 64), :j)"
+        ),
+        {"k": key_id, "j": job_id},
+    )
+    experiment = uuid.uuid4()
+    conn.execute(
+        text(
+            "INSERT INTO experiments (id, model_id, mode, arms, policy, created_by)"
+            " VALUES (:e, :m, 'shadow', '[]', '{}', 'test')"
+        ),
+        {"e": experiment, "m": model_id},
+    )
+    conn.execute(
+        text(
+            "INSERT INTO shadow_results (job_id, version_id, experiment_id, arm, status)"
+            " VALUES (:j, :v, :e, 'b', 'succeeded')"
+        ),
+        {"j": job_id, "v": version_id, "e": experiment},
+    )
 
 
 def test_a_job_id_carries_its_creation_time() -> None:
@@ -502,7 +568,7 @@ def test_writers_never_fail_while_partitions_come_and_go(
             add_job(db, model, old + HOUR / 2)
             part = Partition(partition_name(old), old, old + HOUR)
             for _ in range(20):  # a busy table makes a retire wait for another try
-                if _retire(sessions, part, report):
+                if _retire(sessions, part.lower, part.upper, report):
                     break
     finally:
         stop.set()
