@@ -182,15 +182,37 @@ def count(db: Engine, table: str) -> int:
         return int(conn.scalar(text(f"SELECT count(*) FROM {table}")) or 0)
 
 
+def record_row_deletes(db: Engine) -> None:
+    """Note every row deleted from a table that hangs off a job in ``row_deletes``."""
+    with db.begin() as conn:
+        conn.execute(text("CREATE TABLE row_deletes (tbl text)"))
+        conn.execute(
+            text(
+                "CREATE FUNCTION note_delete() RETURNS trigger LANGUAGE plpgsql AS"
+                " $$ BEGIN INSERT INTO row_deletes VALUES (TG_TABLE_NAME); RETURN OLD; END $$"
+            )
+        )
+        for table in DEPENDENTS:  # cloned onto every partition, made now or later
+            conn.execute(
+                text(
+                    f"CREATE TRIGGER {table}_deletes AFTER DELETE ON {table}"
+                    " FOR EACH ROW EXECUTE FUNCTION note_delete()"
+                )
+            )
+
+
 def test_a_pass_drops_whole_expired_partitions_and_what_hangs_off_them(
     own: Settings, db: Engine, model: tuple[uuid.UUID, int, int]
 ) -> None:
-    """Catches: retention that deletes nothing, deletes recent jobs, or leaves orphans in
-    the tables that hang off a job."""
+    """Catches: retention that deletes nothing, deletes recent jobs, leaves orphans in the
+    tables that hang off a job, deletes their rows one by one (``DELETE FROM feedback …``
+    before the detach) instead of dropping their partitions, or leaves their partitions
+    behind; and partitions ahead made for jobs only."""
     old = [add_job(db, model, NOW - hours * HOUR) for hours in (30, 20, 10)]
     recent = [add_job(db, model, NOW - hours * HOUR) for hours in (3, 1, 0)]
     sessions = make_session_factory(make_engine(own.database_url or ""))
     before = {p.name for p in partitions(sessions())}
+    record_row_deletes(db)
 
     report = enforce(sessions, own)
 
@@ -203,10 +225,81 @@ def test_a_pass_drops_whole_expired_partitions_and_what_hangs_off_them(
         tables = [r[0] for r in conn.execute(text("SELECT tablename FROM pg_tables"))]
     assert left == set(recent) and not set(old) & left
     assert not set(report.dropped) & set(tables)  # detached and dropped, not left lying about
-    for table in ("feedback", "webhooks", "webhook_deliveries", "idempotency_keys"):
+    for table in (*DEPENDENTS, "idempotency_keys"):
         assert count(db, table) == len(recent), table
-    # Partitions ahead of now exist for the next jobs.
-    assert max(p.upper for p in partitions(sessions())) >= NOW + 3 * HOUR
+    # The dependents lost the same partitions, whole: dropped, not emptied row by row.
+    twins = {name.replace("jobs", table) for name in report.dropped for table in DEPENDENTS}
+    assert set(report.dropped_dependents) == twins
+    assert not twins & set(tables)
+    assert count(db, "row_deletes") == 0
+    # Partitions ahead of now exist for the next jobs, and for what will hang off them.
+    with sessions() as session:
+        spans = [(p.lower, p.upper) for p in partitions(session)]
+        assert max(upper for _, upper in spans) >= NOW + 3 * HOUR
+        for table in DEPENDENTS:
+            assert [(p.lower, p.upper) for p in partitions(session, table)] == spans, table
+
+
+def test_a_busy_dependent_keeps_its_partition_until_the_next_pass(
+    own: Settings, db: Engine, model: tuple[uuid.UUID, int, int]
+) -> None:
+    """Catches: a pass cut short after the partition of jobs went that never drops the
+    dependents' (they would outlive their jobs for ever), or that deletes their rows."""
+    add_job(db, model, NOW - 30 * HOUR)
+    kept = add_job(db, model, NOW - HOUR)
+    sessions = make_session_factory(make_engine(own.database_url or ""))
+    with db.begin() as conn:
+        conn.execute(text("LOCK TABLE webhooks IN ACCESS SHARE MODE"))
+        first = enforce(sessions, own)
+    # The oldest partition of jobs went, and feedback's twin; webhooks' could not.
+    assert len(first.dropped) == 1
+    old = first.dropped[0].replace("jobs", "webhooks")
+    assert first.dropped_dependents == [first.dropped[0].replace("jobs", "feedback")]
+    with sessions() as session:
+        assert old in {p.name for p in partitions(session, "webhooks")}
+
+    second = enforce(sessions, own)
+
+    assert old in second.dropped_dependents
+    with sessions() as session:
+        for table in DEPENDENTS:
+            assert not [p for p in partitions(session, table) if p.upper <= NOW - 6 * HOUR]
+    with db.connect() as conn:
+        assert conn.scalar(text("SELECT job_id FROM webhooks")) == kept
+
+
+def test_writes_for_a_job_retention_took_write_nothing(
+    own: Settings, db: Engine, model: tuple[uuid.UUID, int, int]
+) -> None:
+    """Catches: feedback, a webhook delivery or a shadow result written after the job's
+    partition went (read before it went): an insert with no partition to go to fails."""
+    from db.experiments import store_shadow_results
+    from db.webhooks import record_delivery
+
+    tenant, _, version_id = model
+    gone = add_job(db, model, NOW - 30 * HOUR)
+    sessions = make_session_factory(make_engine(own.database_url or ""))
+    assert enforce(sessions, own).dropped_dependents
+
+    with sessions.begin() as session:
+        at = time_of(gone)
+        assert at is not None
+        row = add_feedback(session, job_id=gone, job_created_at=at, tenant_id=tenant, label=1)
+        attempt = record_delivery(
+            session,
+            gone,
+            redelivery=False,
+            ok=True,
+            status_code=200,
+            error=None,
+            duration_ms=1.0,
+            final=True,
+        )
+        copy = {"job_id": str(gone), "version_id": version_id, "experiment_id": str(uuid.uuid4())}
+        stored = store_shadow_results(
+            session, [{**copy, "arm": "b", "status": "succeeded", "output": {}}], "w"
+        )
+    assert (row, attempt, stored) == (None, 0, 0)
 
 
 def test_labelled_jobs_are_kept_for_retraining_when_their_partition_goes(
@@ -576,3 +669,37 @@ def test_writers_never_fail_while_partitions_come_and_go(
             thread.join()
     assert errors == [] and written[0] > 0
     assert len(report.dropped) >= 25, report
+
+
+def test_migration_0012_goes_back_and_forth_with_the_rows(
+    own: Settings, db: Engine, model: tuple[uuid.UUID, int, int]
+) -> None:
+    """Catches: a downgrade of 0012 that loses the dependents' rows, or leaves them without
+    the trigger that fills ``job_created_at`` for 0011's writers; an upgrade that loses
+    them on the way back."""
+    from db.migrate import downgrade
+
+    job_id = add_job(db, model, NOW - 5 * HOUR)
+    url = own.database_url or ""
+    kinds = text("SELECT relkind FROM pg_class WHERE relname = :t")
+
+    downgrade(url, "0011")
+
+    with db.begin() as conn:
+        for table in DEPENDENTS:
+            assert conn.scalar(kinds, {"t": table}) == "r", table  # a plain table again
+            assert conn.scalar(text(f"SELECT job_id FROM {table}")) == job_id, table
+        conn.execute(
+            text("INSERT INTO feedback (id, job_id, tenant_id) VALUES (:f, :j, :t)"),
+            {"f": uuid.uuid4(), "j": job_id, "t": model[0]},
+        )
+        assert conn.scalar(text("SELECT count(DISTINCT job_created_at) FROM feedback")) == 1
+
+    upgrade(url)
+
+    with db.connect() as conn:
+        for table in DEPENDENTS:
+            assert conn.scalar(kinds, {"t": table}) == "p", table
+            home = conn.scalar(text(f"SELECT DISTINCT tableoid::regclass::text FROM {table}"))
+            assert home == partition_name(floor_time(NOW - 5 * HOUR, HOUR), table)
+        assert count(db, "feedback") == 2
