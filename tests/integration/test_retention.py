@@ -206,15 +206,17 @@ def test_a_pass_drops_whole_expired_partitions_and_what_hangs_off_them(
 ) -> None:
     """Catches: retention that deletes nothing, deletes recent jobs, leaves orphans in the
     tables that hang off a job, deletes their rows one by one (``DELETE FROM feedback …``
-    before the detach) instead of dropping their partitions, or leaves their partitions
-    behind; and partitions ahead made for jobs only."""
+    before the detach: checked) instead of dropping their partitions, or leaves their
+    partitions behind; and partitions ahead made for jobs only (checked: ``ensure_ahead``
+    without ``mirror``)."""
     old = [add_job(db, model, NOW - hours * HOUR) for hours in (30, 20, 10)]
     recent = [add_job(db, model, NOW - hours * HOUR) for hours in (3, 1, 0)]
     sessions = make_session_factory(make_engine(own.database_url or ""))
     before = {p.name for p in partitions(sessions())}
     record_row_deletes(db)
 
-    report = enforce(sessions, own)
+    # More ahead than the migration made: this pass makes some.
+    report = enforce(sessions, own.replace(partitions_ahead=8))
 
     after = {p.name for p in partitions(sessions())}
     assert report.dropped and set(report.dropped) == before - after
@@ -235,7 +237,8 @@ def test_a_pass_drops_whole_expired_partitions_and_what_hangs_off_them(
     # Partitions ahead of now exist for the next jobs, and for what will hang off them.
     with sessions() as session:
         spans = [(p.lower, p.upper) for p in partitions(session)]
-        assert max(upper for _, upper in spans) >= NOW + 3 * HOUR
+        assert max(upper for _, upper in spans) >= NOW + 8 * HOUR
+        assert {name.split("_p")[0] for name in report.made} == {"jobs", *DEPENDENTS}
         for table in DEPENDENTS:
             assert [(p.lower, p.upper) for p in partitions(session, table)] == spans, table
 
@@ -244,7 +247,8 @@ def test_a_busy_dependent_keeps_its_partition_until_the_next_pass(
     own: Settings, db: Engine, model: tuple[uuid.UUID, int, int]
 ) -> None:
     """Catches: a pass cut short after the partition of jobs went that never drops the
-    dependents' (they would outlive their jobs for ever), or that deletes their rows."""
+    dependents' (they would outlive their jobs for ever): checked by making
+    ``expired_spans`` read the partitions of ``jobs`` only."""
     add_job(db, model, NOW - 30 * HOUR)
     kept = add_job(db, model, NOW - HOUR)
     sessions = make_session_factory(make_engine(own.database_url or ""))
@@ -272,7 +276,9 @@ def test_writes_for_a_job_retention_took_write_nothing(
     own: Settings, db: Engine, model: tuple[uuid.UUID, int, int]
 ) -> None:
     """Catches: feedback, a webhook delivery or a shadow result written after the job's
-    partition went (read before it went): an insert with no partition to go to fails."""
+    partition went (read before it went): an insert with no partition to go to fails.
+    Checked by dropping, one at a time, the job check in ``add_feedback``, the webhook check
+    in ``record_delivery`` and the join with jobs in ``store_shadow_results``."""
     from db.experiments import store_shadow_results
     from db.webhooks import record_delivery
 
@@ -440,7 +446,9 @@ def test_a_busy_jobs_table_makes_retention_wait_for_the_next_pass(
 
 
 def test_the_migration_moves_existing_jobs_into_partitions(services: Services) -> None:
-    """Catches: a migration that loses jobs, or leaves what hangs off them unlinked."""
+    """Catches: a migration that loses jobs, or leaves what hangs off them unlinked, or
+    (0012) does not move the dependents' rows into their partitions (checked: 0012 copying
+    nothing)."""
     url, drop = create_database(services.postgres_url)
     try:
         upgrade(url, "0008")
@@ -675,8 +683,8 @@ def test_migration_0012_goes_back_and_forth_with_the_rows(
     own: Settings, db: Engine, model: tuple[uuid.UUID, int, int]
 ) -> None:
     """Catches: a downgrade of 0012 that loses the dependents' rows, or leaves them without
-    the trigger that fills ``job_created_at`` for 0011's writers; an upgrade that loses
-    them on the way back."""
+    the trigger that fills ``job_created_at`` for 0011's writers (checked by removing it);
+    an upgrade that loses them on the way back."""
     from db.migrate import downgrade
 
     job_id = add_job(db, model, NOW - 5 * HOUR)
