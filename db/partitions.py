@@ -143,10 +143,7 @@ def expired_spans(session: Session, limit: dt.datetime) -> list[tuple[dt.datetim
     """The bounds of every partition, of ``jobs`` or of a dependent, wholly before ``limit``
     (a dependent's may outlive its twin in ``jobs`` by a pass), oldest first."""
     spans = {
-        (p.lower, p.upper)
-        for table in KEYS
-        for p in partitions(session, table)
-        if p.upper <= limit
+        (p.lower, p.upper) for table in KEYS for p in partitions(session, table) if p.upper <= limit
     }
     return sorted(spans)
 

@@ -79,9 +79,7 @@ def enforce(sessions: sessionmaker[Session], settings: Settings) -> RetentionRep
             repo.set_horizon(session, report.horizon)
             report.deleted_batches = repo.delete_expired_batches(session, report.horizon, cutoff)
         expiry = now - dt.timedelta(seconds=settings.quotas.idempotency_ttl_s) - CLOCK_SLACK
-        report.deleted_idempotency_keys = purge_keys(
-            session, max(expiry, report.horizon or expiry)
-        )
+        report.deleted_idempotency_keys = purge_keys(session, max(expiry, report.horizon or expiry))
     if report.dropped or report.made:
         log.info("retention pass", extra=dataclasses.asdict(report))
     return report
@@ -106,9 +104,7 @@ def _retire(
                     continue
                 if table == "jobs":
                     report.kept_examples += repo.keep_training_examples(session, part)
-                    report.trimmed_examples += repo.trim_training_examples(
-                        session, TRAINING_WINDOW
-                    )
+                    report.trimmed_examples += repo.trim_training_examples(session, TRAINING_WINDOW)
             with sessions.begin() as session:
                 if not (repo.lock_retention(session) and part in repo.partitions(session, table)):
                     return False

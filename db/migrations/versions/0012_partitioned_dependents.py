@@ -87,7 +87,10 @@ def upgrade() -> None:
         _partition(table, dependent, spans)
 
 
-def _partition(table: str, dependent: Dependent, spans: list[tuple[dt.datetime, dt.datetime]]) -> None:
+Span = tuple[dt.datetime, dt.datetime]
+
+
+def _partition(table: str, dependent: Dependent, spans: list[Span]) -> None:
     old = f"{table}_unpartitioned"
     op.execute(f"ALTER TABLE {table} RENAME TO {old}")
     for index in (f"{table}_pkey", f"ix_{table}_job_created_at", *dependent.indexes):
@@ -141,9 +144,7 @@ def _unpartition(table: str, dependent: Dependent) -> None:
     for name, definition in dependent.foreign_keys.items():
         # NOT VALID: rows written under 0012 may name what no longer exists; new ones are
         # checked as under 0011.
-        op.execute(
-            f"ALTER TABLE {table} ADD CONSTRAINT {name} FOREIGN KEY {definition} NOT VALID"
-        )
+        op.execute(f"ALTER TABLE {table} ADD CONSTRAINT {name} FOREIGN KEY {definition} NOT VALID")
     if dependent.sequence:
         op.execute(f"ALTER SEQUENCE {dependent.sequence} OWNED BY {table}.id")
     op.execute(f"DROP TABLE {old}")  # with its partitions
