@@ -625,8 +625,9 @@ def test_making_a_partition_does_not_block_writers(
 def test_writers_never_fail_while_partitions_come_and_go(
     own: Settings, db: Engine, model: tuple[uuid.UUID, int, int]
 ) -> None:
-    """Catches: making or dropping partitions under load failing submits (a deadlock between
-    the scheduler's DDL and the writers' foreign-key checks, seen in the soak benchmark)."""
+    """Catches: making or dropping partitions (of jobs and of feedback) under load failing
+    submits or feedback (a deadlock between the scheduler's DDL and the writers'
+    foreign-key checks, seen in the soak benchmark)."""
     import threading
 
     from db.jobs import get_job_view
@@ -653,6 +654,9 @@ def test_writers_never_fail_while_partitions_come_and_go(
                          "v": version_id},
                     )  # fmt: skip
                     assert get_job_view(session, job_id, tenant) is not None
+                    at = time_of(job_id)
+                    assert at is not None
+                    assert add_feedback(session, job_id=job_id, job_created_at=at, tenant_id=tenant)
                 written[0] += 1
             except Exception as error:  # every failure is the finding
                 errors.append(repr(error))
@@ -665,6 +669,7 @@ def test_writers_never_fail_while_partitions_come_and_go(
         for step in range(30):
             with sessions.begin() as session:
                 create_partition(session, ahead + step * HOUR, ahead + (step + 1) * HOUR)
+                mirror(session)
             old = floor_time(NOW, HOUR) - (48 - step) * HOUR
             add_job(db, model, old + HOUR / 2)
             part = Partition(partition_name(old), old, old + HOUR)
