@@ -716,3 +716,23 @@ def test_migration_0012_goes_back_and_forth_with_the_rows(
             home = conn.scalar(text(f"SELECT DISTINCT tableoid::regclass::text FROM {table}"))
             assert home == partition_name(floor_time(NOW - 5 * HOUR, HOUR), table)
         assert count(db, "feedback") == 2
+
+
+def test_idempotency_keys_go_once_expired_or_once_their_job_is_gone(
+    own: Settings, db: Engine, model: tuple[uuid.UUID, int, int]
+) -> None:
+    """Catches: idempotency keys (a plain table, not partitioned) that outlive their job
+    (a retry would find the key taken and no job) or their TTL, or go while still live.
+    Checked by not calling ``purge_keys``, and by purging at the horizon only."""
+    gone = add_job(db, model, NOW - 30 * HOUR)  # its partition goes
+    stale = add_job(db, model, NOW - 3 * HOUR)  # kept, but its key is 4 h old: past the TTL
+    live = add_job(db, model, NOW)  # an hour old
+    sessions = make_session_factory(make_engine(own.database_url or ""))
+
+    report = enforce(sessions, own.replace(idempotency_ttl_s=2 * 3600))
+
+    assert report.deleted_idempotency_keys == 2
+    with db.connect() as conn:
+        keys = {row[0] for row in conn.execute(text("SELECT job_id FROM idempotency_keys"))}
+        jobs = {row[0] for row in conn.execute(text("SELECT id FROM jobs"))}
+    assert keys == {live} and jobs == {stale, live} and gone not in jobs
