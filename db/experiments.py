@@ -19,6 +19,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from db.jobs import time_window
 from db.tables import Experiment, Model
 
 
@@ -275,24 +276,34 @@ def shadow_inputs(session: Session, job_ids: Sequence[uuid.UUID]) -> list[Shadow
     return [ShadowInput(*row) for row in rows]
 
 
+# The join with jobs gives each row its partition key and drops the rows of a job retention
+# took since its input was read (its partition of shadow_results may be gone): retention
+# detaches the partition of jobs only once this statement's transaction ends, and the one of
+# shadow_results after it (db/partitions.py).
 _STORE_SHADOW = text(
     """
     INSERT INTO shadow_results
-           (job_id, version_id, experiment_id, arm, status, output, error, predict_ms, worker)
-    SELECT r.job_id, r.version_id, r.experiment_id, r.arm, r.status, r.output, r.error,
-           r.predict_ms, :worker
+           (job_id, job_created_at, version_id, experiment_id, arm, status, output, error,
+            predict_ms, worker)
+    SELECT r.job_id, j.created_at, r.version_id, r.experiment_id, r.arm, r.status, r.output,
+           r.error, r.predict_ms, :worker
       FROM jsonb_to_recordset(CAST(:rows AS jsonb))
            AS r(job_id uuid, version_id int, experiment_id uuid, arm text, status text,
                 output jsonb, error jsonb, predict_ms float8)
-    ON CONFLICT (job_id, version_id) DO NOTHING
+      JOIN jobs j ON j.id = r.job_id AND j.created_at BETWEEN :since AND :until
+    ON CONFLICT (job_id, job_created_at, version_id) DO NOTHING
     """
 )
 
 
 def store_shadow_results(session: Session, rows: Sequence[dict[str, Any]], worker: str) -> int:
-    """Insert shadow outputs in one statement; a redelivered shadow message adds nothing."""
+    """Insert shadow outputs in one statement; a redelivered shadow message adds nothing, nor
+    does the output for a job that no longer exists."""
     if not rows:
         return 0
     payload = json.dumps(rows, default=str)
-    result = session.execute(_STORE_SHADOW, {"rows": payload, "worker": worker})
+    since, until = time_window([str(row["job_id"]) for row in rows])
+    result = session.execute(
+        _STORE_SHADOW, {"rows": payload, "worker": worker, "since": since, "until": until}
+    )
     return int(result.rowcount)  # type: ignore[attr-defined]

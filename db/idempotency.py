@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import delete, func, literal_column, select, tuple_
+from sqlalchemy import delete, func, literal_column, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -56,14 +56,13 @@ def claim_key(
     return session.execute(upsert.returning(literal_column("1"))).first() is not None
 
 
-def purge_expired(session: Session, ttl_s: float, limit: int = 10_000) -> int:
-    """Delete up to ``limit`` expired records; returns how many (for a retention task)."""
-    expired = (
-        select(IdempotencyKey.key_id, IdempotencyKey.key)
-        .where(IdempotencyKey.created_at <= _cutoff(ttl_s))
-        .limit(limit)
-    )
-    result = session.execute(
-        delete(IdempotencyKey).where(tuple_(IdempotencyKey.key_id, IdempotencyKey.key).in_(expired))
-    )
-    return result.rowcount  # type: ignore[attr-defined]
+def purge_keys(session: Session, before: dt.datetime) -> int:
+    """Delete the records whose job was created before ``before`` (retention passes the
+    later of the records' expiry and the oldest job kept); returns how many.
+
+    Row by row, unlike the tables partitioned with ``jobs``: a key must stay unique over
+    all time, which a partitioned table cannot promise (db/partitions.py). A record's job
+    is made in the transaction that claims it, so ``job_created_at`` is its age too.
+    """
+    result = session.execute(delete(IdempotencyKey).where(IdempotencyKey.job_created_at < before))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -107,10 +107,16 @@ def create_job(
 def is_job(job_id: uuid.UUID) -> Any:
     """The condition that finds job ``job_id``: with the creation time its id carries, in
     the one partition that holds it; an id from before UUIDv7 looks in every partition."""
+    return of_job(Job.id, Job.created_at, job_id)
+
+
+def of_job(id_column: Any, created_column: Any, job_id: uuid.UUID) -> Any:
+    """The condition on ``(id_column, created_column)`` that finds the rows of job ``job_id``
+    in ``jobs`` or a table partitioned with it (is_job)."""
     created_at = time_of(job_id)
     if created_at is None:
-        return Job.id == job_id
-    return (Job.id == job_id) & (Job.created_at == created_at)
+        return id_column == job_id
+    return (id_column == job_id) & (created_column == created_at)
 
 
 def get_job(session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID) -> Job | None:

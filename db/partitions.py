@@ -1,15 +1,25 @@
-"""The partitions of ``jobs``, and what retention does to them: every statement in one place.
+"""The partitions of ``jobs`` and of what hangs off it, and what retention does to them:
+every statement in one place.
 
-A partition covers ``[lower, upper)`` of ``created_at``. Retention of a partition: the
-labelled jobs it holds are kept as training examples and the rows that hang off its jobs
-are deleted (plain DML, no table lock); then it is detached from ``jobs`` (an exclusive lock
-for milliseconds, bounded by ``lock_timeout``: a busy table makes it wait for the next pass,
-never for long) and dropped, which no query of ``jobs`` can see any more.
+A partition of ``jobs`` covers ``[lower, upper)`` of ``created_at``; the tables that hang
+off a job (``DEPENDENTS``) are partitioned on ``job_created_at`` with the same bounds
+(migration 0012), each partition named like its twin (``feedback_p20261204``). Retention
+of a span: the labelled jobs it holds are kept as training examples; then the partition of
+``jobs`` is detached, then each dependent's (an exclusive lock for milliseconds each,
+bounded by ``lock_timeout``: a busy table makes it wait for the next pass, never for long),
+and all are dropped. No row of theirs is deleted one by one.
 
-The tables that hang off a job name it by ``(job_id, job_created_at)`` without a foreign
-key: a foreign key to a partitioned table makes every detach scan the partition under that
-exclusive lock, and every new partition lock the referencing tables. The API writes them
-in the transaction that reads the job; retention deletes them by ``job_created_at``.
+The dependents name a job by ``(job_id, job_created_at)`` without a foreign key: a foreign
+key to a partitioned table makes every detach scan the partition under that exclusive lock,
+and one from a partition to another table makes its drop lock that table exclusively.
+Every write of a dependent row happens in a transaction that reads the job (or its webhook)
+first, so a detach of ``jobs`` waits for it, and a write after that detach finds no job and
+writes nothing: no write ever lands in a dependent's partition that is going away.
+
+``idempotency_keys`` is not partitioned: an ``Idempotency-Key`` must be unique over all
+time, and a unique key on a partitioned table must hold the partition key. Its records
+live a day (``INFERQ_IDEMPOTENCY_TTL_S``); retention deletes those expired or whose job is
+gone (``db.idempotency.purge``).
 """
 
 from __future__ import annotations
@@ -18,12 +28,16 @@ import dataclasses
 import datetime as dt
 import re
 
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-#: The tables that hang off a job (migration 0011), by ``job_created_at``.
-DEPENDENTS = ("feedback", "webhooks", "webhook_deliveries", "shadow_results", "idempotency_keys")
+#: The tables that hang off a job, partitioned by ``job_created_at`` like ``jobs``
+#: (migration 0012), in the order retention detaches them (a webhook before its deliveries:
+#: a delivery is written only while its webhook is there).
+DEPENDENTS = ("feedback", "webhooks", "webhook_deliveries", "shadow_results")
+#: Each partitioned table's partition key.
+KEYS = {"jobs": "created_at", **{table: "job_created_at" for table in DEPENDENTS}}
 _BOUND = re.compile(r"FROM \('([^']+)'\) TO \('([^']+)'\)")
 #: Two schedulers never enforce retention at once (a transaction-level lock: it works
 #: through PgBouncer's transaction pooling).
@@ -32,20 +46,21 @@ RETENTION_LOCK = 7_311_224_002
 
 @dataclasses.dataclass(frozen=True)
 class Partition:
-    """One partition of ``jobs``."""
+    """One partition of ``jobs`` (or of a dependent)."""
 
     name: str
     lower: dt.datetime
     upper: dt.datetime
 
 
-def partitions(session: Session) -> list[Partition]:
-    """Every partition of ``jobs``, oldest first."""
+def partitions(session: Session | Connection, table: str = "jobs") -> list[Partition]:
+    """Every partition of ``table`` (``jobs`` or one of ``DEPENDENTS``), oldest first."""
     rows = session.execute(
         text(
             "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i"
-            " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'jobs'::regclass"
-        )
+            " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = CAST(:t AS regclass)"
+        ),
+        {"t": table},
     )
     found = []
     for name, bound in rows:
@@ -61,39 +76,46 @@ def floor_time(moment: dt.datetime, width: dt.timedelta) -> dt.datetime:
     return EPOCH + ((moment.astimezone(dt.timezone.utc) - EPOCH) // width) * width
 
 
-def partition_name(lower: dt.datetime) -> str:
-    """``jobs_p20261204`` for a day, ``jobs_p20261204t153000`` for a partition within one."""
+def partition_name(lower: dt.datetime, table: str = "jobs") -> str:
+    """``jobs_p20261204`` for a day, ``jobs_p20261204t153000`` for a partition within one
+    (``feedback_p20261204`` for the twin in ``feedback``)."""
     lower = lower.astimezone(dt.timezone.utc)
     day = lower.strftime("%Y%m%d")
-    return f"jobs_p{day}" if lower.time() == dt.time(0) else f"jobs_p{day}t{lower:%H%M%S}"
+    return f"{table}_p{day}" if lower.time() == dt.time(0) else f"{table}_p{day}t{lower:%H%M%S}"
 
 
 def create_partition(
-    session: Session, lower: dt.datetime, upper: dt.datetime, lock_timeout_ms: int = 500
+    session: Session,
+    lower: dt.datetime,
+    upper: dt.datetime,
+    lock_timeout_ms: int = 500,
+    table: str = "jobs",
 ) -> str:
-    """Make the partition ``[lower, upper)``; returns its name. Made as a table of its own,
-    then attached: attaching takes a lock that lets reads and writes of ``jobs`` go on
-    (``CREATE TABLE … PARTITION OF`` would block them), and the bound's CHECK spares the scan."""
-    name = partition_name(lower)
+    """Make the partition ``[lower, upper)`` of ``table``; returns its name. Made as a table
+    of its own, then attached: attaching takes a lock that lets reads and writes of the table
+    go on (``CREATE TABLE … PARTITION OF`` would block them), and the bound's CHECK spares
+    the scan."""
+    name, key = partition_name(lower, table), KEYS[table]
     bound = f"FROM ('{lower.isoformat()}') TO ('{upper.isoformat()}')"
     session.execute(
-        text(f"CREATE TABLE {name} (LIKE jobs INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
+        text(f"CREATE TABLE {name} (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
     )
     session.execute(
         text(
-            f"ALTER TABLE {name} ADD CONSTRAINT {name}_bound CHECK (created_at IS NOT NULL"
-            f" AND created_at >= '{lower.isoformat()}' AND created_at < '{upper.isoformat()}')"
+            f"ALTER TABLE {name} ADD CONSTRAINT {name}_bound CHECK ({key} IS NOT NULL"
+            f" AND {key} >= '{lower.isoformat()}' AND {key} < '{upper.isoformat()}')"
         )
     )
     session.execute(text(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}"))
-    session.execute(text(f"ALTER TABLE jobs ATTACH PARTITION {name} FOR VALUES {bound}"))
+    session.execute(text(f"ALTER TABLE {table} ATTACH PARTITION {name} FOR VALUES {bound}"))
     session.execute(text(f"ALTER TABLE {name} DROP CONSTRAINT {name}_bound"))
     return name
 
 
 def ensure_ahead(session: Session, width: dt.timedelta, ahead: int, now: dt.datetime) -> list[str]:
-    """Make partitions so that jobs created from now until ``ahead`` widths on have one;
-    returns the names made. Starts after the newest partition (gaps stay gaps)."""
+    """Make partitions so that jobs created from now until ``ahead`` widths on have one, in
+    ``jobs`` and in each dependent; returns the names made. Starts after the newest partition
+    (gaps stay gaps)."""
     existing = partitions(session)
     start = existing[-1].upper if existing else floor_time(now, width)
     start = max(start, floor_time(now, width))
@@ -101,7 +123,29 @@ def ensure_ahead(session: Session, width: dt.timedelta, ahead: int, now: dt.date
     while start < now + ahead * width:
         made.append(create_partition(session, start, start + width))
         start += width
+    return made + mirror(session)
+
+
+def mirror(session: Session) -> list[str]:
+    """Give each dependent a partition for every partition of ``jobs`` it lacks (same
+    bounds); returns the names made."""
+    made = []
+    spans = [(p.lower, p.upper) for p in partitions(session)]
+    for table in DEPENDENTS:
+        have = {(p.lower, p.upper) for p in partitions(session, table)}
+        for lower, upper in spans:
+            if (lower, upper) not in have:
+                made.append(create_partition(session, lower, upper, table=table))
     return made
+
+
+def expired_spans(session: Session, limit: dt.datetime) -> list[tuple[dt.datetime, dt.datetime]]:
+    """The bounds of every partition, of ``jobs`` or of a dependent, wholly before ``limit``
+    (a dependent's may outlive its twin in ``jobs`` by a pass), oldest first."""
+    spans = {
+        (p.lower, p.upper) for table in KEYS for p in partitions(session, table) if p.upper <= limit
+    }
+    return sorted(spans)
 
 
 def keep_training_examples(session: Session, part: Partition) -> int:
@@ -149,26 +193,17 @@ def trim_training_examples(session: Session, keep: int) -> int:
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
-def delete_dependents(session: Session, before: dt.datetime) -> int:
-    """Delete what hangs off jobs created before ``before``; returns the rows deleted."""
-    deleted = 0
-    for table in DEPENDENTS:
-        result = session.execute(
-            text(f"DELETE FROM {table} WHERE job_created_at < :before"), {"before": before}
-        )
-        deleted += int(result.rowcount or 0)  # type: ignore[attr-defined]
-    return deleted
-
-
-def detach(session: Session, part: Partition, lock_timeout_ms: int = 500) -> None:
-    """Detach the partition from ``jobs`` (raises when the lock is not had in time: less
+def detach(
+    session: Session, part: Partition, lock_timeout_ms: int = 500, table: str = "jobs"
+) -> None:
+    """Detach the partition from ``table`` (raises when the lock is not had in time: less
     than Postgres's deadlock_timeout, so a writer queued behind it waits under a second)."""
     session.execute(text(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}"))
-    session.execute(text(f"ALTER TABLE jobs DETACH PARTITION {part.name}"))
+    session.execute(text(f"ALTER TABLE {table} DETACH PARTITION {part.name}"))
 
 
 def drop_table(session: Session, name: str) -> None:
-    """Drop a detached partition."""
+    """Drop a detached partition (it has no foreign key: dropping it locks nothing else)."""
     session.execute(text(f"DROP TABLE IF EXISTS {name}"))
 
 

@@ -212,7 +212,8 @@ class IdempotencyKey(Base):
     #: SHA-256 of the request (canonical JSON body and the headers that shape the job).
     fingerprint: Mapped[str] = mapped_column(String(64))
     job_id: Mapped[uuid.UUID] = mapped_column(index=True)
-    #: The job's ``created_at`` (set by a trigger from the job id): its partition's key.
+    #: The job's ``created_at`` (set by a trigger from the job id), by which retention deletes
+    #: the record once its job is gone. Not partitioned: a key is unique over all time.
     job_created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
     created_at: Mapped[dt.datetime] = _now()
 
@@ -221,11 +222,14 @@ class Webhook(Base):
     """Where to tell a job's tenant that the job finished, and how that went."""
 
     __tablename__ = "webhooks"
-    __table_args__ = (CheckConstraint(f"status IN {WEBHOOK_STATUSES}", name="webhook_status"),)
+    __table_args__ = (
+        CheckConstraint(f"status IN {WEBHOOK_STATUSES}", name="webhook_status"),
+        {"postgresql_partition_by": "RANGE (job_created_at)"},
+    )
 
     job_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    #: The job's ``created_at`` (set by a trigger from the job id): its partition's key.
-    job_created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+    #: The job's ``created_at``: partitioned on it like ``jobs`` (migration 0012).
+    job_created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
     url: Mapped[str] = mapped_column(String(2048))
     status: Mapped[str] = mapped_column(String(16), server_default="pending")
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
@@ -237,12 +241,15 @@ class WebhookDelivery(Base):
     """One attempt to deliver a job's webhook: the delivery log."""
 
     __tablename__ = "webhook_deliveries"
-    __table_args__ = (Index("ix_webhook_deliveries_job", "job_id", "id"),)
+    __table_args__ = (
+        Index("ix_webhook_deliveries_job", "job_id", "id"),
+        {"postgresql_partition_by": "RANGE (job_created_at)"},
+    )
 
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     job_id: Mapped[uuid.UUID] = mapped_column()
-    #: The job's ``created_at`` (set by a trigger from the job id): its partition's key.
-    job_created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+    #: The job's ``created_at``: partitioned on it like ``jobs`` (migration 0012).
+    job_created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
     attempt: Mapped[int] = mapped_column(Integer)
     redelivery: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     ok: Mapped[bool] = mapped_column(Boolean)
@@ -256,11 +263,15 @@ class Feedback(Base):
     """What a user said about a job's output: its true label, a verdict, a score, a comment."""
 
     __tablename__ = "feedback"
+    __table_args__ = ({"postgresql_partition_by": "RANGE (job_created_at)"},)
+
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     job_id: Mapped[uuid.UUID] = mapped_column(index=True)
-    #: The job's ``created_at`` (set by a trigger from the job id): its partition's key.
-    job_created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
-    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    #: The job's ``created_at``: partitioned on it like ``jobs`` (migration 0012).
+    job_created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    #: No foreign key (nor in the other tables partitioned with ``jobs``): dropping a
+    #: partition would lock ``tenants`` exclusively (see Job).
+    tenant_id: Mapped[uuid.UUID]
     label: Mapped[Any] = mapped_column(JSONB(none_as_null=True), nullable=True)
     correct: Mapped[bool | None] = mapped_column(Boolean)
     score: Mapped[float | None] = mapped_column(Float)
@@ -328,16 +339,15 @@ class ShadowResult(Base):
     __tablename__ = "shadow_results"
     __table_args__ = (
         CheckConstraint("status IN ('succeeded', 'failed')", name="shadow_result_status"),
+        {"postgresql_partition_by": "RANGE (job_created_at)"},
     )
 
     job_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    #: The job's ``created_at`` (set by a trigger from the job id): its partition's key.
-    job_created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
-
-    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), primary_key=True)
-    experiment_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("experiments.id", ondelete="CASCADE"), index=True
-    )
+    #: The job's ``created_at``: partitioned on it like ``jobs`` (migration 0012).
+    job_created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    # version and experiment: ids without foreign keys (see Feedback.tenant_id).
+    version_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[uuid.UUID] = mapped_column(index=True)
     arm: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16))
     output: Mapped[dict[str, Any] | None]

@@ -11,20 +11,27 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from db.jobs import JobView, get_job_view
+from db.jobs import JobView, get_job_view, of_job, time_window
 from db.tables import Job, Webhook, WebhookDelivery, WebhookSecret
 
 
-def add_webhook(session: Session, job_id: uuid.UUID, url: str) -> None:
+def add_webhook(session: Session, job: Job, url: str) -> None:
     """Attach ``url`` to a job (in the transaction that creates the job)."""
-    session.execute(insert(Webhook).values(job_id=job_id, url=url))
+    session.execute(insert(Webhook).values(job_id=job.id, job_created_at=job.created_at, url=url))
 
 
 def jobs_with_webhooks(session: Session, job_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
     """Those of ``job_ids`` that have a webhook."""
     if not job_ids:
         return []
-    return list(session.scalars(select(Webhook.job_id).where(Webhook.job_id.in_(list(job_ids)))))
+    since, until = time_window(job_ids)
+    return list(
+        session.scalars(
+            select(Webhook.job_id).where(
+                Webhook.job_id.in_(list(job_ids)), Webhook.job_created_at.between(since, until)
+            )
+        )
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,8 +50,8 @@ def delivery_target(session: Session, job_id: uuid.UUID, new_secret: str) -> Del
     None when the job has no webhook (or no longer exists)."""
     row = session.execute(
         select(Webhook, Job.tenant_id)
-        .join(Job, Job.id == Webhook.job_id)
-        .where(Webhook.job_id == job_id)
+        .join(Job, (Job.id == Webhook.job_id) & (Job.created_at == Webhook.job_created_at))
+        .where(of_job(Webhook.job_id, Webhook.job_created_at, job_id))
     ).one_or_none()
     if row is None:
         return None
@@ -67,22 +74,32 @@ def record_delivery(
     duration_ms: float | None,
     final: bool,
 ) -> int:
-    """Log one attempt and update the webhook's state; returns the attempt's number.
+    """Log one attempt and update the webhook's state; returns the attempt's number (0 when
+    the webhook is gone: retention dropped its job, and its log with it).
 
     The webhook is ``delivered`` after a success, ``failed`` after a ``final`` failure and
-    stays ``pending`` while retries remain.
+    stays ``pending`` while retries remain. The webhook is updated first, in this
+    transaction: retention detaches a partition of ``webhooks`` only once this transaction
+    ends, and the one of ``webhook_deliveries`` after it (db/partitions.py).
     """
     status = "delivered" if ok else ("failed" if final else "pending")
     values: dict[str, object] = {"attempts": Webhook.attempts + 1, "status": status}
     if ok:
         values["delivered_at"] = func.now()
-    attempt = session.scalar(
-        update(Webhook).where(Webhook.job_id == job_id).values(**values).returning(Webhook.attempts)
-    )
+    row = session.execute(
+        update(Webhook)
+        .where(of_job(Webhook.job_id, Webhook.job_created_at, job_id))
+        .values(**values)
+        .returning(Webhook.attempts, Webhook.job_created_at)
+    ).one_or_none()
+    if row is None:
+        return 0
+    attempt, job_created_at = row
     session.add(
         WebhookDelivery(
             job_id=job_id,
-            attempt=attempt or 0,
+            job_created_at=job_created_at,
+            attempt=attempt,
             redelivery=redelivery,
             ok=ok,
             status_code=status_code,
@@ -91,7 +108,7 @@ def record_delivery(
         )
     )
     session.flush()
-    return attempt or 0
+    return int(attempt)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,13 +124,18 @@ class DeliveryLog:
 
 def delivery_log(session: Session, job_id: uuid.UUID) -> DeliveryLog | None:
     """The delivery log of a job's webhook; None when the job has none."""
-    webhook = session.get(Webhook, job_id)
+    webhook = session.scalars(
+        select(Webhook).where(of_job(Webhook.job_id, Webhook.job_created_at, job_id))
+    ).one_or_none()
     if webhook is None:
         return None
     deliveries = list(
         session.scalars(
             select(WebhookDelivery)
-            .where(WebhookDelivery.job_id == job_id)
+            .where(
+                WebhookDelivery.job_id == job_id,
+                WebhookDelivery.job_created_at == webhook.job_created_at,
+            )
             .order_by(WebhookDelivery.id)
             .limit(1000)
         )

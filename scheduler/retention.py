@@ -6,7 +6,10 @@ not yet expired still has items in (a batch's results stay readable until the ba
 old as the retention, counted from its completion). Before a partition goes, its labelled
 jobs are kept as training examples (the newest ``TRAINING_WINDOW`` a model's retraining
 reads, no more), so retraining learns from all the feedback it would have seen.
-Dropping a partition is O(1): no row-by-row delete of jobs, no bloat, no long lock.
+Dropping a partition is O(1): ``jobs`` and the tables that hang off it (feedback, webhooks
+and their deliveries, shadow results) lose the span's partitions whole, with no row-by-row
+delete, no bloat, no long lock. Idempotency keys, a table that cannot be partitioned (see
+``db.partitions``), are deleted once expired or once their job is gone.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import partitions as repo
+from db.idempotency import purge_keys
 from db.training import TRAINING_WINDOW
 from inferq.core.settings import Settings
 
@@ -36,9 +40,11 @@ class RetentionReport:
 
     made: list[str] = dataclasses.field(default_factory=list)
     dropped: list[str] = dataclasses.field(default_factory=list)
+    #: The dependents' partitions dropped with (or a pass after) those of ``jobs``.
+    dropped_dependents: list[str] = dataclasses.field(default_factory=list)
     kept_examples: int = 0
     trimmed_examples: int = 0
-    deleted_dependents: int = 0
+    deleted_idempotency_keys: int = 0
     deleted_batches: int = 0
     horizon: dt.datetime | None = None
     held_by_batch: bool = False
@@ -62,9 +68,9 @@ def enforce(sessions: sessionmaker[Session], settings: Settings) -> RetentionRep
         hold = repo.batch_hold(session, cutoff)
         limit = cutoff if hold is None else min(cutoff, hold - CLOCK_SLACK)
         report.held_by_batch = hold is not None and hold - CLOCK_SLACK < cutoff
-        expired = [p for p in repo.partitions(session) if p.upper <= limit]
-    for part in expired:
-        if not _retire(sessions, part, report):
+        expired = repo.expired_spans(session, limit)
+    for lower, upper in expired:
+        if not _retire(sessions, lower, upper, report):
             break  # the lock was not had in time: the next pass goes on
     with sessions.begin() as session:
         remaining = repo.partitions(session)
@@ -72,42 +78,52 @@ def enforce(sessions: sessionmaker[Session], settings: Settings) -> RetentionRep
         if report.dropped and report.horizon is not None:
             repo.set_horizon(session, report.horizon)
             report.deleted_batches = repo.delete_expired_batches(session, report.horizon, cutoff)
+        expiry = now - dt.timedelta(seconds=settings.quotas.idempotency_ttl_s) - CLOCK_SLACK
+        report.deleted_idempotency_keys = purge_keys(session, max(expiry, report.horizon or expiry))
     if report.dropped or report.made:
         log.info("retention pass", extra=dataclasses.asdict(report))
     return report
 
 
-def _retire(sessions: sessionmaker[Session], part: repo.Partition, report: RetentionReport) -> bool:
-    """Keep, delete, detach, drop: each step its own transaction under the retention lock,
-    so the exclusive lock of the detach is held for nothing else. False: try next pass."""
+def _retire(
+    sessions: sessionmaker[Session], lower: dt.datetime, upper: dt.datetime, report: RetentionReport
+) -> bool:
+    """Keep, detach, drop the span's partitions: each step its own transaction under the
+    retention lock, so each exclusive lock of a detach is held for nothing else. ``jobs``
+    goes first: once its partition is detached nothing writes to the dependents' (every
+    such write reads the job first, db/partitions.py). A partition already gone (a pass cut
+    short) is skipped. False: try next pass."""
+    detached = []
     try:
-        with sessions.begin() as session:
-            if not _still_mine(session, part):
-                return False
-            report.kept_examples += repo.keep_training_examples(session, part)
-            report.trimmed_examples += repo.trim_training_examples(session, TRAINING_WINDOW)
-            report.deleted_dependents += repo.delete_dependents(session, part.upper)
-        with sessions.begin() as session:
-            if not _still_mine(session, part):
-                return False
-            repo.detach(session, part)
-        with sessions.begin() as session:
-            repo.drop_table(session, part.name)
-            # Feedback sent in the moment between the delete and the detach.
-            report.deleted_dependents += repo.delete_dependents(session, part.upper)
-    except DBAPIError as error:  # lock_timeout (jobs is busy), or a partition gone under us
+        for table in repo.KEYS:  # jobs first, then the dependents in order
+            part = repo.Partition(repo.partition_name(lower, table), lower, upper)
+            with sessions.begin() as session:
+                if not repo.lock_retention(session):
+                    return False
+                if part not in repo.partitions(session, table):
+                    continue
+                if table == "jobs":
+                    report.kept_examples += repo.keep_training_examples(session, part)
+                    report.trimmed_examples += repo.trim_training_examples(session, TRAINING_WINDOW)
+            with sessions.begin() as session:
+                if not (repo.lock_retention(session) and part in repo.partitions(session, table)):
+                    return False
+                repo.detach(session, part, table=table)
+            detached.append((table, part.name))
+    except DBAPIError as error:  # lock_timeout (a table is busy), or a partition gone under us
         log.warning(
             "could not retire a partition; next pass",
-            extra={"partition": part.name, "error": type(error.orig).__name__},
+            extra={"partition": repo.partition_name(lower), "error": type(error.orig).__name__},
         )
         return False
-    report.dropped.append(part.name)
+    finally:
+        if detached:
+            with sessions.begin() as session:
+                for _, name in detached:
+                    repo.drop_table(session, name)
+            for table, name in detached:
+                (report.dropped if table == "jobs" else report.dropped_dependents).append(name)
     return True
-
-
-def _still_mine(session: Session, part: repo.Partition) -> bool:
-    """Whether this pass holds the retention lock and the partition is still attached."""
-    return repo.lock_retention(session) and part in repo.partitions(session)
 
 
 def retain_forever(

@@ -148,10 +148,13 @@ def feedback(job_id: str) -> tuple[Response, int]:
         row = add_feedback(
             session,
             job_id=ident,
+            job_created_at=view.job.created_at,
             tenant_id=view.job.tenant_id,
             label=body.get("label"),
             correct=body.get("correct"),
             score=body.get("score"),
             comment=body.get("comment"),
         )
+    if row is None:  # retention took the job a moment ago
+        raise svc.missing(st, ident)
     return jsonify({"id": str(row.id), "job_id": str(ident), **body}), 201

@@ -36,7 +36,7 @@ def attacher(url: str) -> Callable[[Session, Job], None]:
     """A hook for the job's transaction that stores its webhook with it."""
 
     def attach(session: Session, job: Job) -> None:
-        add_webhook(session, job.id, url)
+        add_webhook(session, job, url)
 
     return attach
 

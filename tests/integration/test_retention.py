@@ -19,10 +19,19 @@ from sqlalchemy.engine import Engine
 
 from api.app import create_app
 from db.engine import make_engine, make_session_factory
+from db.feedback import add_feedback
 from db.ids import new_id, time_of
+from db.jobs import get_job_view
 from db.keys import create_key, ensure_tenant
 from db.migrate import upgrade
-from db.partitions import create_partition, floor_time, partition_name, partitions
+from db.partitions import (
+    DEPENDENTS,
+    create_partition,
+    floor_time,
+    mirror,
+    partition_name,
+    partitions,
+)
 from db.training import labelled_feedback
 from inferq.core.settings import Settings
 from scheduler.retention import enforce
@@ -48,6 +57,7 @@ def own(services: Services, settings: Settings) -> Iterator[Settings]:
         while lower < made:
             create_partition(session, lower, lower + HOUR)
             lower += HOUR
+        mirror(session)  # and the same in the tables that hang off a job
     yield settings.replace(database_url=url, job_retention="6h", job_partition="1h")
     drop()
 
@@ -111,23 +121,34 @@ def add_job(
                 "batch": batch_id,
             },
         )
+        at = time_of(job_id)
         conn.execute(
             text(
-                "INSERT INTO feedback (id, job_id, tenant_id, label, correct)"
-                " VALUES (:f, :j, :t, CAST(:label AS jsonb), true)"
+                "INSERT INTO feedback (id, job_id, job_created_at, tenant_id, label, correct)"
+                " VALUES (:f, :j, :at, :t, CAST(:label AS jsonb), true)"
             ),
-            {"f": uuid.uuid4(), "j": job_id, "t": tenant, "label": json.dumps(label)},
-        )
-        conn.execute(
-            text("INSERT INTO webhooks (job_id, url) VALUES (:j, 'https://example.com/h')"),
-            {"j": job_id},
+            {"f": uuid.uuid4(), "j": job_id, "at": at, "t": tenant, "label": json.dumps(label)},
         )
         conn.execute(
             text(
-                "INSERT INTO webhook_deliveries (job_id, attempt, ok, status_code)"
-                " VALUES (:j, 1, true, 200)"
+                "INSERT INTO webhooks (job_id, job_created_at, url)"
+                " VALUES (:j, :at, 'https://example.com/h')"
             ),
-            {"j": job_id},
+            {"j": job_id, "at": at},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO webhook_deliveries (job_id, job_created_at, attempt, ok, status_code)"
+                " VALUES (:j, :at, 1, true, 200)"
+            ),
+            {"j": job_id, "at": at},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO shadow_results (job_id, job_created_at, version_id, experiment_id,"
+                " arm, status, output) VALUES (:j, :at, :v, :e, 'b', 'succeeded', '{}')"
+            ),
+            {"j": job_id, "at": at, "v": version_id, "e": uuid.uuid4()},
         )
         key_id = create_key_row(conn, tenant)
         conn.execute(
@@ -161,17 +182,41 @@ def count(db: Engine, table: str) -> int:
         return int(conn.scalar(text(f"SELECT count(*) FROM {table}")) or 0)
 
 
+def record_row_deletes(db: Engine) -> None:
+    """Note every row deleted from a table that hangs off a job in ``row_deletes``."""
+    with db.begin() as conn:
+        conn.execute(text("CREATE TABLE row_deletes (tbl text)"))
+        conn.execute(
+            text(
+                "CREATE FUNCTION note_delete() RETURNS trigger LANGUAGE plpgsql AS"
+                " $$ BEGIN INSERT INTO row_deletes VALUES (TG_TABLE_NAME); RETURN OLD; END $$"
+            )
+        )
+        for table in DEPENDENTS:  # cloned onto every partition, made now or later
+            conn.execute(
+                text(
+                    f"CREATE TRIGGER {table}_deletes AFTER DELETE ON {table}"
+                    " FOR EACH ROW EXECUTE FUNCTION note_delete()"
+                )
+            )
+
+
 def test_a_pass_drops_whole_expired_partitions_and_what_hangs_off_them(
     own: Settings, db: Engine, model: tuple[uuid.UUID, int, int]
 ) -> None:
-    """Catches: retention that deletes nothing, deletes recent jobs, or leaves orphans in
-    the tables that hang off a job."""
+    """Catches: retention that deletes nothing, deletes recent jobs, leaves orphans in the
+    tables that hang off a job, deletes their rows one by one (``DELETE FROM feedback …``
+    before the detach: checked) instead of dropping their partitions, or leaves their
+    partitions behind; and partitions ahead made for jobs only (checked: ``ensure_ahead``
+    without ``mirror``)."""
     old = [add_job(db, model, NOW - hours * HOUR) for hours in (30, 20, 10)]
     recent = [add_job(db, model, NOW - hours * HOUR) for hours in (3, 1, 0)]
     sessions = make_session_factory(make_engine(own.database_url or ""))
     before = {p.name for p in partitions(sessions())}
+    record_row_deletes(db)
 
-    report = enforce(sessions, own)
+    # More ahead than the migration made: this pass makes some.
+    report = enforce(sessions, own.replace(partitions_ahead=8))
 
     after = {p.name for p in partitions(sessions())}
     assert report.dropped and set(report.dropped) == before - after
@@ -182,10 +227,85 @@ def test_a_pass_drops_whole_expired_partitions_and_what_hangs_off_them(
         tables = [r[0] for r in conn.execute(text("SELECT tablename FROM pg_tables"))]
     assert left == set(recent) and not set(old) & left
     assert not set(report.dropped) & set(tables)  # detached and dropped, not left lying about
-    for table in ("feedback", "webhooks", "webhook_deliveries", "idempotency_keys"):
+    for table in (*DEPENDENTS, "idempotency_keys"):
         assert count(db, table) == len(recent), table
-    # Partitions ahead of now exist for the next jobs.
-    assert max(p.upper for p in partitions(sessions())) >= NOW + 3 * HOUR
+    # The dependents lost the same partitions, whole: dropped, not emptied row by row.
+    twins = {name.replace("jobs", table) for name in report.dropped for table in DEPENDENTS}
+    assert set(report.dropped_dependents) == twins
+    assert not twins & set(tables)
+    assert count(db, "row_deletes") == 0
+    # Partitions ahead of now exist for the next jobs, and for what will hang off them.
+    with sessions() as session:
+        spans = [(p.lower, p.upper) for p in partitions(session)]
+        assert max(upper for _, upper in spans) >= NOW + 8 * HOUR
+        assert {name.split("_p")[0] for name in report.made} == {"jobs", *DEPENDENTS}
+        for table in DEPENDENTS:
+            assert [(p.lower, p.upper) for p in partitions(session, table)] == spans, table
+
+
+def test_a_busy_dependent_keeps_its_partition_until_the_next_pass(
+    own: Settings, db: Engine, model: tuple[uuid.UUID, int, int]
+) -> None:
+    """Catches: a pass cut short after the partition of jobs went that never drops the
+    dependents' (they would outlive their jobs for ever): checked by making
+    ``expired_spans`` read the partitions of ``jobs`` only."""
+    add_job(db, model, NOW - 30 * HOUR)
+    kept = add_job(db, model, NOW - HOUR)
+    sessions = make_session_factory(make_engine(own.database_url or ""))
+    with db.begin() as conn:
+        conn.execute(text("LOCK TABLE webhooks IN ACCESS SHARE MODE"))
+        first = enforce(sessions, own)
+    # The oldest partition of jobs went, and feedback's twin; webhooks' could not.
+    assert len(first.dropped) == 1
+    old = first.dropped[0].replace("jobs", "webhooks")
+    assert first.dropped_dependents == [first.dropped[0].replace("jobs", "feedback")]
+    with sessions() as session:
+        assert old in {p.name for p in partitions(session, "webhooks")}
+
+    second = enforce(sessions, own)
+
+    assert old in second.dropped_dependents
+    with sessions() as session:
+        for table in DEPENDENTS:
+            assert not [p for p in partitions(session, table) if p.upper <= NOW - 6 * HOUR]
+    with db.connect() as conn:
+        assert conn.scalar(text("SELECT job_id FROM webhooks")) == kept
+
+
+def test_writes_for_a_job_retention_took_write_nothing(
+    own: Settings, db: Engine, model: tuple[uuid.UUID, int, int]
+) -> None:
+    """Catches: feedback, a webhook delivery or a shadow result written after the job's
+    partition went (read before it went): an insert with no partition to go to fails.
+    Checked by dropping, one at a time, the job check in ``add_feedback``, the webhook check
+    in ``record_delivery`` and the join with jobs in ``store_shadow_results``."""
+    from db.experiments import store_shadow_results
+    from db.webhooks import record_delivery
+
+    tenant, _, version_id = model
+    gone = add_job(db, model, NOW - 30 * HOUR)
+    sessions = make_session_factory(make_engine(own.database_url or ""))
+    assert enforce(sessions, own).dropped_dependents
+
+    with sessions.begin() as session:
+        at = time_of(gone)
+        assert at is not None
+        row = add_feedback(session, job_id=gone, job_created_at=at, tenant_id=tenant, label=1)
+        attempt = record_delivery(
+            session,
+            gone,
+            redelivery=False,
+            ok=True,
+            status_code=200,
+            error=None,
+            duration_ms=1.0,
+            final=True,
+        )
+        copy = {"job_id": str(gone), "version_id": version_id, "experiment_id": str(uuid.uuid4())}
+        stored = store_shadow_results(
+            session, [{**copy, "arm": "b", "status": "succeeded", "output": {}}], "w"
+        )
+    assert (row, attempt, stored) == (None, 0, 0)
 
 
 def test_labelled_jobs_are_kept_for_retraining_when_their_partition_goes(
@@ -326,7 +446,9 @@ def test_a_busy_jobs_table_makes_retention_wait_for_the_next_pass(
 
 
 def test_the_migration_moves_existing_jobs_into_partitions(services: Services) -> None:
-    """Catches: a migration that loses jobs, or leaves what hangs off them unlinked."""
+    """Catches: a migration that loses jobs, or leaves what hangs off them unlinked, or
+    (0012) does not move the dependents' rows into their partitions (checked: 0012 copying
+    nothing)."""
     url, drop = create_database(services.postgres_url)
     try:
         upgrade(url, "0008")
@@ -356,36 +478,81 @@ def test_the_migration_moves_existing_jobs_into_partitions(services: Services) -
                 ),
                 {"j": job_id, "t": tenant, "m": model_id, "v": version_id, "at": created},
             )
-            conn.execute(
-                text(
-                    "INSERT INTO feedback (id, job_id, tenant_id, label) VALUES (:f, :j, :t, '5')"
-                ),
-                {"f": uuid.uuid4(), "j": job_id, "t": tenant},
-            )
+            add_dependents_at_0008(conn, job_id, tenant, model_id, version_id)
         upgrade(url, job_partition_s=86_400)
         with engine.begin() as conn:
             assert conn.scalar(text("SELECT count(*) FROM jobs WHERE id = :j"), {"j": job_id}) == 1
-            assert conn.scalar(text("SELECT job_created_at FROM feedback")) == created
             where = conn.scalar(
                 text("SELECT tableoid::regclass::text FROM jobs WHERE id = :j"), {"j": job_id}
             )
             assert where == f"jobs_p{created:%Y%m%d}"
-            # A legacy (UUIDv4) job still takes feedback: the trigger finds its time.
-            conn.execute(
-                text(
-                    "INSERT INTO feedback (id, job_id, tenant_id, correct)"
-                    " VALUES (:f, :j, :t, true)"
-                ),
-                {"f": uuid.uuid4(), "j": job_id, "t": tenant},
-            )
-            assert conn.scalar(text("SELECT count(DISTINCT job_created_at) FROM feedback")) == 1
+            # Migration 0012: each dependent's row moved into its twin of that partition.
+            for table in (*DEPENDENTS, "idempotency_keys"):
+                rows = conn.execute(
+                    text(f"SELECT tableoid::regclass::text, job_created_at FROM {table}")
+                ).all()
+                home = f"{table}_p{created:%Y%m%d}" if table in DEPENDENTS else table
+                assert rows == [(home, created)], table
         engine.dispose()
         sessions = make_session_factory(make_engine(url))
-        with sessions() as session:
+        with sessions.begin() as session:
             names = [p.name for p in partitions(session)]
+            for table in DEPENDENTS:  # the same bounds as jobs'
+                twins = [p.name.replace(table, "jobs") for p in partitions(session, table)]
+                assert twins == names, table
+            # A legacy (UUIDv4) job still takes feedback, in its partition.
+            view = get_job_view(session, job_id, tenant)
+            assert view is not None and view.job.created_at == created
+            assert add_feedback(
+                session, job_id=job_id, job_created_at=created, tenant_id=tenant, correct=True
+            )
         assert names[0] == f"jobs_p{created:%Y%m%d}" and len(names) >= 6
+        with sessions() as session:
+            assert session.scalar(text("SELECT count(DISTINCT job_created_at) FROM feedback")) == 1
     finally:
         drop()
+
+
+def add_dependents_at_0008(
+    conn: Any, job_id: uuid.UUID, tenant: uuid.UUID, model_id: int, version_id: int
+) -> None:
+    """A feedback, a webhook with a delivery, an idempotency key and a shadow result on
+    ``job_id``, in the schema of migration 0008 (foreign keys, no ``job_created_at``)."""
+    conn.execute(
+        text("INSERT INTO feedback (id, job_id, tenant_id, label) VALUES (:f, :j, :t, '5')"),
+        {"f": uuid.uuid4(), "j": job_id, "t": tenant},
+    )
+    conn.execute(
+        text("INSERT INTO webhooks (job_id, url) VALUES (:j, 'https://example.com/h')"),
+        {"j": job_id},
+    )
+    conn.execute(
+        text("INSERT INTO webhook_deliveries (job_id, attempt, ok) VALUES (:j, 1, true)"),
+        {"j": job_id},
+    )
+    key_id = create_key_row(conn, tenant)
+    conn.execute(
+        text(
+            "INSERT INTO idempotency_keys (key_id, key, fingerprint, job_id)"
+            " VALUES (:k, 'k1', repeat('a', 64), :j)"
+        ),
+        {"k": key_id, "j": job_id},
+    )
+    experiment = uuid.uuid4()
+    conn.execute(
+        text(
+            "INSERT INTO experiments (id, model_id, mode, arms, policy, created_by)"
+            " VALUES (:e, :m, 'shadow', '[]', '{}', 'test')"
+        ),
+        {"e": experiment, "m": model_id},
+    )
+    conn.execute(
+        text(
+            "INSERT INTO shadow_results (job_id, version_id, experiment_id, arm, status)"
+            " VALUES (:j, :v, :e, 'b', 'succeeded')"
+        ),
+        {"j": job_id, "v": version_id, "e": experiment},
+    )
 
 
 def test_a_job_id_carries_its_creation_time() -> None:
@@ -458,8 +625,9 @@ def test_making_a_partition_does_not_block_writers(
 def test_writers_never_fail_while_partitions_come_and_go(
     own: Settings, db: Engine, model: tuple[uuid.UUID, int, int]
 ) -> None:
-    """Catches: making or dropping partitions under load failing submits (a deadlock between
-    the scheduler's DDL and the writers' foreign-key checks, seen in the soak benchmark)."""
+    """Catches: making or dropping partitions (of jobs and of feedback) under load failing
+    submits or feedback (a deadlock between the scheduler's DDL and the writers'
+    foreign-key checks, seen in the soak benchmark)."""
     import threading
 
     from db.jobs import get_job_view
@@ -486,6 +654,9 @@ def test_writers_never_fail_while_partitions_come_and_go(
                          "v": version_id},
                     )  # fmt: skip
                     assert get_job_view(session, job_id, tenant) is not None
+                    at = time_of(job_id)
+                    assert at is not None
+                    assert add_feedback(session, job_id=job_id, job_created_at=at, tenant_id=tenant)
                 written[0] += 1
             except Exception as error:  # every failure is the finding
                 errors.append(repr(error))
@@ -498,11 +669,12 @@ def test_writers_never_fail_while_partitions_come_and_go(
         for step in range(30):
             with sessions.begin() as session:
                 create_partition(session, ahead + step * HOUR, ahead + (step + 1) * HOUR)
+                mirror(session)
             old = floor_time(NOW, HOUR) - (48 - step) * HOUR
             add_job(db, model, old + HOUR / 2)
             part = Partition(partition_name(old), old, old + HOUR)
             for _ in range(20):  # a busy table makes a retire wait for another try
-                if _retire(sessions, part, report):
+                if _retire(sessions, part.lower, part.upper, report):
                     break
     finally:
         stop.set()
@@ -510,3 +682,57 @@ def test_writers_never_fail_while_partitions_come_and_go(
             thread.join()
     assert errors == [] and written[0] > 0
     assert len(report.dropped) >= 25, report
+
+
+def test_migration_0012_goes_back_and_forth_with_the_rows(
+    own: Settings, db: Engine, model: tuple[uuid.UUID, int, int]
+) -> None:
+    """Catches: a downgrade of 0012 that loses the dependents' rows, or leaves them without
+    the trigger that fills ``job_created_at`` for 0011's writers (checked by removing it);
+    an upgrade that loses them on the way back."""
+    from db.migrate import downgrade
+
+    job_id = add_job(db, model, NOW - 5 * HOUR)
+    url = own.database_url or ""
+    kinds = text("SELECT relkind FROM pg_class WHERE relname = :t")
+
+    downgrade(url, "0011")
+
+    with db.begin() as conn:
+        for table in DEPENDENTS:
+            assert conn.scalar(kinds, {"t": table}) == "r", table  # a plain table again
+            assert conn.scalar(text(f"SELECT job_id FROM {table}")) == job_id, table
+        conn.execute(
+            text("INSERT INTO feedback (id, job_id, tenant_id) VALUES (:f, :j, :t)"),
+            {"f": uuid.uuid4(), "j": job_id, "t": model[0]},
+        )
+        assert conn.scalar(text("SELECT count(DISTINCT job_created_at) FROM feedback")) == 1
+
+    upgrade(url)
+
+    with db.connect() as conn:
+        for table in DEPENDENTS:
+            assert conn.scalar(kinds, {"t": table}) == "p", table
+            home = conn.scalar(text(f"SELECT DISTINCT tableoid::regclass::text FROM {table}"))
+            assert home == partition_name(floor_time(NOW - 5 * HOUR, HOUR), table)
+        assert count(db, "feedback") == 2
+
+
+def test_idempotency_keys_go_once_expired_or_once_their_job_is_gone(
+    own: Settings, db: Engine, model: tuple[uuid.UUID, int, int]
+) -> None:
+    """Catches: idempotency keys (a plain table, not partitioned) that outlive their job
+    (a retry would find the key taken and no job) or their TTL, or go while still live.
+    Checked by not calling ``purge_keys``, and by purging at the horizon only."""
+    gone = add_job(db, model, NOW - 30 * HOUR)  # its partition goes
+    stale = add_job(db, model, NOW - 3 * HOUR)  # kept, but its key is 4 h old: past the TTL
+    live = add_job(db, model, NOW)  # an hour old
+    sessions = make_session_factory(make_engine(own.database_url or ""))
+
+    report = enforce(sessions, own.replace(idempotency_ttl_s=2 * 3600))
+
+    assert report.deleted_idempotency_keys == 2
+    with db.connect() as conn:
+        keys = {row[0] for row in conn.execute(text("SELECT job_id FROM idempotency_keys"))}
+        jobs = {row[0] for row in conn.execute(text("SELECT id FROM jobs"))}
+    assert keys == {live} and jobs == {stale, live} and gone not in jobs

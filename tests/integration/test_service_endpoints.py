@@ -16,7 +16,9 @@ from inferq.core.settings import Settings
 from inferq.core.status import worker_key
 from tests.integration.conftest import Caller
 
-PARTITION = re.compile(r"jobs_p\d{8}(t\d{6})?")
+PARTITION = re.compile(
+    r"(jobs|feedback|webhooks|webhook_deliveries|shadow_results)_p\d{8}(t\d{6})?"
+)
 
 
 def not_a_partition(name: str | None, kind: str, _: object) -> bool:
