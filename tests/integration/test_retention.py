@@ -275,7 +275,8 @@ def test_an_expired_job_answers_410_and_an_unknown_one_404(
     own: Settings, db: Engine, model: tuple[uuid.UUID, int, int]
 ) -> None:
     """Catches: an expired job that reads as never having existed (404), or a 410 for any
-    id at all."""
+    id at all. A legacy (UUIDv4) id stays 404: it carries no time, and nothing records
+    which ones existed."""
     gone = add_job(db, model, NOW - 30 * HOUR)
     kept = add_job(db, model, NOW - HOUR)
     sessions = make_session_factory(make_engine(own.database_url or ""))
@@ -295,6 +296,37 @@ def test_an_expired_job_answers_410_and_an_unknown_one_404(
     assert http.get(f"/v1/jobs/{uuid.uuid4()}", headers=headers).status_code == 404
     assert http.post(f"/v1/jobs/{gone}/cancel", headers=headers).status_code == 410
     assert http.get(f"/v1/batches/{new_id(NOW - 40 * HOUR)}", headers=headers).status_code == 410
+
+
+def test_a_job_dropped_after_the_horizon_was_cached_answers_410_at_once(
+    own: Settings, db: Engine, model: tuple[uuid.UUID, int, int]
+) -> None:
+    """An API process caches the retention horizon for a minute; a job whose partition goes
+    inside that minute is still gone, not unknown. Catches: ``expired`` answering from the
+    cached horizon alone (tried: the fresh read in api/services/jobs.py removed: 404)."""
+    # Given an API on a 3-hour retention that has cached the horizon of an earlier pass
+    # (a 6-hour one), and a job that pass left
+    api = own.replace(job_retention="3h")
+    early = add_job(db, model, NOW - 30 * HOUR)
+    later = add_job(db, model, NOW - 4 * HOUR)
+    sessions = make_session_factory(make_engine(own.database_url or ""))
+    assert enforce(sessions, own).dropped
+    with sessions.begin() as session:
+        key = create_key(session, ensure_tenant(session, "acme"), ["read", "submit"])[0]
+    http = create_app(api).test_client()
+    headers = {"Authorization": f"Bearer {key}"}
+    assert http.get(f"/v1/jobs/{early}", headers=headers).status_code == 410
+    assert http.get(f"/v1/jobs/{later}", headers=headers).status_code == 200
+
+    # When the next pass drops the later job's partition, within the cache's minute
+    assert enforce(sessions, api).dropped
+
+    # Then it answers 410 at once, and so does its cancel
+    answer = http.get(f"/v1/jobs/{later}", headers=headers)
+    assert answer.status_code == 410, answer.get_json()
+    assert http.post(f"/v1/jobs/{later}/cancel", headers=headers).status_code == 410
+    # while an id younger than the retention that names no job stays 404
+    assert http.get(f"/v1/jobs/{new_id(NOW - HOUR)}", headers=headers).status_code == 404
 
 
 def test_the_scheduler_process_makes_partitions_ahead_and_drops_expired_ones(
