@@ -255,7 +255,9 @@ def test_pgbouncer_pools_transactions_and_only_migrations_go_around_it(
         "5432",
         "6432",
     )
-    inferq = {name: s for name, s in services.items() if str(s.get("image", "")).startswith("inferq:")}
+    inferq = {
+        name: s for name, s in services.items() if str(s.get("image", "")).startswith("inferq:")
+    }
     assert {"api", "worker", "beat", "migrate", "autoscaler"} <= set(inferq)
     for name, service in inferq.items():
         settings = Settings.from_env(service["environment"])
