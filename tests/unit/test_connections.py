@@ -4,6 +4,7 @@ processes ``inferq up`` runs, and the table in docs/connections.md."""
 from __future__ import annotations
 
 import collections
+import re
 from typing import Any
 
 from click.testing import CliRunner
@@ -160,3 +161,21 @@ def test_up_prints_the_budget_of_the_stack_it_runs_in_its_banner(
     assert "inferq is up at" in plain.output
     assert "  Postgres: 90 at most (API processes 2×36, " in plain.output
     assert "  Postgres: 106 at most (" in more.output
+
+
+def test_the_readmes_fleet_figure_is_what_its_command_prints() -> None:
+    """Catches: a README figure for other flags than the ones it shows (it said 3,534 for
+    ``--api-nodes 20 --workers 500``, which prints 3454)."""
+    from inferq.cli import main
+
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    found = re.search(
+        r"`inferq db connections ([^`]+)` prints it for any fleet \(([\d,]+) there\)", readme
+    )
+    assert found, "README no longer quotes the fleet's budget"
+    flags, figure = found.group(1).split(), int(found.group(2).replace(",", ""))
+    result = CliRunner().invoke(
+        main, ["db", "connections", *flags], env={"INFERQ_DATABASE_URL": NOWHERE}
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1] == f"| **total** | | | | | **{figure}** |"
