@@ -42,6 +42,8 @@ from inferq.domain import result_cache as cache
 
 log = logging.getLogger(__name__)
 
+#: The API's clock may run behind the database's, whose ``now()`` retention counts from.
+HORIZON_SLACK = dt.timedelta(minutes=1)
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IGNORECASE)
 
 
@@ -242,12 +244,31 @@ def missing(st: ApiState, job_id: uuid.UUID) -> NotFound | Gone:
 
 def expired(st: ApiState, ident: uuid.UUID) -> bool:
     """Whether the creation time a UUIDv7 id carries is older than what ``jobs`` still holds
-    (the id alone says so: another tenant's expired id is as gone as one's own)."""
+    (the id alone says so: another tenant's expired id is as gone as one's own).
+
+    The horizon is cached for a minute; an id older than the retention but not than the
+    cached horizon may have gone since, so it reads the horizon afresh. An id that carries
+    no time (UUIDv4, from before migration 0011) cannot say whether it ever existed: 404.
+    """
     created = time_of(ident)
     if created is None:
         return False
-    boundary = st.horizon.get("horizon", lambda: retry_on_disconnect(_read_horizon(st)))
+    boundary = _horizon(st)
+    if boundary is not None and created < boundary:
+        return True
+    retention = dt.timedelta(seconds=st.settings.scheduler.job_retention_s)
+    if created >= dt.datetime.now(dt.timezone.utc) - retention + HORIZON_SLACK:
+        return False  # younger than the retention: no pass has dropped it
+    st.horizon.forget("horizon")
+    boundary = _horizon(st)
     return boundary is not None and created < boundary
+
+
+def _horizon(st: ApiState) -> dt.datetime | None:
+    found: dt.datetime | None = st.horizon.get(
+        "horizon", lambda: retry_on_disconnect(_read_horizon(st))
+    )
+    return found
 
 
 def _read_horizon(st: ApiState) -> Callable[[], dt.datetime | None]:

@@ -13,6 +13,7 @@ left holding a session's lock.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import os
 import subprocess
@@ -25,9 +26,16 @@ from typing import Any
 import pytest
 import requests
 from sqlalchemy import create_engine, pool, text
+from sqlalchemy.orm import Session, sessionmaker
 
+from db.engine import make_session_factory
+from db.ids import new_id, time_of
+from db.jobs import create_job
+from db.keys import ensure_tenant
+from db.partitions import create_partition, floor_time, partitions
+from db.registry import serving_info
 from inferq.core.settings import Settings
-from tests.factories import holdout
+from tests.factories import digits_variants, experiment_model, holdout
 from tests.pgbouncer import PgBouncer, find_pgbouncer
 from tests.processes import ServiceProcess, free_port, wait_for_http, wait_for_log
 from tests.security import Receiver, make_key
@@ -87,6 +95,12 @@ def bounced(
         webhook_backoff_s=0.3,
         webhook_max_attempts=4,
         reconcile_interval_s=0.5,
+        # Retention's DDL through PgBouncer too: hour-wide partitions, more of them ahead
+        # than the migration makes, a pass every half second.
+        job_partition="1h",
+        job_retention="6h",
+        partitions_ahead=5,
+        retention_interval_s=0.5,
     )
     processes: list[ServiceProcess] = []
     try:
@@ -111,7 +125,7 @@ def bounced(
         processes += [api, worker, beat]
         wait_for_http(f"http://127.0.0.1:{port}/readyz", api, timeout=90)
         wait_for_log(worker, " ready.", timeout=120)
-        key = make_key(own, "alice", ["submit", "read", "admin"])
+        key = make_key(own, "alice", ["submit", "read", "admin", "operator"])
         yield Bounced(
             own, bouncer, direct_url, f"http://127.0.0.1:{port}", key, processes, after_migrating
         )
@@ -245,9 +259,7 @@ def test_a_webhook_is_delivered_through_pgbouncer_after_a_retry(bounced: Bounced
 def test_the_scheduler_sends_a_job_whose_message_was_lost(bounced: Bounced) -> None:
     """The scheduler's periodic work through PgBouncer: its reconciler finds a queued job
     that was never published and publishes it, and the worker runs it."""
-    from db.jobs import create_job, mark_unpublished
-    from db.keys import ensure_tenant
-    from db.registry import serving_info
+    from db.jobs import mark_unpublished
     from inferq.cli.common import db_session
 
     # Given a queued job whose message never reached the broker
@@ -271,6 +283,144 @@ def test_the_scheduler_sends_a_job_whose_message_was_lost(bounced: Bounced) -> N
     assert answered["output"]["label"] == label
 
 
+def direct_sessions(bounced: Bounced) -> sessionmaker[Session]:
+    """Sessions on Postgres itself, around PgBouncer (for what a test sets up or reads)."""
+    return make_session_factory(create_engine(bounced.direct_url, poolclass=pool.NullPool))
+
+
+def test_the_scheduler_attaches_and_drops_partitions_and_an_expired_job_answers_410(
+    bounced: Bounced,
+) -> None:
+    """Retention's DDL (create, attach, detach, drop, under a transaction-level lock) from
+    the scheduler process through PgBouncer. Catches: a retention pass that cannot run in
+    transaction pooling (tried: ``lock_retention`` taking a session-level
+    ``pg_try_advisory_lock``: the lock stays on a pooled server connection, every later pass
+    on another connection finds it taken and does nothing, and the old partition stays)."""
+    sessions = direct_sessions(bounced)
+    hour = dt.timedelta(hours=1)
+
+    # Given the partitions ahead the scheduler makes beyond the migration's
+    def newest() -> dt.datetime:
+        with sessions() as session:
+            return partitions(session)[-1].upper
+
+    now = dt.datetime.now(dt.timezone.utc)
+    made = eventually(newest, lambda upper: upper >= now + 5 * hour, timeout_s=30)
+    assert made >= now + 5 * hour, bounced.logs()
+
+    # Given a partition of a day ago holding a finished job of alice's
+    lower = floor_time(now - 30 * hour, hour)
+    job_id = new_id(lower + hour / 2)
+    with sessions.begin() as session:
+        create_partition(session, lower, lower + hour, lock_timeout_ms=5000)
+        digits = serving_info(session, "digits")
+        assert digits is not None
+        session.execute(
+            text(
+                "INSERT INTO jobs (id, created_at, tenant_id, model_id, version_id, lane,"
+                " status, input, output) VALUES (:id, :at, :t, :m, :v, 'online', 'succeeded',"
+                " '{}', '{}')"
+            ),
+            {
+                "id": job_id,
+                "at": time_of(job_id),
+                "t": ensure_tenant(session, "alice").id,
+                "m": digits.model_id,
+                "v": digits.active_version_id,
+            },
+        )
+
+    # When the scheduler's passes go on
+    def oldest() -> dt.datetime:
+        with sessions() as session:
+            return partitions(session)[0].lower
+
+    # Then it drops that partition, and the job answers 410 Gone on read and cancel
+    assert eventually(oldest, lambda first: first > lower, timeout_s=30) > lower, bounced.logs()
+    with sessions() as session:
+        assert session.scalar(text("SELECT count(*) FROM jobs WHERE id = :j"), {"j": job_id}) == 0
+    answer = bounced.get(f"/v1/jobs/{job_id}")
+    assert answer.status_code == 410, answer.text
+    assert answer.headers["Content-Type"] == "application/problem+json"
+    assert bounced.post(f"/v1/jobs/{job_id}/cancel", None).status_code == 410
+
+
+def test_a_queued_job_is_canceled_through_pgbouncer(bounced: Bounced) -> None:
+    from inferq.cli.common import db_session
+
+    # Given a queued job no worker has (its message was never sent)
+    with db_session(bounced.settings) as session:
+        digits = serving_info(session, "digits")
+        assert digits is not None and digits.active_version_id is not None
+        job = create_job(
+            session,
+            tenant_id=ensure_tenant(session, "alice").id,
+            model_id=digits.model_id,
+            version_id=digits.active_version_id,
+            lane="online",
+            input=holdout(8)[7][0],
+        )
+
+    # When alice cancels it, and again
+    canceled = bounced.post(f"/v1/jobs/{job.id}/cancel", None)
+    again = bounced.post(f"/v1/jobs/{job.id}/cancel", None)
+
+    # Then it is canceled, without a worker, and a second cancel changes nothing
+    assert canceled.status_code == 200, canceled.text
+    assert (canceled.json()["status"], canceled.json()["worker"]) == ("canceled", None)
+    assert again.status_code == 200, again.text
+    assert again.json()["completed_at"] == canceled.json()["completed_at"]
+    assert bounced.get(f"/v1/jobs/{job.id}").json()["status"] == "canceled"
+
+
+def test_a_shadow_experiment_stores_the_candidates_outputs_through_pgbouncer(
+    bounced: Bounced,
+) -> None:
+    # Given a model with a good active version and a worse candidate in shadow
+    variants = digits_variants()
+    model = experiment_model(bounced.settings, [variants["good"], variants["bad"]], active=1)
+    started = bounced.post(
+        "/v1/experiments",
+        {
+            "model": model,
+            "mode": "shadow",
+            "arms": [{"version": 1, "name": "live"}, {"version": 2, "name": "candidate"}],
+            "policy": {"min_feedback": 50, "alpha": 0.01},
+        },
+    )
+    assert started.status_code == 201, started.text
+    experiment = started.json()["id"]
+
+    # When ten jobs are served, and labelled
+    pairs = holdout(10)
+    ids = []
+    for index, (pixels, _) in enumerate(pairs):
+        done = bounced.post(
+            "/v1/jobs", {"model": model, "input": pixels, "user": f"u{index}"}, Prefer="wait=25"
+        )
+        assert done.status_code == 200, (done.text, bounced.logs())
+        assert (done.json()["version"], done.json()["experiment"]["arm"]) == (1, "live")
+        ids.append(done.json()["id"])
+
+    # Then the worker stores the candidate's output for each, and the report pairs them
+    def stored() -> int:
+        with direct_sessions(bounced)() as session:
+            return int(
+                session.scalar(
+                    text("SELECT count(*) FROM shadow_results WHERE job_id = ANY(:ids)"),
+                    {"ids": [uuid.UUID(i) for i in ids]},
+                )
+                or 0
+            )
+
+    assert eventually(stored, lambda n: n == 10) == 10, bounced.logs()
+    for job_id, (_, label) in zip(ids, pairs, strict=True):
+        sent = bounced.post(f"/v1/jobs/{job_id}/feedback", {"label": label})
+        assert sent.status_code == 201, sent.text
+    report = bounced.get(f"/v1/experiments/{experiment}").json()
+    assert report["arms"][1]["agreement"]["compared"] == 10, report
+
+
 def test_every_connection_was_pgbouncers_and_none_kept_a_sessions_lock(
     bounced: Bounced,
 ) -> None:
@@ -287,10 +437,13 @@ def test_every_connection_was_pgbouncers_and_none_kept_a_sessions_lock(
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
         ).all()
+        # Held by a server connection in no transaction: a session's lock left behind (a
+        # transaction's own lock, such as a retention pass in flight, ends with it).
         advisory = conn.scalar(
             text(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
-                "(SELECT oid FROM pg_database WHERE datname = current_database())"
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+                " WHERE l.locktype = 'advisory' AND a.state = 'idle' AND l.database ="
+                " (SELECT oid FROM pg_database WHERE datname = current_database())"
             )
         )
     engine.dispose()

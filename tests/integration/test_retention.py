@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -28,6 +29,7 @@ from db.partitions import (
     DEPENDENTS,
     create_partition,
     floor_time,
+    horizon,
     mirror,
     partition_name,
     partitions,
@@ -35,6 +37,7 @@ from db.partitions import (
 from db.training import labelled_feedback
 from inferq.core.settings import Settings
 from scheduler.retention import enforce
+from tests.processes import ServiceProcess
 from tests.services import Services, create_database
 
 HOUR = dt.timedelta(hours=1)
@@ -393,7 +396,8 @@ def test_an_expired_job_answers_410_and_an_unknown_one_404(
     own: Settings, db: Engine, model: tuple[uuid.UUID, int, int]
 ) -> None:
     """Catches: an expired job that reads as never having existed (404), or a 410 for any
-    id at all."""
+    id at all. A legacy (UUIDv4) id stays 404: it carries no time, and nothing records
+    which ones existed."""
     gone = add_job(db, model, NOW - 30 * HOUR)
     kept = add_job(db, model, NOW - HOUR)
     sessions = make_session_factory(make_engine(own.database_url or ""))
@@ -413,6 +417,84 @@ def test_an_expired_job_answers_410_and_an_unknown_one_404(
     assert http.get(f"/v1/jobs/{uuid.uuid4()}", headers=headers).status_code == 404
     assert http.post(f"/v1/jobs/{gone}/cancel", headers=headers).status_code == 410
     assert http.get(f"/v1/batches/{new_id(NOW - 40 * HOUR)}", headers=headers).status_code == 410
+
+
+def test_a_job_dropped_after_the_horizon_was_cached_answers_410_at_once(
+    own: Settings, db: Engine, model: tuple[uuid.UUID, int, int]
+) -> None:
+    """An API process caches the retention horizon for a minute; a job whose partition goes
+    inside that minute is still gone, not unknown. Catches: ``expired`` answering from the
+    cached horizon alone (tried: the fresh read in api/services/jobs.py removed: 404)."""
+    # Given an API on a 3-hour retention that has cached the horizon of an earlier pass
+    # (a 6-hour one), and a job that pass left
+    api = own.replace(job_retention="3h")
+    early = add_job(db, model, NOW - 30 * HOUR)
+    later = add_job(db, model, NOW - 4 * HOUR)
+    sessions = make_session_factory(make_engine(own.database_url or ""))
+    assert enforce(sessions, own).dropped
+    with sessions.begin() as session:
+        key = create_key(session, ensure_tenant(session, "acme"), ["read", "submit"])[0]
+    http = create_app(api).test_client()
+    headers = {"Authorization": f"Bearer {key}"}
+    assert http.get(f"/v1/jobs/{early}", headers=headers).status_code == 410
+    assert http.get(f"/v1/jobs/{later}", headers=headers).status_code == 200
+
+    # When the next pass drops the later job's partition, within the cache's minute
+    assert enforce(sessions, api).dropped
+
+    # Then it answers 410 at once, and so does its cancel
+    answer = http.get(f"/v1/jobs/{later}", headers=headers)
+    assert answer.status_code == 410, answer.get_json()
+    assert http.post(f"/v1/jobs/{later}/cancel", headers=headers).status_code == 410
+    # while an id younger than the retention that names no job stays 404
+    assert http.get(f"/v1/jobs/{new_id(NOW - HOUR)}", headers=headers).status_code == 404
+
+
+def test_the_scheduler_process_makes_partitions_ahead_and_drops_expired_ones(
+    own: Settings, db: Engine, model: tuple[uuid.UUID, int, int], tmp_path: Any
+) -> None:
+    """The retention thread as ``inferq beat`` starts it, on a short interval: nobody calls
+    ``enforce`` here. Catches: a scheduler that never runs retention (tried: the
+    ``inferq-retention`` thread removed from scheduler/service.py: no partition made ahead,
+    the expired one never dropped, the wait below times out)."""
+    # Given an expired job and a recent one, and a scheduler asked for more partitions
+    # ahead than the migration made
+    old = add_job(db, model, NOW - 30 * HOUR)
+    recent = add_job(db, model, NOW - HOUR)
+    sessions = make_session_factory(make_engine(own.database_url or ""))
+    ahead = 8
+    with sessions() as session:
+        assert max(p.upper for p in partitions(session)) < NOW + ahead * HOUR
+    scheduler = own.replace(
+        retention_interval_s=0.5,
+        partitions_ahead=ahead,
+        reconcile_interval_s=3600.0,
+        experiment_interval_s=3600.0,
+        retrain_check_interval_s=3600.0,
+        namespace=f"ret{uuid.uuid4().hex[:6]}",
+        home=tmp_path / "home",
+    )
+
+    # When the scheduler runs on its own for a while
+    beat = ServiceProcess("beat", ["beat"], scheduler, tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and beat.alive():
+            with sessions() as session:
+                found, gone_since = partitions(session), horizon(session)
+            if gone_since is not None and found[-1].upper >= NOW + (ahead + 1) * HOUR:
+                break
+            time.sleep(0.3)
+    finally:
+        beat.stop()
+
+    # Then it made partitions ahead of now and dropped the expired ones, with their job
+    assert found[-1].upper >= NOW + (ahead + 1) * HOUR, (found[-1], beat.log()[-3000:])
+    assert gone_since is not None and gone_since > NOW - 7 * HOUR, beat.log()[-3000:]
+    assert all(p.upper > NOW - 7 * HOUR for p in found)
+    with db.connect() as conn:
+        left = {row[0] for row in conn.execute(text("SELECT id FROM jobs"))}
+    assert old not in left and recent in left
 
 
 def test_two_schedulers_never_retire_at_once(

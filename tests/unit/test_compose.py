@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 import yaml
+from sqlalchemy.engine import make_url
 
+from inferq.core.settings import Settings
 from inferq.local.nginx import placeholders
 from tests.services import CI
 from tests.unit.deploy_checks import (
@@ -261,3 +263,32 @@ def test_every_service_that_loads_models_keeps_its_artifact_cache_on_a_volume(
     # a new named volume takes the owner of the image's directory: the worker's user
     made = re.search(r"install -d -o inferq -g inferq (.+)$", DOCKERFILE.read_text(), re.M)
     assert made is not None and cache in made.group(1).split()
+
+
+def test_pgbouncer_pools_transactions_and_only_migrations_go_around_it(
+    services: dict[str, Any],
+) -> None:
+    """Catches: PgBouncer switched to session pooling (a server connection per client:
+    the budget gone), or INFERQ_DATABASE_URL pointed back at postgres:5432 (tried both:
+    POOL_MODE session; the URL's host postgres:5432)."""
+    bouncer = services["pgbouncer"]["environment"]
+    assert bouncer["POOL_MODE"] == "transaction"
+    assert (bouncer["DB_HOST"], bouncer["DB_PORT"], bouncer["LISTEN_PORT"]) == (
+        "postgres",
+        "5432",
+        "6432",
+    )
+    inferq = {
+        name: s for name, s in services.items() if str(s.get("image", "")).startswith("inferq:")
+    }
+    assert {"api", "worker", "beat", "migrate", "autoscaler"} <= set(inferq)
+    for name, service in inferq.items():
+        settings = Settings.from_env(service["environment"])
+        pooled = make_url(settings.require_database_url())
+        direct = make_url(settings.require_direct_database_url())
+        assert (pooled.host, pooled.port) == ("pgbouncer", 6432), name
+        assert (direct.host, direct.port) == ("postgres", 5432), name
+        assert pooled.database == direct.database == bouncer["DB_NAME"], name
+        assert pooled.password == direct.password == SECRETS["POSTGRES_PASSWORD"], name
+    # Migrations run `inferq db upgrade`, which takes the direct URL.
+    assert inferq_invocations(services["migrate"]["command"])[0][:2] == ["db", "upgrade"]

@@ -4,6 +4,7 @@ processes ``inferq up`` runs, and the table in docs/connections.md."""
 from __future__ import annotations
 
 import collections
+import re
 from typing import Any
 
 from click.testing import CliRunner
@@ -136,3 +137,45 @@ def test_the_cli_prints_the_budget_of_any_fleet() -> None:
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert result.output.strip() == table(budget(Settings(), LARGE))
+
+
+def test_up_prints_the_budget_of_the_stack_it_runs_in_its_banner(
+    monkeypatch: Any, tmp_path: Any
+) -> None:
+    """Catches: a banner without the budget, or with the default stack's whatever the flags
+    (tried: the ``Postgres:`` line dropped from stack_cmds._say_ready; ``up`` summing
+    ``Settings()`` instead of the settings its flags made: 90 printed for --workers 5)."""
+    from inferq.cli import main
+    from inferq.local import stack
+
+    # Given an `up` whose stack is ready at once (nothing started)
+    monkeypatch.setattr(stack, "run", lambda settings, on_ready: on_ready() or 0)
+    env = {"INFERQ_HOME": str(tmp_path), "INFERQ_DATABASE_URL": NOWHERE}
+
+    # When it runs with the default fleet, and with four more online workers
+    plain = CliRunner().invoke(main, ["up"], env=env)
+    more = CliRunner().invoke(main, ["up", "--workers", "5"], env=env)
+
+    # Then each banner carries its own stack's budget: four workers of 2 (+2) more
+    assert plain.exit_code == 0 and more.exit_code == 0, (plain.output, more.output)
+    assert "inferq is up at" in plain.output
+    assert "  Postgres: 90 at most (API processes 2×36, " in plain.output
+    assert "  Postgres: 106 at most (" in more.output
+
+
+def test_the_readmes_fleet_figure_is_what_its_command_prints() -> None:
+    """Catches: a README figure for other flags than the ones it shows (it said 3,534 for
+    ``--api-nodes 20 --workers 500``, which prints 3454)."""
+    from inferq.cli import main
+
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    found = re.search(
+        r"`inferq db connections ([^`]+)` prints it for any fleet \(([\d,]+) there\)", readme
+    )
+    assert found, "README no longer quotes the fleet's budget"
+    flags, figure = found.group(1).split(), int(found.group(2).replace(",", ""))
+    result = CliRunner().invoke(
+        main, ["db", "connections", *flags], env={"INFERQ_DATABASE_URL": NOWHERE}
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1] == f"| **total** | | | | | **{figure}** |"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from sqlalchemy.engine import make_url
 
 from inferq.core.broker import make_celery, queue_name
 from inferq.core.settings import Settings
@@ -249,3 +251,31 @@ def test_every_pod_that_loads_models_keeps_its_artifact_cache_across_container_r
         assert mounts.get(cache) == "artifact-cache", name
         limit = volumes["artifact-cache"]["emptyDir"]["sizeLimit"]
         assert limit.endswith("Gi") and int(limit[:-2]) * 2**30 > cap, name
+
+
+def secret_literals() -> dict[str, str]:
+    """The ``--from-literal`` values of the README's ``inferq-secrets`` command."""
+    text = (K8S / "README.md").read_text()
+    return dict(re.findall(r"--from-literal=(\w+)='([^']*)'", text))
+
+
+def test_pgbouncer_pools_transactions_and_only_migrations_go_around_it(objects: dict) -> None:
+    """Catches: PgBouncer switched to session pooling, the Secret's INFERQ_DATABASE_URL
+    pointed back at Postgres, or a URL naming a Service or port PgBouncer does not have
+    (tried: POOL_MODE session; the README's URL at postgres.example:5432)."""
+    config = objects[("ConfigMap", "inferq-pgbouncer")]["data"]
+    assert config["POOL_MODE"] == "transaction"
+    service = objects[("Service", "inferq-pgbouncer")]["spec"]
+    assert [p["port"] for p in service["ports"]] == [int(config["LISTEN_PORT"])]
+    settings = Settings.from_env(secret_literals())
+    pooled = make_url(settings.require_database_url())
+    direct = make_url(settings.require_direct_database_url())
+    namespace = objects[("Namespace", "inferq")]["metadata"]["name"]
+    assert pooled.host == f"inferq-pgbouncer.{namespace}.svc.cluster.local"
+    assert pooled.port == int(config["LISTEN_PORT"])
+    assert (direct.host, direct.port) == (config["DB_HOST"], int(config["DB_PORT"]))
+    assert pooled.database == direct.database == config["DB_NAME"]
+    # No manifest sets either URL itself: every pod takes them from the Secret.
+    assert "INFERQ_DATABASE_URL" not in objects[("ConfigMap", "inferq-config")]["data"]
+    migrate = container(objects[("Job", "inferq-migrate")])
+    assert inferq_invocations(migrate["command"])[0][:2] == ["db", "upgrade"]

@@ -170,3 +170,24 @@ def test_the_write_path_counts_a_commit_per_submit_and_two_per_batch() -> None:
     assert np.allclose(per_s["pg_commits"], expected)
     redis = next(row for row in table(run, Costs()) if row.resource.startswith("Redis"))
     assert redis.saturates_at_jobs_s == pytest.approx(100_000 / 6.3)
+
+
+def test_a_burst_past_five_hundred_gpu_workers_takes_the_fleet_to_the_cap_and_no_further() -> None:
+    """SCALING.md's 500-GPU-worker run, in small. Catches: a fleet that stops short of
+    ``max_workers`` under a burst that needs more, or one that passes it (tried: the
+    policy's two clamps to ``max_workers`` in scheduler/autoscaler/policy.py removed: 968)."""
+    # Given an hour whose burst needs about 670 unbatched GPU workers (100,000 jobs/s at
+    # 150 jobs/s a worker), around a baseline a few dozen serve
+    burst = Scenario(
+        CURVES["embed-gpu"], profile="burst", duration_s=3600, peak=100_000, max_batch=1
+    )
+    for cap in (500, 300):
+        policy = Policy(min_workers=1, max_workers=cap, target_queue_wait_s=5, max_step=50)
+
+        # When the real policy scales the fleet
+        run = Simulation(burst, policy=policy).run()
+
+        # Then it starts small, reaches the cap in the burst, and never passes it
+        assert run.workers[0] < 100
+        assert run.workers.max() == cap
+        assert run.series["ready"].max() == cap
