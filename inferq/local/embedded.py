@@ -30,6 +30,7 @@ from urllib.parse import parse_qsl, urlsplit
 import psutil
 
 from inferq.core.errors import InferqError
+from inferq.core.scrape import free_port
 from inferq.core.settings import Settings
 
 START_TIMEOUT_S = 15.0
@@ -138,13 +139,6 @@ def reachable(host: str, port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def sqlalchemy_url(uri: str) -> str:

@@ -5,24 +5,22 @@ API nodes serve ``/metrics`` on their own port; workers, the scheduler and the a
 a free loopback port each (``--metrics-port``), and ``INFERQ_HOME/prometheus-targets.json``
 lists them all for a Prometheus on this host (``file_sd_configs``). The workers that the
 autoscaler starts and stops come and go: it keeps a group of its own in that file up to date
-(``--metrics-targets``, :func:`set_group`), which Prometheus reads again when it changes.
+(``--metrics-targets``, :func:`inferq.core.scrape.set_group`), which Prometheus reads
+again when it changes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from inferq.local.embedded import free_port
+from inferq.core.scrape import WORKERS_JOB, free_port
 from inferq.local.supervise import Program
 
 #: Commands that serve metrics on a port of their own, and the scrape job of each.
-JOBS = {"worker": "inferq-workers", "beat": "inferq-scheduler", "autoscaler": "inferq-autoscaler"}
-#: The scrape job of the workers an autoscaler starts: the same as the fixed workers'.
-AUTOSCALED_JOB = JOBS["worker"]
+JOBS = {"worker": WORKERS_JOB, "beat": "inferq-scheduler", "autoscaler": "inferq-autoscaler"}
 
 
 def assign_ports(
@@ -70,20 +68,3 @@ def write_targets(
             groups.setdefault(job, []).append(f"127.0.0.1:{ports[program.name]}")
     document = [{"targets": targets, "labels": {"job": job}} for job, targets in groups.items()]
     path.write_text(json.dumps(document, indent=2) + "\n")
-
-
-def set_group(path: Path, labels: Mapping[str, str], targets: Iterable[str]) -> None:
-    """Make the group of ``path`` labelled ``labels`` hold ``targets`` (none: no group), the
-    other groups as they are. The file is replaced whole, so Prometheus never reads half
-    of it."""
-    try:
-        document = json.loads(path.read_text())
-    except (OSError, ValueError):
-        document = []
-    kept = [group for group in document if group.get("labels") != dict(labels)]
-    wanted = sorted(targets)
-    if wanted:
-        kept.append({"targets": wanted, "labels": dict(labels)})
-    partial = path.with_name(f".{path.name}.{os.getpid()}")
-    partial.write_text(json.dumps(kept, indent=2) + "\n")
-    os.replace(partial, path)

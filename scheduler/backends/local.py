@@ -11,9 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from inferq.core.scrape import WORKERS_JOB, free_port, set_group
 from inferq.core.settings import Settings
-from inferq.local.embedded import free_port
-from inferq.local.scrape_targets import AUTOSCALED_JOB, set_group
 from scheduler.backends import idle_first
 
 log = logging.getLogger(__name__)
@@ -137,7 +136,7 @@ class LocalBackend:
     def _publish_targets(self) -> None:
         if self._targets is None:
             return
-        labels = {"job": AUTOSCALED_JOB, "pool": self._prefix}
+        labels = {"job": WORKERS_JOB, "pool": self._prefix}
         try:
             set_group(self._targets, labels, [f"127.0.0.1:{p}" for p in self._ports.values()])
         except OSError:  # metrics are no reason to stop scaling

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from inferq.core.scrape import set_group
 from inferq.core.settings import Settings
-from inferq.local.scrape_targets import assign_ports, set_group, write_targets
+from inferq.local.scrape_targets import assign_ports, write_targets
 from inferq.local.stack import programs
 from scheduler.backends.local import LocalBackend
 
