@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import stat
@@ -17,6 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.e2e.test_readme_rest import readme_section
 from tests.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,7 +67,7 @@ def still_running(processes: list[psutil.Process]) -> list[str]:
 
 @pytest.fixture
 def up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path]]:
-    home = tmp_path / "home"
+    home = tmp_path / "var"  # ./var, as `inferq up` makes it with no INFERQ_HOME set
     stderr = tmp_path / "up.stderr"
     with stderr.open("wb") as err:
         process = subprocess.Popen(
@@ -95,7 +97,10 @@ def test_up_serves_a_digit_and_down_leaves_nothing_running(up: tuple) -> None:
     """Also ``--autoscale``: down drains the autoscaler's workers too (they are in `started`),
     and the autoscaler and its workers serve metrics where the targets file says. Mutation
     tried: the autoscaler looking up `getattr(settings, "metrics_port")` again, which is
-    never there (fails: its target refuses the connection)."""
+    never there (fails: its target refuses the connection). The README's REST walk-through
+    and client snippet run against this stack as a newcomer's shell would (issue 19):
+    tried with `inferq keys create` in the walk-through and services.json not written
+    (fails: the admin command finds no database)."""
     process, home, stderr = up
     env = bare_env(home)
 
@@ -139,6 +144,26 @@ def test_up_serves_a_digit_and_down_leaves_nothing_running(up: tuple) -> None:
     assert "inferq_autoscaler_workers" in metrics["inferq-autoscaler"], metrics
     assert 'inferq_worker_jobs_total{model="digits",status="succeeded"}' in metrics["auto-online"]
 
+    # When a newcomer runs the README's REST walk-through and Python client snippet as
+    # written, from the directory that holds `var/`, with nothing set but the stack's URL
+    # (this test's port instead of 8080): they read the key from var/dev-api-key and the
+    # admin command in them finds the database from var/services.json
+    newcomer = {k: v for k, v in env.items() if not k.startswith("INFERQ_")}
+    newcomer["INFERQ_URL"] = url_of(stderr)
+    rest = subprocess.run(
+        ["bash", "-c", "set -euo pipefail\n" + readme_section("rest", "bash")],
+        cwd=home.parent, env=newcomer, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert rest.returncode == 0, f"{rest.stdout}\n{rest.stderr}"
+    statuses = re.findall(r"^HTTP/1\.[01] (\d{3})", rest.stdout, re.M)
+    assert statuses == ["202", "200"], rest.stdout  # the submit, then the waiting submit
+    client = subprocess.run(
+        [sys.executable, "-c", readme_section("python-client", "python")],
+        cwd=home.parent, env=newcomer, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert client.returncode == 0, f"{client.stdout}\n{client.stderr}"
+    assert client.stdout.split()[0] == "succeeded", client.stdout
+
     # When `inferq down` runs, then `up` exits cleanly and nothing it started is left
     down = subprocess.run(
         [*INFERQ, "down"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=150
@@ -147,6 +172,13 @@ def test_up_serves_a_digit_and_down_leaves_nothing_running(up: tuple) -> None:
     assert process.wait(30) == 0, tail(stderr)
     assert still_running(started) == []
     assert not (home / "up.json").exists()
+
+
+def url_of(stderr: Path) -> str:
+    """The URL the banner says the stack is up at."""
+    found = re.search(r"inferq is up at (http://\S+)", stderr.read_text())
+    assert found is not None, tail(stderr)
+    return found.group(1).rstrip("/")
 
 
 def names(processes: list[psutil.Process]) -> set[str]:
