@@ -57,6 +57,11 @@ class CompletionWaiter:
                     if not waiting:
                         del self._events[job_id]
 
+    def waiting(self, job_id: str) -> int:
+        """How many requests of this process wait for ``job_id`` now."""
+        with self._lock:
+            return len(self._events.get(job_id, ()))
+
     def notify(self, done: Completion) -> None:
         """Wake the requests waiting for the jobs of ``done``, handing them the jobs' fields."""
         with self._lock:

@@ -4,6 +4,7 @@ finds it taken for ``INFERQ_API_DB_WAIT_S`` gets a 503 problem instead of hangin
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 from flask.testing import FlaskClient
@@ -41,25 +42,43 @@ def test_a_request_that_gets_no_connection_in_time_is_a_503(
 def test_a_waiting_long_poll_holds_no_connection(
     settings: Settings, digits_version: int, keys: Keys
 ) -> None:
-    http = one_connection_app(settings)
+    """Catches a long-poll that waits inside ``with st.sessions()`` (the wait moved into the
+    session block): the other request then finds the only connection taken and gets a 503.
+
+    The poll waits 60 s and is ended by a cancel, not by its timer, and the check runs only once
+    the poll is registered as waiting: no step depends on how fast a loaded machine runs."""
+    lean = settings.replace(api_db_pool=1, db_overflow=0.0, api_db_wait_s=5.0, max_wait_s=60.0)
+    http = create_app(lean).test_client()
+    waiter = http.application.extensions["inferq"].waiter
     auth = {"Authorization": f"Bearer {keys.alice}"}
-    # Given a queued job (no worker runs here) and a client long-polling it for 3 s
+    # Given a queued job (no worker runs here) and a client long-polling it for up to 60 s
     job = http.post("/v1/jobs", json={"model": "digits", "input": holdout(1)[0][0]}, headers=auth)
     assert job.status_code == 202
-    answers: list[int] = []
+    job_id = job.json["id"]
+    answers: list[tuple[int, str]] = []
     poller = http.application.test_client()
-    poll = threading.Thread(
-        target=lambda: answers.append(
-            poller.get(f"/v1/jobs/{job.json['id']}?wait=3", headers=auth).status_code
-        )
-    )
-    poll.start()
+
+    def poll() -> None:
+        answer = poller.get(f"/v1/jobs/{job_id}?wait=60", headers=auth)
+        answers.append((answer.status_code, answer.json["status"]))
+
+    polling = threading.Thread(target=poll)
+    polling.start()
     try:
-        # When another request needs the process's only connection meanwhile
-        models = http.get("/v1/models", headers=auth)
-        # Then it gets it while the long-poll is still waiting
-        assert models.status_code == 200
-        assert poll.is_alive()
+        deadline = time.monotonic() + 30.0
+        while waiter.waiting(job_id) == 0 and polling.is_alive():
+            assert time.monotonic() < deadline, "the long-poll never started waiting"
+            time.sleep(0.01)
+        assert polling.is_alive()
+        # When another request needs the process's only connection while the poll waits
+        other = http.get(f"/v1/jobs/{uuid.uuid4()}", headers=auth)
+        # Then it gets it (an unknown job: 404, not 503 for want of a connection)
+        assert other.status_code == 404
+        assert waiter.waiting(job_id) == 1
     finally:
-        poll.join()
-    assert answers == [200]
+        # And the poll ends when the job does: a cancel wakes it with the job's new state
+        canceled = http.post(f"/v1/jobs/{job_id}/cancel", headers=auth)
+        polling.join(timeout=30.0)
+    assert canceled.status_code == 200
+    assert not polling.is_alive()
+    assert answers == [(200, "canceled")]
