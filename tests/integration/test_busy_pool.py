@@ -42,8 +42,9 @@ def test_a_request_that_gets_no_connection_in_time_is_a_503(
 def test_a_waiting_long_poll_holds_no_connection(
     settings: Settings, digits_version: int, keys: Keys
 ) -> None:
-    """Catches a long-poll that waits inside ``with st.sessions()`` (the wait moved into the
-    session block): the other request then finds the only connection taken and gets a 503.
+    """Catches a long-poll that holds a connection while it waits (tried by hand: ``signal.wait``
+    in ``wait_until_terminal`` moved inside ``with st.sessions()`` with a connection checked
+    out): the other request then finds the only connection taken and gets a 503.
 
     The poll waits 60 s and is ended by a cancel, not by its timer, and the check runs only once
     the poll is registered as waiting: no step depends on how fast a loaded machine runs."""
