@@ -62,8 +62,11 @@ def prefer_wait(header: str | None, max_wait_s: float) -> float:
 
 
 def query_wait(raw: str | None, max_wait_s: float) -> float:
-    """Seconds asked for by ``?wait=N``, capped at ``max_wait_s``; a bad value is a 400."""
-    if raw is None or raw == "":
+    """Seconds asked for by ``?wait=N``, capped at ``max_wait_s``; a bad value is a 400.
+
+    An empty ``?wait=`` is a bad value too: the OpenAPI contract types ``wait`` as a number.
+    """
+    if raw is None:
         return 0.0
     try:
         seconds = float(raw)
