@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import case, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from db.ids import new_id, time_of
@@ -133,19 +133,57 @@ class JobView:
     job: Job
     model: str
     version: int
+    #: the queued jobs of its lane created before it, per model id, when read with it
+    #: (``with_ahead``: a queued job's position costs no second round trip); None otherwise
+    ahead: dict[int, int] | None = None
 
 
-def get_job_view(session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID) -> JobView | None:
-    """The tenant's job with its model name and version number, or None."""
+def _ahead() -> Any:
+    """A column for a ``jobs`` row: its lane's queued jobs created before it, counted per
+    model id (a JSON object), for a queued job; NULL for any other status."""
+    earlier = Job.__table__.alias("earlier")
+    per_model = (
+        select(earlier.c.model_id, func.count().label("n"))
+        .where(
+            earlier.c.status == "queued",
+            earlier.c.lane == Job.lane,
+            earlier.c.created_at < Job.created_at,
+        )
+        .group_by(earlier.c.model_id)
+        .correlate(Job)
+        .subquery("per_model")
+    )
+    counts = select(
+        func.coalesce(
+            func.json_object_agg(per_model.c.model_id, per_model.c.n), text("'{}'::json")
+        )
+    ).scalar_subquery()
+    return case((Job.status == "queued", counts))
+
+
+def _counts(raw: dict[str, int] | None) -> dict[int, int] | None:
+    return None if raw is None else {int(model): int(n) for model, n in raw.items()}
+
+
+def get_job_view(
+    session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID, *, with_ahead: bool = False
+) -> JobView | None:
+    """The tenant's job with its model name and version number, or None; ``with_ahead``
+    also counts the jobs queued ahead of it (JobView.ahead), in the same statement."""
     from db.tables import Model, ModelVersion
 
+    columns: list[Any] = [Job, Model.name, ModelVersion.version]
+    if with_ahead:
+        columns.append(_ahead())
     row = session.execute(
-        select(Job, Model.name, ModelVersion.version)
+        select(*columns)
         .join(Model, Model.id == Job.model_id)
         .join(ModelVersion, ModelVersion.id == Job.version_id)
         .where(is_job(job_id), Job.tenant_id == tenant_id)
     ).one_or_none()
-    return JobView(*row) if row else None
+    if row is None:
+        return None
+    return JobView(row[0], row[1], row[2], _counts(row[3]) if with_ahead else None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,19 +195,22 @@ class JobProgress:
     worker: str | None
     attempts: int
     cancel_requested: bool
+    #: as JobView.ahead: the jobs queued ahead of it per model id while it is queued
+    ahead: dict[int, int] | None = None
 
 
 def get_job_progress(
     session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID
 ) -> JobProgress | None:
     """The tenant's job's status and the fields that change with it before it finishes, or
-    None: five columns of one row, for a long-poll whose wait ran out without a signal."""
+    None: five columns of one row and, while it is queued, the jobs ahead of it, in one
+    statement, for a long-poll whose wait ran out without a signal."""
     row = session.execute(
-        select(Job.status, Job.started_at, Job.worker, Job.attempts, Job.cancel_requested).where(
-            is_job(job_id), Job.tenant_id == tenant_id
-        )
+        select(
+            Job.status, Job.started_at, Job.worker, Job.attempts, Job.cancel_requested, _ahead()
+        ).where(is_job(job_id), Job.tenant_id == tenant_id)
     ).one_or_none()
-    return JobProgress(*row) if row else None
+    return JobProgress(*row[:5], _counts(row[5])) if row else None
 
 
 def cancel_job(session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID) -> Job | None:

@@ -101,7 +101,7 @@ def get_job(job_id: str) -> Response:
     ident = svc.parse_job_id(job_id)
     tenant = current_principal().tenant_id
     if not wait:
-        return _job_response(svc.load(st, ident, tenant), 200)
+        return _job_response(svc.load(st, ident, tenant, with_ahead=True), 200)
     with st.waiter.expect(str(ident)) as signal:
         view = svc.wait_until_terminal(st, svc.load(st, ident, tenant), wait, signal)
     return _job_response(view, 200)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import re
@@ -224,12 +225,15 @@ def publish(st: ApiState, view: JobView) -> None:
             mark_unpublished(session, [view.job.id])
 
 
-def load(st: ApiState, job_id: uuid.UUID, tenant_id: uuid.UUID) -> JobView:
-    """The tenant's job, or 404 (also for another tenant's job)."""
+def load(
+    st: ApiState, job_id: uuid.UUID, tenant_id: uuid.UUID, *, with_ahead: bool = False
+) -> JobView:
+    """The tenant's job, or 404 (also for another tenant's job); ``with_ahead`` counts the
+    jobs queued ahead of it in the same statement (for its position)."""
 
     def read() -> JobView | None:
         with st.sessions() as session:
-            return get_job_view(session, job_id, tenant_id)
+            return get_job_view(session, job_id, tenant_id, with_ahead=with_ahead)
 
     view = retry_on_disconnect(read)
     if view is None:
@@ -313,7 +317,7 @@ def refresh(st: ApiState, view: JobView) -> JobView:
     job = view.job  # detached from its session: set for rendering, never written back
     job.status, job.started_at, job.worker = now.status, now.started_at, now.worker
     job.attempts, job.cancel_requested = now.attempts, now.cancel_requested
-    return view
+    return dataclasses.replace(view, ahead=now.ahead)
 
 
 #: What a worker sends with a completion (workers.runner.final_fields), all needed to answer.

@@ -11,7 +11,8 @@ lane, or workers that stopped consuming. A running job whose worker stopped beat
 that runs past the time limit, is ``stuck`` too (the reconciler puts it back in the queue).
 
 Lane and model figures are cached per API process for a second; the jobs ahead are counted
-for each request.
+for each request, in the statement that reads the job where the route asks for them
+(``JobView.ahead``).
 """
 
 from __future__ import annotations
@@ -85,8 +86,10 @@ def locate(st: ApiState, view: JobView) -> dict[str, Any]:
     now = lane(st, job.lane)
     if job.status == "running":
         return {"stuck": _running_stuck(st, view, now)}
-    with st.sessions() as session:
-        ahead = ahead_by_model(session, job.lane, job.created_at)
+    ahead = view.ahead
+    if ahead is None:  # not read with the job
+        with st.sessions() as session:
+            ahead = ahead_by_model(session, job.lane, job.created_at)
     eta = None
     if now.consuming and now.per_job_s:
         lane_s = now.per_job_s

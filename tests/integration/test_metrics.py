@@ -11,10 +11,13 @@ from typing import Any
 import pytest
 import redis
 from flask import Flask
+from sqlalchemy import select
 
 from api.app import create_app
 from api.services import position as whereis
-from db.jobs import claim_jobs, fail_jobs
+from db.jobs import claim_jobs, fail_jobs, get_job_progress, get_job_view
+from db.stats import ahead_by_model
+from db.tables import Job
 from inferq.cli.common import db_session
 from inferq.core.broker import make_celery
 from inferq.core.metrics import sample_names
@@ -367,6 +370,41 @@ def test_a_queued_job_has_its_position_and_why_it_is_stuck(
     first, third = (alice.get(f"/v1/jobs/{i}").get_json() for i in (ids[0], ids[2]))
     assert first["stuck"] is None
     assert 0 < first["eta_s"] <= third["eta_s"]
+
+
+def test_the_position_read_with_the_job_counts_what_a_separate_count_counts(
+    alice: Caller, settings: Settings
+) -> None:
+    """A plain GET reads the jobs ahead in the job's own statement, and a long-poll whose wait
+    ran out in its progress read: both agree with the separate count (``ahead_by_model``)
+    the position was computed from before, and a running job has none. (Checked against
+    ``created_at <=`` in ``db.jobs._ahead``: every position one too high, and this fails.)"""
+    ids = submit(alice, [p for p, _ in holdout(3)])
+    with db_session(settings) as session:
+        tenant = session.scalars(select(Job.tenant_id).where(Job.id == uuid.UUID(ids[0]))).one()
+        views = [get_job_view(session, uuid.UUID(i), tenant) for i in ids]
+        counted = [ahead_by_model(session, v.job.lane, v.job.created_at) for v in views if v]
+        read = [
+            get_job_view(session, uuid.UUID(i), tenant, with_ahead=True) for i in ids
+        ]
+        progress = [get_job_progress(session, uuid.UUID(i), tenant) for i in ids]
+    assert [v.ahead for v in views if v] == [None, None, None]  # not asked for
+    assert [v.ahead for v in read if v] == counted
+    assert [p.ahead for p in progress if p] == counted
+    expected = [sum(c.values()) for c in counted]
+    assert expected[1:] == [expected[0] + 1, expected[0] + 2]
+    assert [alice.get(f"/v1/jobs/{i}").get_json()["position"] for i in ids] == expected
+    polled = [alice.get(f"/v1/jobs/{i}?wait=0.05").get_json() for i in ids]
+    assert [(j["status"], j["position"]) for j in polled] == [("queued", n) for n in expected]
+
+    with db_session(settings) as session:
+        claim_jobs(session, [ids[0]], "someone@somewhere")
+        running = get_job_view(session, uuid.UUID(ids[0]), tenant, with_ahead=True)
+        still = get_job_progress(session, uuid.UUID(ids[0]), tenant)
+    assert running is not None and running.job.status == "running" and running.ahead is None
+    assert still is not None and still.ahead is None
+    with db_session(settings) as session:
+        fail_jobs(session, [uuid.UUID(j) for j in ids], {"type": "test", "message": "done"})
 
 
 def test_a_running_job_whose_worker_died_says_so(alice: Caller, settings: Settings) -> None:
