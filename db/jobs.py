@@ -154,9 +154,7 @@ def _ahead() -> Any:
         .subquery("per_model")
     )
     counts = select(
-        func.coalesce(
-            func.json_object_agg(per_model.c.model_id, per_model.c.n), text("'{}'::json")
-        )
+        func.coalesce(func.json_object_agg(per_model.c.model_id, per_model.c.n), text("'{}'::json"))
     ).scalar_subquery()
     return case((Job.status == "queued", counts))
 

@@ -384,9 +384,7 @@ def test_the_position_read_with_the_job_counts_what_a_separate_count_counts(
         tenant = session.scalars(select(Job.tenant_id).where(Job.id == uuid.UUID(ids[0]))).one()
         views = [get_job_view(session, uuid.UUID(i), tenant) for i in ids]
         counted = [ahead_by_model(session, v.job.lane, v.job.created_at) for v in views if v]
-        read = [
-            get_job_view(session, uuid.UUID(i), tenant, with_ahead=True) for i in ids
-        ]
+        read = [get_job_view(session, uuid.UUID(i), tenant, with_ahead=True) for i in ids]
         progress = [get_job_progress(session, uuid.UUID(i), tenant) for i in ids]
     assert [v.ahead for v in views if v] == [None, None, None]  # not asked for
     assert [v.ahead for v in read if v] == counted
