@@ -208,7 +208,10 @@ def get_job_progress(
             Job.status, Job.started_at, Job.worker, Job.attempts, Job.cancel_requested, _ahead()
         ).where(is_job(job_id), Job.tenant_id == tenant_id)
     ).one_or_none()
-    return JobProgress(*row[:5], _counts(row[5])) if row else None
+    if row is None:
+        return None
+    status, started_at, worker, attempts, cancel_requested, ahead = row
+    return JobProgress(status, started_at, worker, attempts, cancel_requested, _counts(ahead))
 
 
 def cancel_job(session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID) -> Job | None:
