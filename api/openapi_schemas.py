@@ -49,6 +49,10 @@ JOB: dict[str, Any] = {
         "cached": {"type": "boolean"},
         "attempts": {"type": "integer"},
         "created_at": TIME,
+        "fetched_at": {
+            **TIME_OR_NULL,
+            "description": "When the worker that ran it received its message from the broker.",
+        },
         "started_at": TIME_OR_NULL,
         "completed_at": TIME_OR_NULL,
         "expires_at": TIME_OR_NULL,

@@ -30,6 +30,8 @@ class ClaimedJob:
     created_at: dt.datetime
     started_at: dt.datetime
     attempts: int
+    #: when the worker received the job's message; None when it was not told
+    fetched_at: dt.datetime | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,25 +245,35 @@ _CLAIM = text(
     """
     UPDATE jobs
        SET status = 'running', started_at = clock_timestamp(), worker = :worker,
-           attempts = attempts + 1
-     WHERE id = ANY(CAST(:ids AS uuid[])) AND status = 'queued'
-       AND created_at BETWEEN :since AND :until
+           attempts = attempts + 1, fetched_at = to_timestamp(fetched.at)
+      FROM (SELECT DISTINCT ON (id) id, at
+              FROM unnest(CAST(:ids AS uuid[]), CAST(:fetched AS float8[])) AS f(id, at)
+             ORDER BY id, at) AS fetched
+     WHERE jobs.id = fetched.id AND jobs.id = ANY(CAST(:ids AS uuid[]))
+       AND status = 'queued' AND created_at BETWEEN :since AND :until
        AND (expires_at IS NULL OR expires_at > clock_timestamp())
- RETURNING id, version_id, input, created_at, started_at, attempts
+ RETURNING jobs.id, version_id, input, created_at, started_at, attempts, fetched_at
     """
 )
 
 
 def claim_jobs(
-    session: Session, job_ids: Sequence[uuid.UUID | str], worker: str
+    session: Session,
+    job_ids: Sequence[uuid.UUID | str],
+    worker: str,
+    fetched: Sequence[float | None] | None = None,
 ) -> list[ClaimedJob]:
-    """Atomically take the still-queued jobs among ``job_ids``; the rest are someone else's."""
+    """Atomically take the still-queued jobs among ``job_ids``; the rest are someone else's.
+    ``fetched``: when each one's message reached the worker (Unix seconds, None: unknown)."""
     since, until = time_window(job_ids)
-    rows = session.execute(
-        _CLAIM,
-        {"ids": [str(i) for i in job_ids], "worker": worker, "since": since, "until": until},
-    )
-    return [ClaimedJob(*row) for row in rows]
+    params = {
+        "ids": [str(i) for i in job_ids],
+        "fetched": list(fetched) if fetched is not None else [None] * len(job_ids),
+        "worker": worker,
+        "since": since,
+        "until": until,
+    }
+    return [ClaimedJob(*row) for row in session.execute(_CLAIM, params)]
 
 
 def time_window(job_ids: Sequence[uuid.UUID | str]) -> tuple[Any, Any]:

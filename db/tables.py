@@ -192,6 +192,8 @@ class Job(Base):
     )
     #: Last time a message for this job went to the broker; NULL when publishing failed.
     published_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    #: When the worker that ran it received its message (migration 0013); NULL before that.
+    fetched_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     completed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     #: A job not started by then fails as ``expired`` instead of running late (Cancel-After).

@@ -26,6 +26,8 @@ from typing import Any
 from celery_batches import Batches
 
 TICK_S = 0.001
+#: The header a message's arrival time (Unix seconds) travels in to the batch (``fetched_at``).
+FETCHED_AT = "inferq_fetched_at"
 
 
 class DynamicBatches(Batches):
@@ -55,6 +57,8 @@ class DynamicBatches(Batches):
 
         def on_message(message: Any, body: Any, *args: Any, **kwargs: Any) -> None:
             now = time.monotonic()
+            if isinstance(message.headers, dict):  # protocol 2: the request reads them
+                message.headers[FETCHED_AT] = time.time()
             items = items_in(message, body)
             if self._buffer.qsize() == 0:
                 self._first_at = now

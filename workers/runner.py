@@ -11,7 +11,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
@@ -53,21 +53,25 @@ def parse_ids(raw: Sequence[Any]) -> list[uuid.UUID]:
 
 
 def run_batch(
-    ctx: WorkerContext, raw_ids: Sequence[Any], messages: Sequence[Any] = ()
+    ctx: WorkerContext,
+    raw_ids: Sequence[Any],
+    messages: Sequence[Any] = (),
+    fetched: Mapping[str, float] | None = None,
 ) -> list[JobResult]:
-    """Claim, predict and store ``raw_ids`` (from ``messages``, the buffered requests), with
-    the worker's middleware around it; returns the results written."""
+    """Claim, predict and store ``raw_ids`` (from ``messages``, the buffered requests, which
+    arrived at the ``fetched`` times: Unix seconds by job id), with the worker's middleware
+    around it; returns the results written."""
     with around(ctx, Batch("predict", messages, parse_ids(raw_ids))) as batch:
-        _run_batch(ctx, batch)
+        _run_batch(ctx, batch, fetched or {})
     return batch.results
 
 
-def _run_batch(ctx: WorkerContext, batch: Batch) -> None:
+def _run_batch(ctx: WorkerContext, batch: Batch, fetched: Mapping[str, float]) -> None:
     ids = batch.job_ids
     if not ids:
         return
     try:
-        claimed = retry_on_disconnect(lambda: _claim(ctx, ids))
+        claimed = retry_on_disconnect(lambda: _claim(ctx, ids, fetched))
     except DBAPIError:
         # Postgres is down: nothing was claimed. Hand the ids back to the broker after a
         # pause, so they are tried again once it returns (the job rows are safe).
@@ -121,9 +125,11 @@ def _publish_back(ctx: WorkerContext, jobs: Sequence[tuple[uuid.UUID, str | None
         publish(ctx.app, ctx.settings, PredictRequest((str(job_id),), lane or "online"))
 
 
-def _claim(ctx: WorkerContext, ids: Sequence[uuid.UUID]) -> list[ClaimedJob]:
+def _claim(
+    ctx: WorkerContext, ids: Sequence[uuid.UUID], fetched: Mapping[str, float]
+) -> list[ClaimedJob]:
     with ctx.sessions.begin() as session:
-        return claim_jobs(session, ids, ctx.name)
+        return claim_jobs(session, ids, ctx.name, [fetched.get(str(i)) for i in ids])
 
 
 def _store(ctx: WorkerContext, results: Sequence[JobResult]) -> list[StoredResult]:
@@ -151,6 +157,7 @@ def final_fields(
             "attempts": job.attempts,
             "batch_size": result.batch_size,
             "predict_ms": result.predict_ms,
+            "fetched_at": job.fetched_at.isoformat() if job.fetched_at else None,
             "started_at": job.started_at.isoformat(),
             "completed_at": row.completed_at.isoformat() if row.completed_at else None,
         }

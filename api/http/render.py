@@ -36,6 +36,7 @@ def job(view: JobView, position: int | None = None, eta_s: float | None = None) 
         "cached": row.cached,
         "attempts": row.attempts,
         "created_at": _iso(row.created_at),
+        "fetched_at": _iso(row.fetched_at),
         "started_at": _iso(row.started_at),
         "completed_at": _iso(row.completed_at),
         "expires_at": _iso(row.expires_at),

@@ -1,4 +1,5 @@
-"""Hooks every request passes: the NUL guard, the request id and the access log line."""
+"""Hooks every request passes: the NUL guard, the request id, ``Server-Timing`` and the access
+log line."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import uuid
 
 from flask import Flask, Response, g, request
 
+from api.http import timing
 from inferq.core.errors import BadRequest
 
 access_log = logging.getLogger("inferq.api.access")
@@ -38,6 +40,7 @@ def _request_id() -> None:
 def _echo_request_id(response: Response) -> Response:
     response.headers["X-Request-ID"] = g.get("request_id", "")
     elapsed_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+    response.headers["Server-Timing"] = timing.header(elapsed_ms)
     # One structured line per request: with nginx's access log, the request id ties a client's
     # call to the node that served it.
     access_log.info(

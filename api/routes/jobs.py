@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
-from api.http import render
+from api.http import render, timing
 from api.http.auth import current_principal, require
 from api.http.body import json_object
 from api.http.validation import check
@@ -72,13 +72,16 @@ def submit() -> Response:
     wait = svc.prefer_wait(request.headers.get("Prefer"), st.settings.api.max_wait_s)
     expires_in = svc.cancel_after(request.headers.get("Cancel-After"))
     view, replayed = svc.accept(st, current_principal(), info, body, expires_in)
+    timing.step("accept")
     job_id = str(view.job.id)
     if not view.job.cached:
         with st.waiter.expect(job_id) if wait else nullcontext() as signal:
             if not replayed:
                 svc.publish(st, view)
+                timing.step("publish")
             if signal is not None:
                 view = svc.wait_until_terminal(st, view, wait, signal)
+                timing.step("wait")
     if not replayed:
         experiments_service.mirror(st, view)  # shadow mode: the other arms run on a copy
     done = view.job.status in TERMINAL_STATUSES
@@ -103,7 +106,10 @@ def get_job(job_id: str) -> Response:
     if not wait:
         return _job_response(svc.load(st, ident, tenant, with_ahead=True), 200)
     with st.waiter.expect(str(ident)) as signal:
-        view = svc.wait_until_terminal(st, svc.load(st, ident, tenant), wait, signal)
+        view = svc.load(st, ident, tenant)
+        timing.step("read")
+        view = svc.wait_until_terminal(st, view, wait, signal)
+        timing.step("wait")
     return _job_response(view, 200)
 
 

@@ -340,13 +340,14 @@ def with_final_fields(view: JobView, fields: Mapping[str, Any] | None) -> JobVie
     try:
         started = _timestamp(fields["started_at"])
         completed = _timestamp(fields["completed_at"])
+        fetched = _timestamp(fields.get("fetched_at"))  # a worker from before 0013 sends none
     except ValueError:
         return None
     job = view.job
     job.status, job.output, job.error = fields["status"], fields["output"], fields["error"]
     job.worker, job.attempts = fields["worker"], fields["attempts"]
     job.batch_size, job.predict_ms = fields["batch_size"], fields["predict_ms"]
-    job.started_at, job.completed_at = started, completed
+    job.fetched_at, job.started_at, job.completed_at = fetched, started, completed
     return view
 
 

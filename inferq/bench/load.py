@@ -15,6 +15,8 @@ from typing import Any
 
 import aiohttp
 
+from inferq.bench import stages
+
 WAIT_S = 30
 
 
@@ -30,6 +32,8 @@ class Sample:
     total_ms: float | None = None
     batch_size: int | None = None
     cached: bool = False
+    #: where its time went (``inferq.bench.stages``), for a job answered in one round trip
+    stages: dict[str, float] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,14 +49,16 @@ class Target:
 
 async def run_job(session: aiohttp.ClientSession, target: Target, n: int) -> Sample:
     """Submit job ``n`` and follow it to a terminal status."""
-    started = time.perf_counter()
     headers = {"Prefer": f"wait={WAIT_S}"} if target.mode == "wait" else {}
     body = {"model": target.model, "input": target.make_input(n)}
+    sent_at, started = time.time(), time.perf_counter()
     try:
         async with session.post(f"{target.url}/v1/jobs", json=body, headers=headers) as response:
             job = await response.json(content_type=None)
             if response.status >= 400:
                 return Sample(False, _ms(started), f"http {response.status}")
+            timing = stages.server_timing(response.headers.get("Server-Timing"))
+        one_trip = stages.breakdown(sent_at, _ms(started), timing, job)
         while job.get("status") in ("queued", "running"):
             async with session.get(
                 f"{target.url}/v1/jobs/{job['id']}", params={"wait": str(WAIT_S)}
@@ -70,6 +76,7 @@ async def run_job(session: aiohttp.ClientSession, target: Target, n: int) -> Sam
         total_ms=metrics.get("total_ms"),
         batch_size=metrics.get("batch_size"),
         cached=bool(job.get("cached")),
+        stages=one_trip,
     )
 
 

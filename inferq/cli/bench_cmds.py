@@ -37,7 +37,11 @@ def _service_urls() -> tuple[str | None, str | None]:
 @click.group(invoke_without_command=True)
 @click.option("--model", default="digits", show_default=True)
 @click.option(
-    "--concurrency", type=int, default=64, show_default=True, help="Closed loop: clients."
+    "--concurrency",
+    default="64",
+    show_default=True,
+    callback=lambda _ctx, _param, value: _levels(value),
+    help="Closed loop: clients; a list (1,8,64) runs each in turn and compares their stages.",
 )
 @click.option(
     "--rate", type=float, default=None, help="Open loop: jobs/s (overrides --concurrency)."
@@ -54,7 +58,7 @@ def _service_urls() -> tuple[str | None, str | None]:
 def bench(
     ctx: click.Context,
     model: str,
-    concurrency: int,
+    concurrency: list[int],
     rate: float | None,
     duration: float,
     mode: str,
@@ -62,18 +66,17 @@ def bench(
     inputs_path: Path | None,
     output: Path | None,
 ) -> None:
-    """Load a running system and report throughput, latency and cost per job (JSON on stdout).
+    """Load a running system and report throughput, latency, cost per job and where a job's
+    time goes, stage by stage (JSON on stdout, the stages as a table on stderr).
 
     Without a subcommand: submitters alone. ``inferq bench longpoll``: thousands of
     long-polls held open while they submit."""
     if ctx.invoked_subcommand is not None:
         return
-    from inferq.bench import load, probes
+    from inferq.bench import load
     from inferq.bench.inputs import inputs_for
-    from inferq.bench.summary import histogram, summary
 
     client = make_client()
-    database_url, redis_url = _service_urls()
     target = load.Target(
         client.base_url,
         client.session.headers["Authorization"].split()[1],
@@ -81,27 +84,61 @@ def bench(
         inputs_for(model, inputs_path),
         mode,
     )
-    report: dict[str, Any] = {
-        "model": model,
-        "mode": mode,
-        "url": target.url,
-        "duration_s": duration,
-    }
     info(f"warming up {model} for 3 s…")
-    asyncio.run(load.closed_loop(target, min(concurrency, 8), 3.0, lambda: None))
+    asyncio.run(load.closed_loop(target, min(concurrency[0], 8), 3.0, lambda: None))
+    head = {"model": model, "mode": mode, "url": target.url, "duration_s": duration}
+    if rate:
+        report = {**head, **_measure(target, None, rate, duration)}
+    else:
+        levels = [_measure(target, clients, None, duration) for clients in concurrency]
+        report = {**head, **levels[0]} if len(levels) == 1 else {**head, "sweep": levels}
+        _print_stages([(f"{level['concurrency']} clients", level) for level in levels])
+    if baseline:
+        report["baseline"] = _baseline(model, target, concurrency[-1], inputs_path)
+        if "sweep" not in report:
+            report["ratios"] = _ratios(report)
+    text = json.dumps(report, indent=2)
+    if output:
+        output.write_text(text + "\n")
+    click.echo(text)
+
+
+def _levels(value: str | int) -> list[int]:
+    """``--concurrency``: one number of clients or a comma-separated list of them."""
+    try:
+        levels = [int(part) for part in str(value).split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a number of clients or a list of them."
+        ) from None
+    if not levels or min(levels) < 1:
+        raise click.BadParameter("clients must be 1 or more.")
+    return levels
+
+
+def _measure(
+    target: Any, concurrency: int | None, rate: float | None, duration: float
+) -> dict[str, Any]:
+    """One load level: ``concurrency`` closed-loop clients, or Poisson arrivals at ``rate``."""
+    from inferq.bench import load, probes, stages
+    from inferq.bench.summary import histogram, summary
+
+    database_url, redis_url = _service_urls()
     bar, tick = _progress(duration)
     before = probes.read(database_url, redis_url)
     started = time.perf_counter()
+    report: dict[str, Any] = {}
     if rate:
         report["rate"] = rate
         samples = asyncio.run(load.open_loop(target, rate, duration, tick))
     else:
         report["concurrency"] = concurrency
-        samples = asyncio.run(load.closed_loop(target, concurrency, duration, tick))
+        samples = asyncio.run(load.closed_loop(target, concurrency or 1, duration, tick))
     elapsed = time.perf_counter() - started
     bar.close()
     after = probes.read(database_url, redis_url, settle_s=1.5)
     good = [s for s in samples if s.ok]
+    broken_down = [s.stages for s in good if s.stages]
     report.update(
         jobs=len(samples),
         failed=len(samples) - len(good),
@@ -118,17 +155,24 @@ def bench(
                 if s.total_ms is not None and s.predict_ms is not None
             ]
         ),
+        stages_p50_ms=stages.medians(broken_down),
+        stages_jobs=len(broken_down),
         batch_size_histogram=histogram([s.batch_size for s in good]),
         cache_hits=sum(s.cached for s in good),
         **probes.per_job(before, after, len(good)),
     )
-    if baseline:
-        report["baseline"] = _baseline(model, target, concurrency, inputs_path)
-        report["ratios"] = _ratios(report)
-    text = json.dumps(report, indent=2)
-    if output:
-        output.write_text(text + "\n")
-    click.echo(text)
+    return report
+
+
+def _print_stages(levels: list[tuple[str, dict[str, Any]]]) -> None:
+    from inferq.bench import stages
+
+    if any(level["stages_jobs"] for _, level in levels):
+        rows = [(label, level["stages_p50_ms"]) for label, level in levels]
+        info("where a job's time goes (p50 of each stage, ms):\n" + stages.table(rows))
+    for label, level in levels:
+        p50, jobs_s = level["client_latency_ms"]["p50"], level["throughput_jobs_s"]
+        info(f"{label}: client p50 {p50} ms, {jobs_s} jobs/s")
 
 
 def _baseline(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -93,3 +94,76 @@ def test_long_poll_returns_within_100ms_of_completion(redis_stack: Stack, keys: 
     )
     assert statistics.median(lags_ms) < 100
     assert all(lag >= 0 for lag in lags_ms)
+
+
+def test_a_job_answered_in_one_trip_says_where_its_time_went(
+    redis_stack: Stack, keys: Keys
+) -> None:
+    """``Server-Timing`` and the job's ``fetched_at`` break a submit with ``Prefer: wait``
+    down stage by stage, from the client's send to its answer, in order and adding up to
+    its latency. (Checked against the worker not passing ``fetched_at`` on in its completion
+    fields: the woken answer's ``fetched_at`` is null, and this fails.)"""
+    import asyncio
+    import datetime as dt
+
+    from inferq.bench import load, stages
+
+    pairs = holdout(5)
+    target = load.Target(redis_stack.url, keys.alice, "digits", lambda n: pairs[n][0], mode="wait")
+
+    async def run() -> list[load.Sample]:
+        async with load._session(target, 1) as session:
+            return [await load.run_job(session, target, n) for n in range(len(pairs))]
+
+    samples = [s for s in asyncio.run(run()) if not s.cached]
+    assert samples and all(s.ok for s in samples)
+    for sample in samples:
+        assert sample.stages is not None
+        assert list(sample.stages) == list(stages.STAGES)
+        assert sum(sample.stages.values()) == pytest.approx(sample.latency_ms, abs=0.5)
+        # The stages one process times are never negative; the two that compare two
+        # processes' clocks may be (stages.py says why).
+        across = {"published → fetched", "stored → answered"}
+        timed = {k: v for k, v in sample.stages.items() if k not in across}
+        assert min(timed.values()) >= 0, sample.stages
+
+    job = redis_stack.client(keys.alice).submit("digits", pairs[0][0], wait=20)
+    if not job["cached"]:
+        times = [dt.datetime.fromisoformat(job[k]) for k in ("fetched_at", "started_at")]
+        created = dt.datetime.fromisoformat(job["created_at"])
+        assert created <= times[0] <= times[1]
+
+
+def test_inferq_bench_sweeps_clients_and_prints_the_stages(
+    redis_stack: Stack, keys: Keys, tmp_path: Path
+) -> None:
+    """``inferq bench --concurrency 1,4``: one report per level, each with the p50 of every
+    stage, over every job not answered from the result cache."""
+    import json
+
+    from click.testing import CliRunner
+
+    from inferq.bench import stages
+    from inferq.cli import main
+
+    env = {
+        **redis_stack.settings.to_env(),
+        "INFERQ_URL": redis_stack.url,
+        "INFERQ_API_KEY": keys.alice,
+        "INFERQ_HOME": str(tmp_path),
+    }
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(
+        main,
+        ["bench", "--concurrency", "1,4", "--duration", "1.5", "--output", str(out)],
+        env=env,
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    levels = json.loads(out.read_text())["sweep"]
+    assert [level["concurrency"] for level in levels] == [1, 4]
+    for level in levels:
+        assert level["jobs"] > 0 and level["failed"] == 0, level["errors"]
+        assert level["stages_jobs"] == level["jobs"] - level["cache_hits"] > 0
+        assert list(level["stages_p50_ms"]) == list(stages.STAGES)
+        assert None not in level["stages_p50_ms"].values()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 import uuid
@@ -15,6 +16,7 @@ from sqlalchemy import select
 from api.services import jobs as jobs_service
 from db.jobs import JobResult, claim_jobs, requeue_jobs, store_results
 from db.tables import Job
+from inferq.bench import stages
 from inferq.core.broker import make_celery
 from inferq.core.messages import Completion
 from inferq.core.settings import Settings
@@ -44,6 +46,15 @@ def submit(alice: Caller, body: dict[str, Any]) -> str:
 def row(ctx: WorkerContext, job_id: str) -> Job:
     with ctx.sessions() as session:
         return session.scalars(select(Job).where(Job.id == uuid.UUID(job_id))).one()
+
+
+def test_a_submit_says_where_its_time_went(alice: Caller) -> None:
+    """``Server-Timing``: accepted (committed), published, and the whole request."""
+    response = alice.post("/v1/jobs", {"model": "digits", "input": holdout(1)[0][0]})
+    assert response.status_code == 202
+    timing = stages.server_timing(response.headers["Server-Timing"])
+    assert list(timing) == ["accept", "publish", "app"]
+    assert 0 < timing["accept"] + timing["publish"] <= timing["app"]
 
 
 def test_a_batch_is_claimed_predicted_and_stored(alice: Caller, ctx: WorkerContext) -> None:
@@ -169,18 +180,26 @@ def test_a_woken_long_poll_answers_from_the_workers_fields_without_reading_postg
     reads: list[str] = []
     real_load = jobs_service.load
 
-    def counting_load(*args: Any) -> Any:
+    def counting_load(*args: Any, **kwargs: Any) -> Any:
         reads.append(str(args[1]))
-        return real_load(*args)
+        return real_load(*args, **kwargs)
 
     monkeypatch.setattr(jobs_service, "load", counting_load)
-    timer = threading.Timer(0.5, run_batch, args=(ctx, [job_id]))
+    fetched = {job_id: time.time()}  # when its message reached the worker
+    timer = threading.Timer(0.5, run_batch, args=(ctx, [job_id]), kwargs={"fetched": fetched})
     timer.start()
     # When the worker finishes it
-    woken = alice.get(f"/v1/jobs/{job_id}?wait=20").get_json()
+    answer = alice.get(f"/v1/jobs/{job_id}?wait=20")
+    woken = answer.get_json()
     timer.join()
     # Then the answer came from the completion signal: one read (before waiting), none after
     assert reads == [job_id]
+    # with the time the worker received the job (the worker's fields carry it too)
+    assert dt.datetime.fromisoformat(woken["fetched_at"]).timestamp() == pytest.approx(
+        fetched[job_id], abs=1e-3
+    )
+    steps = [entry.split(";")[0] for entry in answer.headers["Server-Timing"].split(", ")]
+    assert steps == ["read", "wait", "app"]
     # and it is the same job a fresh read returns
     fresh = alice.get(f"/v1/jobs/{job_id}").get_json()
     for volatile in ("position", "eta_s", "stuck"):
@@ -240,9 +259,9 @@ def _full_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     reads: list[str] = []
     real_load = jobs_service.load
 
-    def counting_load(*args: Any) -> Any:
+    def counting_load(*args: Any, **kwargs: Any) -> Any:
         reads.append(str(args[1]))
-        return real_load(*args)
+        return real_load(*args, **kwargs)
 
     monkeypatch.setattr(jobs_service, "load", counting_load)
     return reads

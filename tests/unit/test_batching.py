@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from types import SimpleNamespace
 from typing import Any
@@ -11,6 +12,7 @@ from celery import Celery
 from celery.contrib.testing.mocks import TaskMessage
 
 from workers.dynamic_batching import DynamicBatches, items_in
+from workers.tasks.predict import fetched_times
 
 
 class Pool:
@@ -18,10 +20,12 @@ class Pool:
 
     def __init__(self) -> None:
         self.batches: list[list[list[str]]] = []
+        self.requests: list[Any] = []
 
     def apply_async(self, fn: Any, args: tuple[Any, ...], **kwargs: Any) -> None:
         _, (requests,), _, _ = args
         self.batches.append([request.args[0] for request in requests])
+        self.requests.append(requests)
 
 
 class Timer:
@@ -106,6 +110,9 @@ class Clock:
     def monotonic(self) -> float:
         return self.now
 
+    def time(self) -> float:
+        return self.now
+
     def sleep(self, seconds: float) -> None:
         self.now += seconds
 
@@ -132,6 +139,24 @@ def test_a_batch_is_full_once_its_messages_carry_max_items_ids() -> None:
     deliver(handler, ["f"])
     deliver(handler, ["g", "h", "i"])
     assert pool.batches[1:] == [[["f"], ["g", "h", "i"]]]  # counting restarts with each batch
+
+
+def test_each_job_carries_the_time_its_message_reached_the_worker() -> None:
+    """The batch's requests carry when each message arrived (``fetched_at``, the stage
+    breakdown's "fetched"), for every job id the message held. (Checked against the
+    on_message line that stamps the header removed: no times, and this fails.)"""
+    handler, pool = strategy(flush_every=3, max_items=64)
+    before = time.time()
+    deliver(handler, ["a", "b"])
+    between = time.time()
+    time.sleep(0.01)
+    deliver(handler, ["c"])
+    deliver(handler, ["d"])
+    after = time.time()
+    (requests,) = pool.requests
+    times = fetched_times(requests)
+    assert sorted(times) == ["a", "b", "c", "d"]
+    assert before <= times["a"] == times["b"] <= between < times["c"] <= times["d"] <= after
 
 
 def test_the_message_count_still_fills_a_batch() -> None:

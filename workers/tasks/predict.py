@@ -20,7 +20,7 @@ from celery_batches import SimpleRequest
 from inferq.core.messages import PREDICT_TASK
 from inferq.core.settings import Settings
 from workers.context import WorkerContext
-from workers.dynamic_batching import TICK_S, DynamicBatches
+from workers.dynamic_batching import FETCHED_AT, TICK_S, DynamicBatches
 from workers.runner import run_batch
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,17 @@ def job_ids_of(requests: Sequence[SimpleRequest]) -> list[Any]:
         else:
             log.warning("dropping a predict message without a list of job ids")
     return ids
+
+
+def fetched_times(requests: Sequence[SimpleRequest]) -> dict[str, float]:
+    """When each job's message reached this worker (Unix seconds), by job id as sent."""
+    times: dict[str, float] = {}
+    for request in requests:
+        at = (request.request_dict or {}).get(FETCHED_AT)
+        args = request.args
+        if isinstance(at, float) and args and isinstance(args[0], list):
+            times.update((str(job_id), at) for job_id in args[0])
+    return times
 
 
 def flush_every(settings: Settings) -> int:
@@ -64,7 +75,7 @@ def register(app: Celery, settings: Settings, context: Callable[[], WorkerContex
     def predict(requests: Sequence[SimpleRequest]) -> None:
         ids = job_ids_of(requests)
         try:
-            run_batch(context(), ids, requests)
+            run_batch(context(), ids, requests, fetched_times(requests))
         except Exception:
             # The claimed jobs were released (or the reconciler will); never lose the worker.
             log.exception("predict batch failed", extra={"job_ids": [str(i) for i in ids]})

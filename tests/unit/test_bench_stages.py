@@ -1,0 +1,80 @@
+"""The bench's stage breakdown: parsed from what a client sees, adding up to its latency."""
+
+from __future__ import annotations
+
+import pytest
+
+from inferq.bench import stages
+
+SENT = 1_765_000_000.0
+
+
+def answer(**overrides: object) -> dict[str, object]:
+    """A job answered in one round trip: fetched 3 ms after the request reached the API, its
+    batch started 2 ms later, predicted in 0.5 ms, stored 1 ms after that."""
+    body: dict[str, object] = {
+        "status": "succeeded",
+        "cached": False,
+        "fetched_at": "2025-12-06T05:46:40.004000+00:00",
+        "started_at": "2025-12-06T05:46:40.006000+00:00",
+        "completed_at": "2025-12-06T05:46:40.007500+00:00",
+        "metrics": {"predict_ms": 0.5},
+    }
+    body.update(overrides)
+    return body
+
+
+def test_server_timing_is_read_as_durations() -> None:
+    header = 'accept;dur=1.5, publish;desc="x";dur=0.25, cache;desc=hit, app;dur="9"'
+    assert stages.server_timing(header) == {"accept": 1.5, "publish": 0.25, "app": 9.0}
+    assert stages.server_timing(None) == {}
+    assert stages.server_timing("accept;dur=fast") == {}
+
+
+def test_the_stages_add_up_to_the_latency_in_order() -> None:
+    timing = {"accept": 1.0, "publish": 0.5, "wait": 6.0, "app": 8.0}
+    # 1 ms each way outside the API; the API received it at SENT + 1 ms (05:46:40.001)
+    got = stages.breakdown(SENT, 10.0, timing, answer())
+    assert got is not None
+    assert list(got) == list(stages.STAGES)
+    assert got == pytest.approx(
+        {
+            "client → api": 1.0,
+            "api → committed": 1.0,
+            "committed → published": 0.5,
+            "published → fetched": 1.5,  # 4.0 - (1.0 + 1.0 + 0.5)
+            "fetched → batch start": 2.0,
+            "batch start → predicted": 0.5,
+            "predicted → stored": 1.0,
+            "stored → answered": 2.5,  # the answer arrived at 10.0
+        },
+        abs=1e-3,
+    )
+    assert sum(got.values()) == pytest.approx(10.0, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    "job, timing",
+    [
+        (answer(status="queued"), {"accept": 1, "publish": 1, "app": 2}),  # polled after
+        (answer(cached=True), {"accept": 1, "publish": 1, "app": 2}),
+        (answer(fetched_at=None), {"accept": 1, "publish": 1, "app": 2}),  # an older worker
+        (answer(metrics={}), {"accept": 1, "publish": 1, "app": 2}),
+        (answer(), {"accept": 1, "app": 2}),  # a server without Server-Timing steps
+        (answer(started_at="soon"), {"accept": 1, "publish": 1, "app": 2}),
+    ],
+)
+def test_an_answer_without_what_the_stages_need_has_none(
+    job: dict[str, object], timing: dict[str, float]
+) -> None:
+    assert stages.breakdown(SENT, 10.0, timing, job) is None
+
+
+def test_medians_and_the_table() -> None:
+    rows = [dict.fromkeys(stages.STAGES, float(n)) for n in (1, 2, 9)]
+    medians = stages.medians(rows)
+    assert set(medians.values()) == {2.0}
+    table = stages.table([("1 clients", medians), ("8 clients", {})])
+    lines = table.splitlines()
+    assert len(lines) == 1 + len(stages.STAGES)
+    assert lines[1].split()[-2:] == ["2.00", "-"]
