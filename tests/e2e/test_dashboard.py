@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from inferq.core.settings import Settings
 from tests.conftest import Keys
@@ -169,24 +168,21 @@ def test_the_dashboard_shows_the_apis_numbers_without_errors(
     # Then nothing went wrong in the page, and the key left the address bar
     assert problems == []
     assert "key=" not in address
-    # and every number is the API's: the document the page fetched, and one fetched now
-    now = requests.get(
-        f"{stack.url}/v1/stats?window={seen['window_s']}",
-        headers={"Authorization": f"Bearer {operator_key}"},
-        timeout=10,
-    ).json()
+    # and every number is the API's: the document the page fetched from it, taken after
+    # the load above (its jobs are counted). Not a second document fetched afterwards: its
+    # 10-minute window has moved on by then, and the jobs of the run's first minutes that
+    # left it change the counts (a loaded run: 26215 finished shown, 26211 a moment later).
     assert len(texts) >= 15
     for path, kind, text in texts:
         assert text == shown(at(seen, path), kind), path
-        assert text == shown(at(now, path), kind), path
-    assert at(now, "jobs.finished") >= 20 and at(now, "jobs.failed") >= 1
-    assert at(now, "jobs.cached") >= 3 and at(now, "workers.consuming") == 1
+    assert at(seen, "jobs.finished") >= 20 and at(seen, "jobs.failed") >= 1
+    assert at(seen, "jobs.cached") >= 3 and at(seen, "workers.consuming") == 1
     # and the tables and charts hold what the document holds
-    assert tables["lanes"] == len(now["lanes"]) == 5
-    assert tables["workers"] == len(now["workers"]["list"]) == 1
-    assert tables["quality"] == len(now["quality"])
-    assert tables["versions"] == len(now["recent_versions"])
-    assert tables["training"] == len(now["training_runs"])
-    assert arms == sum(len(e["arms"]) for e in now["experiments"]) >= 2
+    assert tables["lanes"] == len(seen["lanes"]) == 5
+    assert tables["workers"] == len(seen["workers"]["list"]) == 1
+    assert tables["quality"] == len(seen["quality"])
+    assert tables["versions"] == len(seen["recent_versions"])
+    assert tables["training"] == len(seen["training_runs"])
+    assert arms == sum(len(e["arms"]) for e in seen["experiments"]) >= 2
     assert series >= 1
     assert ARTIFACT.stat().st_size > 10_000
