@@ -78,3 +78,16 @@ def test_medians_and_the_table() -> None:
     lines = table.splitlines()
     assert len(lines) == 1 + len(stages.STAGES)
     assert lines[1].split()[-2:] == ["2.00", "-"]
+
+
+@pytest.mark.parametrize("model", ["digits", "embed"])
+def test_bench_inputs_differ_within_a_run_and_between_runs(model: str) -> None:
+    """A second bench run against the same stack must not be answered from the result cache
+    (checked against the fixed seeds the makers had: the second run's inputs were the
+    first's)."""
+    from inferq.bench.inputs import inputs_for
+
+    first, second = inputs_for(model, None), inputs_for(model, None)
+    run = [first(n) for n in range(50)]
+    assert len({repr(i) for i in run}) == 50
+    assert all(second(n) != run[n] for n in range(50))
