@@ -675,7 +675,13 @@ def test_a_claim_reads_only_the_partition_its_ids_name(own: Settings, db: Engine
             row[0]
             for row in conn.execute(
                 text(f"EXPLAIN {_CLAIM.text}"),
-                {"ids": [str(i) for i in ids], "worker": "w", "since": since, "until": until},
+                {
+                    "ids": [str(i) for i in ids],
+                    "fetched": [None, 1.0],
+                    "worker": "w",
+                    "since": since,
+                    "until": until,
+                },
             )
         )
     scanned = set(re.findall(r"on (jobs_p\w+)", plan))
