@@ -54,8 +54,8 @@ class DatabaseSettings:
     """Postgres connections: how many each process may open (summed in `inferq up`'s banner
     and docs/connections.md; `inferq db connections` sums them for any fleet)."""
 
-    #: Connections each API process keeps; its requests share them, holding one only for a
-    #: query or a transaction (a waiting long-poll holds none).
+    #: Connections each API process keeps, and the most it opens; its requests share them,
+    #: holding one only for a query or a transaction (a waiting long-poll holds none).
     api_db_pool: int = 18
     #: How long an API request waits for a free pooled connection (requests beyond the pool
     #: and its overflow queue for one) before it is answered 503 with ``Retry-After``.
@@ -66,8 +66,9 @@ class DatabaseSettings:
     scheduler_db_pool: int = 1
     #: Connections the autoscaler keeps.
     autoscaler_db_pool: int = 2
-    #: How far a pool may grow past its size under load, as a share of that size (rounded
-    #: up): 1.0 lets it double, 0 never opens more than the pool.
+    #: How far a worker's, the scheduler's or the autoscaler's pool may grow past its size
+    #: under load, as a share of that size (rounded up): 1.0 lets it double, 0 never opens
+    #: more than the pool. An API process's pool never grows (connections.API_OVERFLOW).
     db_overflow: float = 1.0
 
 

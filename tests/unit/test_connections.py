@@ -22,10 +22,10 @@ LARGE = Fleet(api_nodes=20, workers=500, batch_workers=20, autoscalers=1)
 
 def test_the_default_stack_sums_every_pool_at_its_fullest() -> None:
     # Given the defaults: one API node of api_processes gunicorn processes, each keeping
-    # api_db_pool connections and as many again under load, and four workers of 2 (+2)
+    # api_db_pool connections and never more, and four workers of 2 (+2 under load)
     settings = Settings()
     api, database = settings.api, settings.database
-    api_each = 2 * database.api_db_pool
+    api_each = database.api_db_pool
     worker_each = 2 * database.worker_db_pool
     expected = (
         api.api_processes * api_each  # one API node
@@ -34,26 +34,27 @@ def test_the_default_stack_sums_every_pool_at_its_fullest() -> None:
     )
 
     # Then the budget says so, and the banner carries it
-    assert total(budget(settings, Fleet.local(settings))) == expected == 90
-    assert connection_budget(settings).startswith("90 at most (API processes 2×36, ")
+    assert total(budget(settings, Fleet.local(settings))) == expected == 54
+    assert connection_budget(settings).startswith("54 at most (API processes 2×18, ")
 
 
 def test_each_setting_moves_the_sum_by_what_it_says() -> None:
     base = Settings()
     lines = {line.name: line for line in budget(base, LARGE)}
     assert lines["API processes"].processes == 40
-    assert total(budget(base, LARGE)) == 40 * 36 + 522 * 4 + 2 + 4 == 3534
+    assert total(budget(base, LARGE)) == 40 * 18 + 522 * 4 + 2 + 4 == 2814
 
-    # a smaller API pool, and overflow at half the pool (rounded up)
+    # a smaller API pool, and overflow at half the pool (rounded up) for every pool but the
+    # API's, which never overflows
     tight = base.replace(api_db_pool=10, db_overflow=0.5)
-    assert pool(tight, "api").most == 15
+    assert pool(tight, "api").most == 10
     assert pool(tight, "worker").most == 3
     assert pool(tight, "scheduler").most == 2
     # no overflow at all: the pools are the budget
     none = base.replace(db_overflow=0.0, worker_db_pool=1)
     assert total(budget(none, LARGE)) == 40 * 18 + 522 * 1 + 1 + 2 == 1245
     # more processes per node multiply the API's share
-    assert total(budget(base.replace(api_processes=4), Fleet())) == 4 * 36 + 4 * 4 + 2
+    assert total(budget(base.replace(api_processes=4), Fleet())) == 4 * 18 + 4 * 4 + 2
 
 
 def test_every_engine_is_sized_by_the_budget() -> None:
@@ -75,7 +76,7 @@ def test_every_engine_is_sized_by_the_budget() -> None:
 
     api_engine = create_app(settings).extensions["inferq"].sessions.kw["bind"]
     scheduler_engine = make_reconciler(settings).sessions.kw["bind"]
-    assert sized(api_engine) == (7, 4)
+    assert sized(api_engine) == (7, 0)
     assert sized(scheduler_engine) == (3, 2)
 
 
@@ -159,8 +160,8 @@ def test_up_prints_the_budget_of_the_stack_it_runs_in_its_banner(
     # Then each banner carries its own stack's budget: four workers of 2 (+2) more
     assert plain.exit_code == 0 and more.exit_code == 0, (plain.output, more.output)
     assert "inferq is up at" in plain.output
-    assert "  Postgres: 90 at most (API processes 2×36, " in plain.output
-    assert "  Postgres: 106 at most (" in more.output
+    assert "  Postgres: 54 at most (API processes 2×18, " in plain.output
+    assert "  Postgres: 70 at most (" in more.output
 
 
 def test_the_readmes_fleet_figure_is_what_its_command_prints() -> None:
