@@ -58,7 +58,7 @@ class DatabaseSettings:
     #: holding one only for a query or a transaction (a waiting long-poll holds none).
     api_db_pool: int = 18
     #: How long an API request waits for a free pooled connection (requests beyond the pool
-    #: and its overflow queue for one) before it is answered 503 with ``Retry-After``.
+    #: queue for one) before it is answered 503 with ``Retry-After``.
     api_db_wait_s: float = 10.0
     #: Connections each worker process keeps (any lane).
     worker_db_pool: int = 2
