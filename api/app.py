@@ -20,6 +20,7 @@ from api.routes import (
     training,
     webhooks,
 )
+from api.services.inserter import MAX_GROUP, GroupInserter
 from api.services.publisher import GroupPublisher
 from api.services.waiters import CompletionWaiter
 from api.state import ApiState, TtlCache
@@ -68,9 +69,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         pool_timeout_s=settings.database.api_db_wait_s,
     )
     celery = make_celery(settings)
+    sessions = make_session_factory(engine)
     ApiState(
         settings=settings,
-        sessions=make_session_factory(engine),
+        sessions=sessions,
         # Bounded: thousands of concurrent requests (gevent) must queue for a few Redis
         # connections, not open one each; the pool's wait ends in a 503 like a dead Redis.
         redis=make_redis(settings, max_connections=REDIS_CONNECTIONS),
@@ -83,6 +85,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             # publish retries within bounds of its own; this only catches a stuck thread
             timeout_s=settings.api.publish_timeout_s * 4 + 1,
         ),
+        inserter=GroupInserter(sessions, max_group=MAX_GROUP),
         waiter=CompletionWaiter(lambda: make_redis(settings), completion_channel(settings)),
         principals=TtlCache(settings.api.auth_cache_s),
         models=TtlCache(settings.api.model_cache_s),

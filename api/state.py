@@ -13,6 +13,7 @@ from celery import Celery
 from flask import Flask, current_app
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.services.inserter import GroupInserter
 from api.services.publisher import GroupPublisher
 from api.services.waiters import CompletionWaiter
 from inferq.core.artifacts.store import ArtifactStore
@@ -93,6 +94,7 @@ class ApiState:
     celery: Celery
     waiter: CompletionWaiter
     publisher: GroupPublisher
+    inserter: GroupInserter
     principals: TtlCache = dataclasses.field(default_factory=lambda: TtlCache(0))
     models: TtlCache = dataclasses.field(default_factory=lambda: TtlCache(0))
     #: The retention horizon (``db.partitions.horizon``), re-read at most once a minute.

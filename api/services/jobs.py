@@ -27,6 +27,7 @@ from db.jobs import (
     get_job_progress,
     get_job_view,
     mark_unpublished,
+    queued_job_values,
 )
 from db.partitions import horizon
 from db.registry import ServingInfo, model_names, serving_info
@@ -151,7 +152,8 @@ def accept(
             hook(session, job)
 
     try:
-        view = _commit(st, principal.tenant_id, info, body, expires_in_s, on_insert=on_insert)
+        hook = on_insert if hooks else None
+        view = _commit(st, principal.tenant_id, info, body, expires_in_s, on_insert=hook)
     except idempotency.KeyTaken:
         # A concurrent request with the same key won; answer with its job.
         earlier = idempotency.replay(st, principal, key or "", print_)
@@ -188,21 +190,23 @@ def _commit(
             st.redis, st.settings, chosen.version_id, chosen.sha256, body["input"]
         )
 
+    columns = queued_job_values(
+        tenant_id=tenant_id,
+        model_id=info.model_id,
+        version_id=chosen.version_id,
+        lane=body.get("lane", "online"),
+        input=body["input"],
+        user=body.get("user"),
+        experiment_id=chosen.experiment_id,
+        arm=chosen.arm,
+    )
+    if cached is None and expires_in_s is None and on_insert is None:
+        # Nothing else in its transaction: committed with the jobs accepted meanwhile.
+        return JobView(st.inserter.insert(columns), info.name, chosen.version)
+
     def insert() -> Job:
         with st.sessions.begin() as session:
-            job = create_job(
-                session,
-                tenant_id=tenant_id,
-                model_id=info.model_id,
-                version_id=chosen.version_id,
-                lane=body.get("lane", "online"),
-                input=body["input"],
-                user=body.get("user"),
-                cached_output=cached,
-                expires_in_s=expires_in_s,
-                experiment_id=chosen.experiment_id,
-                arm=chosen.arm,
-            )
+            job = create_job(session, columns, cached_output=cached, expires_in_s=expires_in_s)
             if on_insert is not None:
                 on_insert(session, job)
             return job

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import make_session_factory
 from db.ids import new_id, time_of
-from db.jobs import create_job
+from db.jobs import create_job, queued_job_values
 from db.keys import ensure_tenant
 from db.partitions import create_partition, floor_time, partitions
 from db.registry import serving_info
@@ -269,11 +269,13 @@ def test_the_scheduler_sends_a_job_whose_message_was_lost(bounced: Bounced) -> N
         assert digits is not None and digits.active_version_id is not None
         job = create_job(
             session,
-            tenant_id=ensure_tenant(session, "alice").id,
-            model_id=digits.model_id,
-            version_id=digits.active_version_id,
-            lane="online",
-            input=pixels,
+            queued_job_values(
+                tenant_id=ensure_tenant(session, "alice").id,
+                model_id=digits.model_id,
+                version_id=digits.active_version_id,
+                lane="online",
+                input=pixels,
+            ),
         )
         mark_unpublished(session, [job.id])
 
@@ -354,11 +356,13 @@ def test_a_queued_job_is_canceled_through_pgbouncer(bounced: Bounced) -> None:
         assert digits is not None and digits.active_version_id is not None
         job = create_job(
             session,
-            tenant_id=ensure_tenant(session, "alice").id,
-            model_id=digits.model_id,
-            version_id=digits.active_version_id,
-            lane="online",
-            input=holdout(8)[7][0],
+            queued_job_values(
+                tenant_id=ensure_tenant(session, "alice").id,
+                model_id=digits.model_id,
+                version_id=digits.active_version_id,
+                lane="online",
+                input=holdout(8)[7][0],
+            ),
         )
 
     # When alice cancels it, and again

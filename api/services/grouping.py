@@ -1,0 +1,98 @@
+"""Group commit for any round trip: one thread does, for many requests at once, what each
+request would otherwise do alone.
+
+A request hands its item over and waits. The group's thread takes every item handed over
+while its previous round trip was in flight, up to ``max_group``, and runs them as one. There
+is no timer: at light load an item goes alone at once, under load the groups grow by
+themselves. Each request gets back its own outcome (a result, or what failed it) and returns
+only once its group has run, so the caller's guarantee is what it was without grouping.
+
+Used by the broker publisher (api.services.publisher) and the submit insert
+(api.services.inserter).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_UNSET = object()
+
+
+class Pending(Generic[T]):
+    """One item waiting for its group: the group's runner sets its ``result`` or ``error``."""
+
+    __slots__ = ("done", "error", "item", "result")
+
+    def __init__(self, item: T) -> None:
+        self.item = item
+        self.done = threading.Event()
+        self.result: object = _UNSET
+        self.error: BaseException | None = None
+
+    @property
+    def settled(self) -> bool:
+        """Whether the runner gave this item an outcome."""
+        return self.error is not None or self.result is not _UNSET
+
+
+class GroupThread(Generic[T]):
+    """Items handed over by many threads, run in groups by one thread of its own per process.
+
+    Subclasses implement :meth:`_run_group`; an exception it lets out fails every item of the
+    group it had not settled, and the thread lives on for the next group.
+    """
+
+    thread_name = "inferq-group"
+
+    def __init__(self, *, max_group: int, timeout_s: float | None = None) -> None:
+        self._max_group = max(1, max_group)
+        self._timeout_s = timeout_s
+        self._waiting: list[Pending[T]] = []
+        self._cond = threading.Condition()
+        self._pid = 0  # the process whose thread runs; gunicorn forks after the app is built
+
+    def _hand_over(self, item: T) -> Pending[T]:
+        """Wait for ``item``'s group to run and return it settled; ``TimeoutError`` when that
+        took longer than ``timeout_s`` (None: wait as long as the runner does)."""
+        pending = Pending(item)
+        with self._cond:
+            self._start_if_needed()
+            self._waiting.append(pending)
+            self._cond.notify()
+        if not pending.done.wait(self._timeout_s):
+            raise TimeoutError(f"the group holding this item took over {self._timeout_s:g} s")
+        return pending
+
+    def _run_group(self, group: list[Pending[T]]) -> None:
+        raise NotImplementedError
+
+    def _start_if_needed(self) -> None:
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._waiting = []  # anything listed belonged to the parent's threads
+            threading.Thread(target=self._run, name=self.thread_name, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting:
+                    self._cond.wait()
+                group = self._waiting[: self._max_group]
+                del self._waiting[: self._max_group]
+            try:
+                self._run_group(group)
+            except Exception as exc:  # each waiting request handles it for its own item
+                log.debug("a group failed", exc_info=True)
+                for pending in group:
+                    if not pending.settled:
+                        pending.error = exc
+            finally:
+                for pending in group:
+                    pending.done.set()

@@ -1,0 +1,79 @@
+"""Group commit for submits: the jobs an API process accepts together go into Postgres in one
+multi-row INSERT and one commit.
+
+One insert and one commit per job was the largest share of an API process's CPU under load,
+and each commit is a WAL flush for Postgres. Here the plain submits (no idempotency key, no
+webhook, no ``Cancel-After``, no cached result: nothing else in their transaction) hand their
+row to one thread per process, which inserts every row handed over while its previous commit
+was in flight (api.services.grouping). A request returns only once its row is committed, so a
+202 still means the job is durable.
+
+What one row can break stays with that row: when the group's INSERT is refused for a value
+(a constraint, a type), each row is tried again in a transaction of its own, and only the bad
+one fails. What breaks the transaction itself (Postgres gone, the commit lost) fails every
+request of the group, and none of its jobs exists.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.services.grouping import GroupThread, Pending
+from db.engine import retry_on_disconnect
+from db.jobs import insert_queued_jobs
+from db.tables import Job
+
+Row = dict[str, Any]
+
+#: The most rows one transaction takes: one statement of a few hundred kilobytes at most
+#: (an input is capped by the body limit), and more concurrent submits than a process has
+#: at the pool's size.
+MAX_GROUP = 64
+
+
+class GroupInserter(GroupThread[Row]):
+    """Inserts queued jobs handed over by many threads, as few transactions as the load allows."""
+
+    thread_name = "inferq-inserter"
+
+    def __init__(self, sessions: sessionmaker[Session], *, max_group: int) -> None:
+        # No timeout of its own: the insert's are the pool's wait and the server's; a request
+        # that gave up first could not say whether its job exists.
+        super().__init__(max_group=max_group)
+        self._sessions = sessions
+
+    def insert(self, row: Row) -> Job:
+        """Return the job once ``row`` (db.jobs.queued_job_values) is committed; raise what
+        failed its insert or its group's transaction."""
+        pending = self._hand_over(row)
+        if pending.error is not None:
+            raise pending.error
+        if not pending.settled:
+            raise RuntimeError("the inserter stopped before the job's group ran")
+        job: Job = pending.result  # type: ignore[assignment]
+        return job
+
+    def _run_group(self, group: list[Pending[Row]]) -> None:
+        try:
+            jobs = self._commit([pending.item for pending in group])
+        except (DataError, IntegrityError):
+            if len(group) == 1:
+                raise
+            for pending in group:  # find the bad row: the others still go in
+                try:
+                    pending.result = self._commit([pending.item])[0]
+                except Exception as exc:
+                    pending.error = exc
+            return
+        for pending, job in zip(group, jobs, strict=True):
+            pending.result = job
+
+    def _commit(self, rows: list[Row]) -> list[Job]:
+        def insert() -> list[Job]:
+            with self._sessions.begin() as session:
+                return insert_queued_jobs(session, rows)
+
+        return retry_on_disconnect(insert)
