@@ -7,6 +7,7 @@ import logging
 from flask import Flask
 
 from api.http import metrics, problems, ratelimit, request_hooks
+from api.http.json_provider import OrjsonProvider
 from api.routes import (
     batches,
     dashboard,
@@ -53,12 +54,15 @@ BLUEPRINTS = (
 )
 
 
+class _Flask(Flask):
+    json_provider_class = OrjsonProvider  # compact, keys in the order given
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     """A ready API app; connections open on first use, never at import or build time."""
     settings = settings or Settings.from_env()
-    app = Flask("inferq.api")
-    app.config.update(MAX_CONTENT_LENGTH=settings.api.max_body_bytes, JSON_SORT_KEYS=False)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app = _Flask("inferq.api")
+    app.config.update(MAX_CONTENT_LENGTH=settings.api.max_body_bytes)
     pool = connections.pool(settings, "api")
     engine = make_engine(
         settings.require_database_url(),

@@ -54,16 +54,23 @@ class StoredResult:
     status: str
     tenant_id: uuid.UUID
     completed_at: dt.datetime | None = None
+    #: whether the job has a webhook to deliver; None when the statement did not say
+    hooked: bool | None = None
 
 
 #: The hot path's insert, built once so its compiled form is reused; values are parameters.
-#: Given many rows it is one multi-row INSERT (SQLAlchemy's "insertmanyvalues"), whose rows
-#: come back in the order given.
-_INSERT_QUEUED = (
-    insert(Job)
-    .values(published_at=func.now())
-    .returning(*Job.__table__.c, sort_by_parameter_order=True)
-)
+#: Given many rows it is one multi-row INSERT (SQLAlchemy's "insertmanyvalues"). Not with
+#: ``sort_by_parameter_order``: the key's ``created_at`` has a server default, so SQLAlchemy
+#: would find no sentinel column and fall back to one INSERT per row; the rows are matched
+#: to their values by id instead. Only what the server sets comes back: the rest was sent.
+_INSERT_QUEUED = insert(Job).values(published_at=func.now()).returning(Job.id, Job.published_at)
+
+#: A new queued job's columns that its values leave out: what the server defaults them to.
+_NEW_JOB = {attr.key: None for attr in Job.__mapper__.column_attrs} | {
+    "cached": False,
+    "cancel_requested": False,
+    "attempts": 0,
+}
 
 
 def queued_job_values(
@@ -98,13 +105,25 @@ def insert_queued_jobs(session: Session, rows: Sequence[dict[str, Any]]) -> list
     """Insert queued jobs (queued_job_values; ``published_at`` now: the caller publishes
     next) in one statement, and return them in the order given.
 
-    On the connection (about a third of the ORM insert's CPU): the rows come back as Jobs not
+    On the connection (about a third of the ORM insert's CPU): the Jobs returned are not
     attached to the session, for callers to read, never to write.
     """
     connection = session.connection()
     if len(rows) == 1:
-        return [Job(**connection.execute(_INSERT_QUEUED, rows[0]).one()._mapping)]
-    return [Job(**row._mapping) for row in connection.execute(_INSERT_QUEUED, list(rows))]
+        found = [connection.execute(_INSERT_QUEUED, rows[0]).one()]
+    else:
+        found = list(connection.execute(_INSERT_QUEUED, list(rows)))
+    published = {row.id: row.published_at for row in found}
+    return [_detached_job(values, published_at=published[values["id"]]) for values in rows]
+
+
+def _detached_job(values: dict[str, Any], **server_set: Any) -> Job:
+    """A Job holding a new row's columns, built as the ORM's loader builds one: its state
+    filled in directly, without the change event per column a constructor fires (as much
+    CPU as the insert itself)."""
+    job: Job = Job.__mapper__.class_manager.new_instance()
+    job.__dict__.update(_NEW_JOB, **values, **server_set)
+    return job
 
 
 def create_job(
@@ -322,7 +341,9 @@ _STORE = text(
            AS r(id uuid, status text, output jsonb, error jsonb, batch_size int, predict_ms float8)
      WHERE jobs.id = r.id AND jobs.status = 'running' AND jobs.worker = :worker
        AND jobs.created_at BETWEEN :since AND :until
- RETURNING jobs.id, jobs.status, jobs.tenant_id, jobs.completed_at
+ RETURNING jobs.id, jobs.status, jobs.tenant_id, jobs.completed_at,
+           EXISTS (SELECT FROM webhooks w
+                    WHERE w.job_id = jobs.id AND w.job_created_at = jobs.created_at)
     """
 )
 
@@ -330,7 +351,8 @@ _STORE = text(
 def store_results(
     session: Session, results: Sequence[JobResult], worker: str
 ) -> list[StoredResult]:
-    """Write a batch of results in one statement, only for jobs this worker still owns."""
+    """Write a batch of results in one statement, only for jobs this worker still owns; each
+    comes back saying whether it has a webhook (no second query to find out)."""
     if not results:
         return []
     # A flat dict per result: dataclasses.asdict deep-copies every output (slow for big batches).

@@ -23,7 +23,7 @@ from db.tables import TERMINAL_STATUSES
 from db.webhooks import delivery_target, record_delivery
 from inferq.core.errors import UnsafeUrl
 from inferq.domain.ssrf import Allowlist, Destination, check_url
-from inferq.domain.webhooks import new_secret, notify_finished, signed_headers
+from inferq.domain.webhooks import new_secret, notify_finished, queue_deliveries, signed_headers
 from workers.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -141,5 +141,8 @@ def deliver(ctx: WorkerContext, job_id: str, try_number: int, redelivery: bool) 
 
 
 def dispatch_finished(ctx: WorkerContext, stored: Sequence[StoredResult]) -> None:
-    """Queue deliveries for the just-stored jobs that have a webhook; never raises."""
-    notify_finished(ctx.app, ctx.settings, ctx.sessions, [s.id for s in stored])
+    """Queue deliveries for the just-stored jobs that have a webhook; never raises. Results
+    that say whether they have one (store_results) cost no query."""
+    queue_deliveries(ctx.app, ctx.settings, [s.id for s in stored if s.hooked])
+    unknown = [s.id for s in stored if s.hooked is None]
+    notify_finished(ctx.app, ctx.settings, ctx.sessions, unknown)

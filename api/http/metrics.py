@@ -13,6 +13,7 @@ join on request id and job id.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -24,7 +25,6 @@ from inferq.core.metrics import ApiMetrics, multiprocess_dir
 
 log = logging.getLogger(__name__)
 
-SUBMIT_ENDPOINT = "jobs.submit"
 UNMATCHED = "unmatched"
 
 
@@ -76,21 +76,31 @@ def _record(response: Response) -> None:
     if started is not None:
         metrics.latency.labels(method, route).observe(time.perf_counter() - started)
     job_id = (request.view_args or {}).get("job_id")
-    if request.endpoint == SUBMIT_ENDPOINT and response.status_code in (200, 202):
-        job_id = _count_submit(metrics, response) or job_id
+    submitted: Submitted | None = g.get("submitted")
+    if submitted is not None and response.status_code in (200, 202):
+        job_id = submitted.job_id
+        if not submitted.replayed:
+            metrics.submitted.labels(submitted.model, submitted.lane).inc()
+            if submitted.cached:
+                metrics.cache_hits.labels(submitted.model).inc()
     if job_id is not None:
         g.job_id = str(job_id)[:64]
 
 
-def _count_submit(metrics: ApiMetrics, response: Response) -> str | None:
-    body = response.get_json(silent=True) or {}
-    if response.headers.get("Idempotent-Replayed") != "true":
-        model, lane = str(body.get("model", "")), str(body.get("lane", ""))
-        metrics.submitted.labels(model, lane).inc()
-        if body.get("cached"):
-            metrics.cache_hits.labels(model).inc()
-    job_id = body.get("id")
-    return str(job_id) if job_id else None
+@dataclasses.dataclass(frozen=True)
+class Submitted:
+    """What the submit route accepted, for its metrics and its access log line."""
+
+    job_id: str
+    model: str
+    lane: str
+    cached: bool
+    replayed: bool
+
+
+def note_submitted(submitted: Submitted) -> None:
+    """Called by the submit route once it has its job (read back by the metrics hook)."""
+    g.submitted = submitted
 
 
 def _left(_: BaseException | None) -> None:

@@ -10,6 +10,7 @@ from flask import Blueprint, Response, jsonify, request, url_for
 from api.http import render, timing
 from api.http.auth import current_principal, require
 from api.http.body import json_object
+from api.http.metrics import Submitted, note_submitted
 from api.http.validation import check
 from api.services import experiments as experiments_service
 from api.services import jobs as svc
@@ -74,6 +75,7 @@ def submit() -> Response:
     view, replayed = svc.accept(st, current_principal(), info, body, expires_in)
     timing.step("accept")
     job_id = str(view.job.id)
+    note_submitted(Submitted(job_id, view.model, view.job.lane, view.job.cached, replayed))
     if not view.job.cached:
         with st.waiter.expect(job_id) if wait else nullcontext() as signal:
             if not replayed:

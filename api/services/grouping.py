@@ -24,6 +24,9 @@ T = TypeVar("T")
 
 _UNSET = object()
 
+#: A group thread with nothing handed over for this long ends (another starts on demand).
+IDLE_EXIT_S = 5.0
+
 
 class Pending(Generic[T]):
     """One item waiting for its group: the group's runner sets its ``result`` or ``error``."""
@@ -57,6 +60,7 @@ class GroupThread(Generic[T]):
         self._waiting: list[Pending[T]] = []
         self._cond = threading.Condition()
         self._pid = 0  # the process whose thread runs; gunicorn forks after the app is built
+        self._running = False
 
     def _hand_over(self, item: T) -> Pending[T]:
         """Wait for ``item``'s group to run and return it settled; ``TimeoutError`` when that
@@ -77,13 +81,21 @@ class GroupThread(Generic[T]):
         if self._pid != os.getpid():
             self._pid = os.getpid()
             self._waiting = []  # anything listed belonged to the parent's threads
+            self._running = False  # and so did the thread
+        if not self._running:
+            self._running = True
             threading.Thread(target=self._run, name=self.thread_name, daemon=True).start()
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._waiting:
-                    self._cond.wait()
+                if not self._waiting:
+                    self._cond.wait(IDLE_EXIT_S)
+                if not self._waiting:
+                    # Idle: end, letting go of what the runner holds (a pool, a broker
+                    # connection); the next hand-over starts another thread.
+                    self._running = False
+                    return
                 group = self._waiting[: self._max_group]
                 del self._waiting[: self._max_group]
             try:

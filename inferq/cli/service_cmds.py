@@ -20,7 +20,7 @@ def api(host: str, port: int | None) -> None:
     from api.server import serve
 
     settings = load_settings()
-    configure(settings.log_level)
+    configure(settings.log_level, flush_every_s=settings.log_flush_s)
     check_at_start(settings)  # never a Redis of another stack
     serve(settings, host, port or settings.local.port)
 

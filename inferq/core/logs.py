@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sys
+import threading
 import time
+from typing import TextIO
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -27,9 +31,63 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(body, default=str)
 
 
-def configure(level: str = "INFO") -> None:
-    """Send every logger's records to stderr as JSON."""
-    handler = logging.StreamHandler(sys.stderr)
+class BufferedHandler(logging.StreamHandler[TextIO]):
+    """Writes records to ``stream`` without flushing each one: the buffer goes out every
+    ``flush_every_s``, when it fills, and at once for a warning or worse (nginx's
+    ``access_log ... buffer= flush=``).
+
+    An API node logs a line per request; a write and a flush per line were a twentieth of its
+    CPU under load. A process killed outright loses at most ``flush_every_s`` of lines; one
+    that exits cleanly loses none (logging flushes its handlers at exit).
+    """
+
+    def __init__(self, stream: TextIO, flush_every_s: float) -> None:
+        super().__init__(stream)
+        self._flush_every_s = flush_every_s
+        self._pid = 0  # the process whose flusher runs (gunicorn forks after configuring)
+        self._closed = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+            if record.levelno >= logging.WARNING:
+                self.stream.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            threading.Thread(
+                target=self._flush_forever, name="inferq-log-flush", daemon=True
+            ).start()
+
+    def close(self) -> None:
+        """Stop the flusher and write out what is buffered."""
+        self._closed.set()
+        with contextlib.suppress(OSError, ValueError):  # closed already
+            self.flush()
+        super().close()
+
+    def _flush_forever(self) -> None:
+        while not self._closed.wait(self._flush_every_s):
+            try:
+                self.flush()
+            except (OSError, ValueError):  # the stream went away (closed, a broken pipe)
+                return
+
+
+def configure(level: str = "INFO", flush_every_s: float = 0) -> None:
+    """Send every logger's records to stderr as JSON; with ``flush_every_s``, buffered
+    (BufferedHandler) instead of flushed line by line."""
+    handler: logging.Handler
+    if flush_every_s > 0:
+        stream = open(  # noqa: SIM115 (the handler owns it)
+            sys.stderr.fileno(), "w", buffering=1 << 16, encoding="utf-8", closefd=False
+        )
+        handler = BufferedHandler(stream, flush_every_s)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

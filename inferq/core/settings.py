@@ -414,6 +414,9 @@ class Settings:
     claim_redis: bool = False
     #: Log level of every process (logs are JSON lines on stderr).
     log_level: str = "INFO"
+    #: How often an API node writes out its buffered log lines (one per request); a warning
+    #: or worse goes out at once. 0 writes every line as it comes (as the other processes do).
+    log_flush_s: float = 1.0
 
     api: ApiSettings = dataclasses.field(default_factory=ApiSettings)
     database: DatabaseSettings = dataclasses.field(default_factory=DatabaseSettings)

@@ -106,6 +106,16 @@ def notify_finished(
     try:
         with sessions() as session:
             hooked = jobs_with_webhooks(session, list(job_ids))
+    except Exception:
+        log.exception("could not queue webhook deliveries")
+        return
+    queue_deliveries(app, settings, hooked)
+
+
+def queue_deliveries(app: Celery, settings: Settings, hooked: Sequence[uuid.UUID]) -> None:
+    """Queue a delivery for each of these finished jobs, known to have a webhook; never
+    raises (as notify_finished)."""
+    try:
         for job_id in hooked:
             publish(app, settings, WebhookRequest(str(job_id)))
     except Exception:

@@ -242,8 +242,13 @@ def test_one_request_id_and_job_id_follow_a_job_through_api_and_worker_logs(
     assert response.status_code == 200 and response.headers["X-Request-ID"] == request_id
     job_id = response.json()["id"]
 
-    access = [r for r in log_lines(observed.stack.api) if r.get("request_id") == request_id]
-    assert access and access[0]["job_id"] == job_id and access[0]["status"] == 200
+    deadline = time.monotonic() + 10  # an API node writes its log lines out every second
+    while not (
+        access := [r for r in log_lines(observed.stack.api) if r.get("request_id") == request_id]
+    ):
+        assert time.monotonic() < deadline, "the API's access log never named the request"
+        time.sleep(0.2)
+    assert access[0]["job_id"] == job_id and access[0]["status"] == 200
     deadline = time.monotonic() + 10
     while not any(job_id in (r.get("job_ids") or []) for r in log_lines(observed.stack.workers[0])):
         assert time.monotonic() < deadline, "the worker's batch log never named the job"

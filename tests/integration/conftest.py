@@ -11,12 +11,36 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import Engine
 
 from api.app import create_app
 from inferq.core.broker import queue_name
 from inferq.core.settings import Settings
 from tests.conftest import Keys
 from tests.s3 import s3_endpoint  # noqa: F401 (a fixture: a moto S3 server)
+
+
+@pytest.fixture(autouse=True)
+def _close_api_pools(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Close the connection pool of every API app a test built, when the test ends.
+
+    An app's group threads (api.services.grouping) hold its pool until they have been idle a
+    few seconds; dozens of apps built in quick succession would otherwise keep their idle
+    connections open meanwhile, past what the shared Postgres allows."""
+    import api.app
+
+    engines: list[Engine] = []
+    real = api.app.make_engine
+
+    def tracked(*args: Any, **kwargs: Any) -> Engine:
+        engine = real(*args, **kwargs)
+        engines.append(engine)
+        return engine
+
+    monkeypatch.setattr(api.app, "make_engine", tracked)
+    yield
+    for engine in engines:
+        engine.dispose()
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from api.services import grouping
 from api.services.publisher import GroupPublisher, PublishError
 
 
@@ -102,6 +103,34 @@ def test_a_stuck_publish_times_out_the_request_instead_of_hanging_it() -> None:
     with pytest.raises(TimeoutError):
         publisher.publish("j0", "online")
     broker.release.set()
+
+
+def test_an_idle_thread_ends_and_the_next_job_starts_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a publisher whose thread ends after 0.5 s with nothing to do
+    monkeypatch.setattr(grouping, "IDLE_EXIT_S", 0.5)
+    broker = Broker()
+    broker.release.set()
+    publisher = GroupPublisher(broker.publish, max_group=64, timeout_s=10)
+    others = set(threading.enumerate())  # earlier tests' publishers
+
+    def ours() -> list[threading.Thread]:
+        return [
+            t for t in threading.enumerate() if t.name == "inferq-publisher" and t not in others
+        ]
+
+    publisher.publish("j0", "online")
+    assert ours()
+    # When it has been idle past that
+    for _ in range(500):
+        if not ours():
+            break
+        threading.Event().wait(0.01)
+    # Then its thread is gone (holding nothing), and the next job is still published
+    assert not ours()
+    publisher.publish("j1", "online")
+    assert broker.messages == [("online", ["j0"]), ("online", ["j1"])]
 
 
 def _wait_queued(publisher: GroupPublisher, count: int) -> None:

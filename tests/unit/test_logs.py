@@ -1,0 +1,82 @@
+"""JSON log lines: an API node's are buffered and written out every flush interval, a warning
+at once, and none is lost when the process exits (inferq.core.logs)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from inferq.core.logs import BufferedHandler, JsonFormatter
+
+
+@pytest.fixture
+def pipe() -> tuple[logging.Logger, int]:
+    """A logger whose only handler buffers into a pipe, and the pipe's read end."""
+    read, write = os.pipe()
+    os.set_blocking(read, False)
+    stream = open(write, "w", buffering=1 << 16, encoding="utf-8")  # noqa: SIM115
+    handler = BufferedHandler(stream, flush_every_s=0.3)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger(f"test-buffered-{read}")
+    logger.propagate = False
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    yield logger, read
+    handler.close()
+    stream.close()
+    os.close(read)
+
+
+def lines(read: int) -> list[dict[str, object]]:
+    try:
+        raw = os.read(read, 1 << 16)
+    except BlockingIOError:
+        return []
+    return [json.loads(line) for line in raw.decode().splitlines()]
+
+
+def test_info_lines_wait_for_the_flush_and_a_warning_goes_out_at_once(
+    pipe: tuple[logging.Logger, int],
+) -> None:
+    logger, read = pipe
+    # When two requests are logged
+    logger.info("request", extra={"status": 202})
+    logger.info("request", extra={"status": 200})
+    # Then nothing was written yet
+    assert lines(read) == []
+    # and a warning takes them out with it, in order
+    logger.warning("dependency unavailable")
+    assert [(r["message"], r.get("status")) for r in lines(read)] == [
+        ("request", 202),
+        ("request", 200),
+        ("dependency unavailable", None),
+    ]
+    # and a later info line goes out within the flush interval on its own
+    logger.info("request", extra={"status": 404})
+    deadline = time.monotonic() + 5
+    found: list[dict[str, object]] = []
+    while not found and time.monotonic() < deadline:
+        time.sleep(0.05)
+        found = lines(read)
+    assert [r.get("status") for r in found] == [404]
+
+
+def test_lines_still_buffered_are_written_when_the_process_exits() -> None:
+    # Given a process that buffers for a minute, logs, and exits normally at once
+    script = (
+        "import logging; from inferq.core.logs import configure\n"
+        "configure('INFO', flush_every_s=60)\n"
+        "for i in range(3): logging.getLogger('x').info('request', extra={'n': i})\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    # Then its three lines reached stderr
+    logged = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [r["n"] for r in logged] == [0, 1, 2]
