@@ -89,7 +89,9 @@ def create_app(settings: Settings | None = None) -> Flask:
             # publish retries within bounds of its own; this only catches a stuck thread
             timeout_s=settings.api.publish_timeout_s * 4 + 1,
         ),
-        inserter=GroupInserter(sessions, max_group=MAX_GROUP),
+        inserter=GroupInserter(
+            sessions, max_group=MAX_GROUP, queue_timeout_s=settings.database.api_db_wait_s
+        ),
         waiter=CompletionWaiter(lambda: make_redis(settings), completion_channel(settings)),
         principals=TtlCache(settings.api.auth_cache_s),
         models=TtlCache(settings.api.model_cache_s),

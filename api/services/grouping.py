@@ -28,14 +28,19 @@ _UNSET = object()
 IDLE_EXIT_S = 5.0
 
 
+class NotTaken(Exception):
+    """Raised when no group took an item within its queue timeout (it was withdrawn)."""
+
+
 class Pending(Generic[T]):
     """One item waiting for its group: the group's runner sets its ``result`` or ``error``."""
 
-    __slots__ = ("done", "error", "item", "result")
+    __slots__ = ("done", "error", "item", "result", "taken")
 
     def __init__(self, item: T) -> None:
         self.item = item
         self.done = threading.Event()
+        self.taken = False  # into a group: from then on it may take effect
         self.result: object = _UNSET
         self.error: BaseException | None = None
 
@@ -62,14 +67,23 @@ class GroupThread(Generic[T]):
         self._pid = 0  # the process whose thread runs; gunicorn forks after the app is built
         self._running = False
 
-    def _hand_over(self, item: T) -> Pending[T]:
+    def _hand_over(self, item: T, queue_timeout_s: float | None = None) -> Pending[T]:
         """Wait for ``item``'s group to run and return it settled; ``TimeoutError`` when that
-        took longer than ``timeout_s`` (None: wait as long as the runner does)."""
+        took longer than ``timeout_s`` (None: wait as long as the runner does).
+
+        With ``queue_timeout_s``, an item no group has taken by then is withdrawn, and
+        :class:`NotTaken` raised: it never took effect, so the caller can say so for sure.
+        """
         pending = Pending(item)
         with self._cond:
             self._start_if_needed()
             self._waiting.append(pending)
             self._cond.notify()
+        if queue_timeout_s is not None and not pending.done.wait(queue_timeout_s):
+            with self._cond:
+                if not pending.taken:
+                    self._waiting.remove(pending)
+                    raise NotTaken(f"no group took this item within {queue_timeout_s:g} s")
         if not pending.done.wait(self._timeout_s):
             raise TimeoutError(f"the group holding this item took over {self._timeout_s:g} s")
         return pending
@@ -87,24 +101,38 @@ class GroupThread(Generic[T]):
             threading.Thread(target=self._run, name=self.thread_name, daemon=True).start()
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                if not self._waiting:
-                    self._cond.wait(IDLE_EXIT_S)
-                if not self._waiting:
-                    # Idle: end, letting go of what the runner holds (a pool, a broker
-                    # connection); the next hand-over starts another thread.
+        idle = False
+        try:
+            while self._run_next():
+                pass
+            idle = True
+        finally:
+            if not idle:  # killed (a greenlet's exit): the next hand-over starts another
+                with self._cond:
                     self._running = False
-                    return
-                group = self._waiting[: self._max_group]
-                del self._waiting[: self._max_group]
-            try:
-                self._run_group(group)
-            except Exception as exc:  # each waiting request handles it for its own item
-                log.debug("a group failed", exc_info=True)
-                for pending in group:
-                    if not pending.settled:
-                        pending.error = exc
-            finally:
-                for pending in group:
-                    pending.done.set()
+
+    def _run_next(self) -> bool:
+        """Run the next group; False once idle for IDLE_EXIT_S: the thread then ends, letting
+        go of what the runner holds (a pool, a broker connection), and the next hand-over
+        starts another."""
+        with self._cond:
+            if not self._waiting:
+                self._cond.wait(IDLE_EXIT_S)
+            if not self._waiting:
+                self._running = False  # under the lock: a hand-over now starts a thread
+                return False
+            group = self._waiting[: self._max_group]
+            del self._waiting[: self._max_group]
+            for pending in group:
+                pending.taken = True
+        try:
+            self._run_group(group)
+        except Exception as exc:  # each waiting request handles it for its own item
+            log.debug("a group failed", exc_info=True)
+            for pending in group:
+                if not pending.settled:
+                    pending.error = exc
+        finally:
+            for pending in group:
+                pending.done.set()
+        return True

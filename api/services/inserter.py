@@ -19,9 +19,10 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.services.grouping import GroupThread, Pending
+from api.services.grouping import GroupThread, NotTaken, Pending
 from db.engine import retry_on_disconnect
 from db.jobs import insert_queued_jobs
 from db.tables import Job
@@ -39,16 +40,28 @@ class GroupInserter(GroupThread[Row]):
 
     thread_name = "inferq-inserter"
 
-    def __init__(self, sessions: sessionmaker[Session], *, max_group: int) -> None:
-        # No timeout of its own: the insert's are the pool's wait and the server's; a request
-        # that gave up first could not say whether its job exists.
+    def __init__(
+        self, sessions: sessionmaker[Session], *, max_group: int, queue_timeout_s: float
+    ) -> None:
+        # Once its group is taken, a request waits as long as the insert does (the pool's
+        # wait, the server's): one that gave up then could not say whether its job exists.
+        # Before that it waits ``queue_timeout_s`` at most, as for a pooled connection.
         super().__init__(max_group=max_group)
         self._sessions = sessions
+        self._queue_timeout_s = queue_timeout_s
 
     def insert(self, row: Row) -> Job:
         """Return the job once ``row`` (db.jobs.queued_job_values) is committed; raise what
-        failed its insert or its group's transaction."""
-        pending = self._hand_over(row)
+        failed its insert or its group's transaction, or sqlalchemy's pool ``TimeoutError``
+        when no group took it within ``queue_timeout_s`` (it was never inserted)."""
+        try:
+            pending = self._hand_over(row, self._queue_timeout_s)
+        except NotTaken:
+            # Postgres is too slow to keep up: answered as a pool that had no connection
+            # free in time (503), and the job certainly does not exist.
+            raise PoolTimeout(
+                f"no insert took this job within {self._queue_timeout_s:g} s"
+            ) from None
         if pending.error is not None:
             raise pending.error
         if not pending.settled:

@@ -59,6 +59,18 @@ def in_threads(work: Callable[[int], Any], count: int, start: int = 0) -> list[t
     return threads
 
 
+def behind_a_held_group(gate: Gate, work: Callable[[int], Any], later: int) -> None:
+    """Run ``work(0)``, hold its group in flight, run ``work(1..later)`` meanwhile, then let
+    everything finish."""
+    threads = in_threads(work, 1)
+    assert gate.first_started.wait(10)
+    threads += in_threads(work, later, start=1)
+    gate.wait_queued(later)
+    gate.release.set()
+    for thread in threads:
+        thread.join(30)
+
+
 def existing(st: ApiState, ids: list[str]) -> set[str]:
     with st.sessions() as session:
         found = session.scalars(select(Job.id).where(Job.id.in_([uuid.UUID(i) for i in ids])))
@@ -80,14 +92,8 @@ def test_submits_that_arrive_together_share_one_commit_and_each_202_is_durable(
         )
         answers[i] = (answer.status_code, answer.get_json())
 
-    threads = in_threads(submit, 1)
-    assert gate.first_started.wait(10)
     # When twelve more arrive meanwhile
-    threads += in_threads(submit, 12, start=1)
-    gate.wait_queued(12)
-    gate.release.set()
-    for thread in threads:
-        thread.join(30)
+    behind_a_held_group(gate, submit, 12)
 
     # Then they went in as one more transaction, and every 202 names a committed job with
     # the input and user its request sent
@@ -139,14 +145,8 @@ def test_a_row_postgres_refuses_fails_only_its_own_request(app: Flask) -> None:
         except Exception as exc:
             outcome[i] = exc
 
-    threads = in_threads(insert, 1)
-    assert gate.first_started.wait(10)
-    threads += in_threads(insert, 5, start=1)
-    gate.wait_queued(5)
-    # When the group runs
-    gate.release.set()
-    for thread in threads:
-        thread.join(30)
+    # When they run
+    behind_a_held_group(gate, insert, 5)
 
     # Then the group was tried whole, then row by row: only the bad row failed
     assert gate.sizes == [1, 5, 1, 1, 1, 1, 1]
@@ -190,13 +190,7 @@ def test_a_lost_commit_fails_every_request_of_its_group_and_creates_none(
         answers[i] = (answer.status_code, answer.get_json())
 
     # When six submits share a group
-    threads = in_threads(submit, 1)
-    assert gate.first_started.wait(10)
-    threads += in_threads(submit, 5, start=1)
-    gate.wait_queued(5)
-    gate.release.set()
-    for thread in threads:
-        thread.join(30)
+    behind_a_held_group(gate, submit, 5)
 
     # Then each got a 503 saying nothing changed, and no job of theirs exists
     assert gate.sizes == [1, 5]
@@ -248,3 +242,36 @@ def test_keyed_submits_beside_grouped_ones_still_make_one_job_per_key(
     keyed = [answers[i][1] for i in range(4)]
     assert len(set(plain)) == 6 and len(set(keyed)) == 4
     assert existing(st, plain + keyed) == set(plain + keyed)
+
+
+def test_a_submit_no_group_takes_in_time_is_answered_503_and_never_inserted(
+    app: Flask, keys: Keys, no_worker: None
+) -> None:
+    # Given a commit held in flight longer than a submit may queue for one (a stalled Postgres)
+    st: ApiState = app.extensions["inferq"]
+    st.inserter._queue_timeout_s = 0.5
+    gate = Gate(st.inserter)
+    answers: dict[int, Any] = {}
+    inputs = holdout(2)
+
+    def submit(i: int) -> None:
+        answer = Caller(app.test_client(), keys.alice).post(
+            "/v1/jobs", {"model": "digits", "input": inputs[i][0], "user": f"late-{i}"}
+        )
+        answers[i] = answer
+
+    first = in_threads(submit, 1)
+    assert gate.first_started.wait(10)
+    # When another submit waits behind it past that
+    submit(1)
+    gate.release.set()
+    first[0].join(30)
+
+    # Then it is answered 503 with Retry-After, the held one 202, and only the held one exists
+    late = answers[1]
+    assert late.status_code == 503 and late.headers["Retry-After"], late.get_json()
+    assert answers[0].status_code == 202
+    assert gate.sizes == [1]
+    with st.sessions() as session:
+        users = session.scalars(select(Job.user).where(Job.user.in_(["late-0", "late-1"])))
+        assert sorted(users) == ["late-0"]
