@@ -91,8 +91,9 @@ def _retire(
     """Keep, detach, drop the span's partitions: each step its own transaction under the
     retention lock, so each exclusive lock of a detach is held for nothing else. ``jobs``
     goes first: once its partition is detached nothing writes to the dependents' (every
-    such write reads the job first, db/partitions.py). A partition already gone (a pass cut
-    short) is skipped. False: try next pass."""
+    such write reads the job first, db/partitions.py), and the horizon moves past it in the
+    same commit (spans go oldest first), so no reader finds its jobs neither present nor
+    expired. A partition already gone (a pass cut short) is skipped. False: try next pass."""
     detached = []
     try:
         for table in repo.KEYS:  # jobs first, then the dependents in order
@@ -109,6 +110,8 @@ def _retire(
                 if not (repo.lock_retention(session) and part in repo.partitions(session, table)):
                     return False
                 repo.detach(session, part, table=table)
+                if table == "jobs":  # in the detach's own commit: never a moment of 404
+                    repo.set_horizon(session, upper)
             detached.append((table, part.name))
     except DBAPIError as error:  # lock_timeout (a table is busy), or a partition gone under us
         log.warning(
