@@ -231,9 +231,9 @@ class ObservabilitySettings:
     #: Feedback newer than this counts towards a model's live accuracy, seconds.
     quality_window_s: float = 86_400.0
     #: Celery task events (task-sent from the API, task-received/started/succeeded from
-    #: workers), what Flower and ``celery events`` read; off saves a broker message or so
-    #: per job.
-    task_events: bool = True
+    #: workers), what Flower and ``celery events`` read. Off by default, as in Celery: four
+    #: broker messages per job that nothing else reads (BENCHMARKS.md).
+    task_events: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -52,7 +52,7 @@ class Observed:
 
 
 def start_observed(settings: Settings, logs: Path) -> Observed:
-    settings = settings.replace(metrics_interval_s=1.0)
+    settings = settings.replace(metrics_interval_s=1.0, task_events=True)
     port, worker_port, scheduler_port = free_port(), free_port(), free_port()
     api = ServiceProcess("api", ["api", "--port", str(port)], settings, logs)
     scheduler = ServiceProcess(
@@ -193,13 +193,17 @@ class Events:
         self.thread.start()
         # events published before the receiver's queue is bound are lost: send probes until
         # one comes back, then the receiver sees whatever the API and workers send
+        self.probe("test-probe")
+        return self
+
+    def probe(self, name: str) -> None:
+        """Send ``name`` until it comes back: what was published before it has had its time."""
         deadline = time.monotonic() + 30
         with self.app.events.default_dispatcher(hostname="probe@test") as dispatcher:
-            while "test-probe" not in self.types():
-                assert time.monotonic() < deadline, "the event receiver never got a probe"
-                dispatcher.send("test-probe")
+            while name not in self.types():
+                assert time.monotonic() < deadline, f"the event receiver never got {name}"
+                dispatcher.send(name)
                 time.sleep(0.2)
-        return self
 
     def __exit__(self, *_: object) -> None:
         self.receiver.should_stop = True
@@ -212,6 +216,20 @@ class Events:
             for e in list(self.seen)
             if task_id is None or e.get("uuid") == task_id
         }
+
+
+def test_task_events_are_off_unless_asked_for(redis_stack: Stack, keys: Keys) -> None:
+    """Off by default, as in Celery (four broker messages per job that nothing else reads:
+    BENCHMARKS.md). Catches: the API or a worker sending task events it was not asked for
+    (tried: the default left on: task-sent, task-received, task-started, task-succeeded)."""
+    assert not Settings().observability.task_events
+    assert not redis_stack.settings.observability.task_events
+    with Events(redis_stack.settings) as events:
+        job = redis_stack.client(keys.alice).submit("digits", holdout(1)[0][0], wait=20)
+        assert job["status"] == "succeeded", job
+        time.sleep(1.0)  # the worker's events, had it sent any, would follow its answer
+        events.probe("test-probe-after")
+    assert {t for t in events.types() if t.startswith("task-")} == set(), events.types()
 
 
 def test_one_request_id_and_job_id_follow_a_job_through_api_and_worker_logs(
