@@ -66,6 +66,25 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
 
 
 @contextmanager
+def one_statement(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session for a unit of work that is one statement, which commits itself (the driver's
+    autocommit): one round trip, not three (psycopg2 sends BEGIN before a transaction's first
+    statement, and COMMIT is another). Two statements in it are two commits, never one
+    transaction. The connection goes back to the pool as it came (switching the flag sends
+    nothing; SQLAlchemy's ``isolation_level="AUTOCOMMIT"`` option costs a ``SET`` on return).
+    """
+    with factory() as session:
+        dbapi = session.connection().connection.dbapi_connection
+        assert dbapi is not None
+        dbapi.autocommit = True
+        try:
+            yield session
+        finally:
+            if not dbapi.closed:  # a dropped connection is discarded, not reused
+                dbapi.autocommit = False
+
+
+@contextmanager
 def short_session(url: str, application_name: str = "inferq-cli") -> Iterator[Session]:
     """A one-off session on its own single-connection engine, committed on success.
 

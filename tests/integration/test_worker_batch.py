@@ -69,6 +69,42 @@ def test_a_batch_is_claimed_predicted_and_stored(alice: Caller, ctx: WorkerConte
         assert ctx.redis.get(status_key(ctx.settings, job_id)) == b"succeeded"
 
 
+def test_the_claim_and_the_store_are_one_round_trip_each(
+    alice: Caller, ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's claim and store are single statements that commit themselves: no BEGIN
+    before them and no COMMIT after (two round trips of the three a transaction costs, on
+    the path of every batch). Catches: either run in a transaction (tried: the claim in
+    ``ctx.sessions.begin()``: left in a transaction, ``INTRANS``)."""
+    import psycopg2.extensions as ext
+
+    import workers.runner as runner
+
+    seen: dict[str, tuple[int, bool]] = {}
+
+    def watch(name: str, real: Any) -> Any:
+        def call(session: Any, *args: Any, **kwargs: Any) -> Any:
+            out = real(session, *args, **kwargs)
+            dbapi = session.connection().connection.dbapi_connection
+            seen[name] = (dbapi.info.transaction_status, dbapi.autocommit)
+            return out
+
+        return call
+
+    monkeypatch.setattr(runner, "claim_jobs", watch("claim", runner.claim_jobs))
+    monkeypatch.setattr(runner, "store_results", watch("store", runner.store_results))
+    ids = [submit(alice, p) for p, _ in holdout(3)]
+    assert [r.status for r in run_batch(ctx, ids)] == ["succeeded"] * 3
+    # No transaction open once each statement returned: it committed by itself
+    assert seen == {"claim": (ext.TRANSACTION_STATUS_IDLE, True),
+                    "store": (ext.TRANSACTION_STATUS_IDLE, True)}  # fmt: skip
+    # and the pool's connections went back to transactions, as the rest of the worker uses them
+    for _ in range(4):
+        with ctx.sessions() as session:
+            dbapi = session.connection().connection.dbapi_connection
+            assert dbapi is not None and dbapi.autocommit is False
+
+
 def test_a_redelivered_message_changes_nothing(alice: Caller, ctx: WorkerContext) -> None:
     job_id = submit(alice, holdout(1)[0][0])
     run_batch(ctx, [job_id])
