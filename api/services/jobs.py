@@ -18,7 +18,7 @@ from api.services import experiments as experiments_service
 from api.services import idempotency, quotas, webhooks
 from api.services.waiters import Signal
 from api.state import ApiState
-from db.engine import retry_on_disconnect
+from db.engine import one_statement, retry_on_disconnect
 from db.ids import time_of
 from db.jobs import (
     JobProgress,
@@ -236,7 +236,7 @@ def load(
     jobs queued ahead of it in the same statement (for its position)."""
 
     def read() -> JobView | None:
-        with st.sessions() as session:
+        with one_statement(st.sessions) as session:  # one round trip, no BEGIN/ROLLBACK
             return get_job_view(session, job_id, tenant_id, with_ahead=with_ahead)
 
     view = retry_on_disconnect(read)
@@ -312,7 +312,7 @@ def refresh(st: ApiState, view: JobView) -> JobView:
     is read whole."""
 
     def read() -> JobProgress | None:
-        with st.sessions() as session:
+        with one_statement(st.sessions) as session:
             return get_job_progress(session, view.job.id, view.job.tenant_id)
 
     now = retry_on_disconnect(read)

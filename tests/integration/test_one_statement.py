@@ -4,6 +4,7 @@ goes back to the pool for transactions."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -12,6 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import make_engine, make_session_factory, one_statement
 from inferq.core.settings import Settings
+from tests.factories import holdout
+from tests.integration.conftest import Caller
 
 
 @pytest.fixture
@@ -49,3 +52,41 @@ def test_the_connection_goes_back_to_transactions(sessions: sessionmaker[Session
             session.rollback()
         with sessions() as session:
             assert session.scalar(text("SELECT count(*) FROM one_statement_probe")) == 0
+
+
+def test_reading_a_job_is_one_round_trip(
+    alice: Caller, monkeypatch: pytest.MonkeyPatch, no_worker: None
+) -> None:
+    """``GET /v1/jobs/{id}`` and a long-poll's read when its wait runs out: one statement,
+    no BEGIN before it nor ROLLBACK after. Catches: either read in a transaction (tried:
+    ``load`` with ``st.sessions()``: ``INTRANS``)."""
+    import psycopg2.extensions as ext
+
+    import api.services.jobs as jobs_service
+
+    seen: list[tuple[str, int, bool]] = []
+
+    def watch(name: str, real: Any) -> Any:
+        def call(session: Session, *args: Any, **kwargs: Any) -> Any:
+            out = real(session, *args, **kwargs)
+            dbapi = session.connection().connection.dbapi_connection
+            assert dbapi is not None
+            seen.append((name, dbapi.info.transaction_status, dbapi.autocommit))
+            return out
+
+        return call
+
+    monkeypatch.setattr(jobs_service, "get_job_view", watch("job", jobs_service.get_job_view))
+    monkeypatch.setattr(
+        jobs_service, "get_job_progress", watch("progress", jobs_service.get_job_progress)
+    )
+    submitted = alice.post("/v1/jobs", {"model": "digits", "input": holdout(1)[0][0]})
+    assert submitted.status_code == 202
+    job_id = submitted.get_json()["id"]
+
+    assert alice.get(f"/v1/jobs/{job_id}").status_code == 200
+    assert alice.get(f"/v1/jobs/{job_id}?wait=0.2").status_code == 200  # no worker: runs out
+
+    idle = ext.TRANSACTION_STATUS_IDLE
+    assert {"job", "progress"} <= {name for name, _, _ in seen}
+    assert all((status, auto) == (idle, True) for _, status, auto in seen), seen
