@@ -71,6 +71,21 @@ def behind_a_held_group(gate: Gate, work: Callable[[int], Any], later: int) -> N
         thread.join(30)
 
 
+def plain_submits(
+    app: Flask, key: str, inputs: list[Any], user: str
+) -> tuple[dict[int, Any], Callable[[int], None]]:
+    """Where the answers go, and a ``submit(i)`` that posts ``inputs[i]`` as a plain (grouped)
+    submit of the user ``{user}{i}``, keeping its answer under ``i``."""
+    answers: dict[int, Any] = {}
+
+    def submit(i: int) -> None:
+        answers[i] = Caller(app.test_client(), key).post(
+            "/v1/jobs", {"model": "digits", "input": inputs[i][0], "user": f"{user}{i}"}
+        )
+
+    return answers, submit
+
+
 def existing(st: ApiState, ids: list[str]) -> set[str]:
     with st.sessions() as session:
         found = session.scalars(select(Job.id).where(Job.id.in_([uuid.UUID(i) for i in ids])))
@@ -83,14 +98,8 @@ def test_submits_that_arrive_together_share_one_commit_and_each_202_is_durable(
     # Given a first submit whose commit is held in flight
     st: ApiState = app.extensions["inferq"]
     gate = Gate(st.inserter)
-    answers: dict[int, Any] = {}
     inputs = holdout(13)
-
-    def submit(i: int) -> None:
-        answer = Caller(app.test_client(), keys.alice).post(
-            "/v1/jobs", {"model": "digits", "input": inputs[i][0], "user": f"u{i}"}
-        )
-        answers[i] = (answer.status_code, answer.get_json())
+    answers, submit = plain_submits(app, keys.alice, inputs, "u")
 
     # When twelve more arrive meanwhile
     behind_a_held_group(gate, submit, 12)
@@ -98,8 +107,8 @@ def test_submits_that_arrive_together_share_one_commit_and_each_202_is_durable(
     # Then they went in as one more transaction, and every 202 names a committed job with
     # the input and user its request sent
     assert gate.sizes == [1, 12]
-    assert sorted(status for status, _ in answers.values()) == [202] * 13
-    ids = {i: body["id"] for i, (_, body) in answers.items()}
+    assert sorted(answer.status_code for answer in answers.values()) == [202] * 13
+    ids = {i: answer.get_json()["id"] for i, answer in answers.items()}
     with st.sessions() as session:
         rows = session.scalars(select(Job).where(Job.id.in_([uuid.UUID(v) for v in ids.values()])))
         stored = {str(job.id): job for job in rows}
@@ -180,14 +189,8 @@ def test_a_lost_commit_fails_every_request_of_its_group_and_creates_none(
         return jobs
 
     monkeypatch.setattr(inserter_module, "insert_queued_jobs", insert_then_lose_connection)
-    answers: dict[int, Any] = {}
     inputs = holdout(6)
-
-    def submit(i: int) -> None:
-        answer = Caller(app.test_client(), keys.alice).post(
-            "/v1/jobs", {"model": "digits", "input": inputs[i][0], "user": f"lost-{i}"}
-        )
-        answers[i] = (answer.status_code, answer.get_json())
+    answers, submit = plain_submits(app, keys.alice, inputs, "lost-")
 
     # When six submits share a group
     behind_a_held_group(gate, submit, 5)
@@ -195,8 +198,8 @@ def test_a_lost_commit_fails_every_request_of_its_group_and_creates_none(
     # Then each got a 503 saying nothing changed, and no job of theirs exists
     assert gate.sizes == [1, 5]
     assert len(killed) == 4  # each group: its attempt and the retry on a fresh connection
-    assert sorted(status for status, _ in answers.values()) == [503] * 6
-    assert all("nothing was changed" in body["detail"] for _, body in answers.values())
+    assert sorted(answer.status_code for answer in answers.values()) == [503] * 6
+    assert all("nothing was changed" in a.get_json()["detail"] for a in answers.values())
     with st.sessions() as session:
         users = [f"lost-{i}" for i in range(6)]
         count = session.scalar(select(func.count()).select_from(Job).where(Job.user.in_(users)))
@@ -251,14 +254,8 @@ def test_a_submit_no_group_takes_in_time_is_answered_503_and_never_inserted(
     st: ApiState = app.extensions["inferq"]
     st.inserter._queue_timeout_s = 0.5
     gate = Gate(st.inserter)
-    answers: dict[int, Any] = {}
     inputs = holdout(2)
-
-    def submit(i: int) -> None:
-        answer = Caller(app.test_client(), keys.alice).post(
-            "/v1/jobs", {"model": "digits", "input": inputs[i][0], "user": f"late-{i}"}
-        )
-        answers[i] = answer
+    answers, submit = plain_submits(app, keys.alice, inputs, "late-")
 
     first = in_threads(submit, 1)
     assert gate.first_started.wait(10)
