@@ -12,6 +12,7 @@ from typing import Any
 
 import redis
 
+from inferq.core.canonical import canonical_json
 from inferq.core.settings import Settings
 
 
@@ -26,15 +27,15 @@ def _normalise(value: Any) -> Any:
     return value
 
 
-def canonical_json(value: Any) -> str:
-    """One text per JSON value: sorted keys, no spaces, integral floats as integers."""
-    return json.dumps(_normalise(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+def canonical_input(value: Any) -> bytes:
+    """One text per input: sorted keys, no spaces, integral floats as integers."""
+    return canonical_json(_normalise(value))
 
 
 def cache_key(settings: Settings, version_id: int, version_sha256: str, input: Any) -> str:
     """The Redis key of ``input``'s output from a model version (its id and weights' digest:
     two models may share weights but not handlers)."""
-    digest = hashlib.sha256(canonical_json(input).encode()).hexdigest()
+    digest = hashlib.sha256(canonical_input(input)).hexdigest()
     return f"{settings.namespace}:cache:{version_id}:{version_sha256[:16]}:{digest}"
 
 
