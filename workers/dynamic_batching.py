@@ -7,8 +7,9 @@ flushes when messages stopped arriving for ``idle_gap_s`` (light load: answer at
 the oldest buffered message has waited ``max_delay_s`` (heavy load: fill the batch, then
 go) -- Triton's ``max_queue_delay`` with a quiet-gap shortcut.
 
-At light load -- a lone job after a lull (no message for ``sparse_gap_s``), when the last
-batch held one job too -- the message goes at once: nothing is coming to share its batch, and
+At light load -- a lone job after a lull (no message for ``sparse_gap_s``, and none read
+within ``idle_gap_s`` of the last batch's end), when the last batch held one job too -- the
+message goes at once: nothing is coming to share its batch, and
 waiting for the quiet gap would only add latency. Under load messages come close together or
 carry several jobs each, and batches form as above.
 
@@ -52,6 +53,11 @@ class DynamicBatches(Batches):
         if self._buffer.qsize():
             self._tref = consumer.timer.call_repeatedly(self.flush_interval, self._do_flush)
         self._first_at = self._last_at = time.monotonic()
+        # When the last batch ended. The solo pool runs a batch inside the consumer's loop, so
+        # what reached the broker meanwhile is read only after it: a gap since the previous
+        # message, but a backlog, not a lull (read as a lull, eight clients resubmitting one by
+        # one kept a busy worker in batches of one).
+        self._done_at = float("-inf")
         self._items = self._last_batch = 0
         self._alone = False
 
@@ -65,7 +71,10 @@ class DynamicBatches(Batches):
                 self._items = 0
                 # Light load shows as a lone job after a lull, following a batch of one (or
                 # none yet); a message carrying several jobs, or a full last batch, is load.
-                lull = now - self._last_at >= self.sparse_gap_s
+                lull = (
+                    now - self._last_at >= self.sparse_gap_s
+                    and now - self._done_at >= self.idle_gap_s
+                )
                 self._alone = lull and items == 1 and self._last_batch <= 1
             self._last_at = now
             self._items += items
@@ -89,6 +98,8 @@ class DynamicBatches(Batches):
         if waiting:
             self._last_batch, self._items, self._alone = self._items, 0, False
         super()._do_flush()
+        if waiting:
+            self._done_at = time.monotonic()
 
 
 def items_in(message: Any, body: Any) -> int:

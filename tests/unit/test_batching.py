@@ -188,6 +188,43 @@ def test_a_message_after_a_lull_goes_at_once_and_close_ones_wait_to_share_a_batc
     assert pool.batches == [[["a"]]]
 
 
+def test_a_message_read_right_after_a_batch_ran_is_a_backlog_not_a_lull(clock: Clock) -> None:
+    """The solo pool runs a batch inside the consumer's loop: what reached the broker while
+    it ran is read only after it ends, long after the previous message, yet nothing was quiet.
+
+    Catches: the lull judged by the previous message alone (then eight clients resubmitting
+    one by one keep a busy worker in batches of one)."""
+    timer = Timer()
+    handler, pool = strategy(
+        flush_every=64, max_items=64, sparse_gap_s=0.004, idle_gap_s=0.002, timer=timer
+    )
+    runs = pool.apply_async
+
+    def run_for_5_ms(*args: Any, **kwargs: Any) -> None:
+        runs(*args, **kwargs)
+        clock.sleep(0.005)  # the batch runs before the loop reads another message
+
+    pool.apply_async = run_for_5_ms  # type: ignore[method-assign]
+    # Given a lone job after a lull, which goes at once and runs for 5 ms
+    clock.sleep(0.01)
+    deliver(handler, ["a"])
+    assert pool.batches == [[["a"]]]
+    # When the next is read 3 ms after that batch ended: quiet since, so it goes at once too
+    clock.sleep(0.003)
+    deliver(handler, ["b"])
+    assert pool.batches == [[["a"]], [["b"]]]
+    # When the next is read just after b's batch ended (6 ms after b's message)
+    clock.sleep(0.001)
+    deliver(handler, ["c"])
+    # Then it waits for company: others reached the broker while the worker was busy
+    assert pool.batches == [[["a"]], [["b"]]]
+    clock.sleep(0.0005)
+    deliver(handler, ["d"])
+    clock.sleep(0.003)
+    timer.tick()
+    assert pool.batches == [[["a"]], [["b"]], [["c"], ["d"]]]
+
+
 def test_after_a_lull_a_message_carrying_load_still_waits_for_company(clock: Clock) -> None:
     handler, pool = strategy(flush_every=64, max_items=3, sparse_gap_s=0.05)
     # Given a full batch (load)
