@@ -188,7 +188,9 @@ def test_a_message_after_a_lull_goes_at_once_and_close_ones_wait_to_share_a_batc
     assert pool.batches == [[["a"]]]
 
 
-def test_a_message_read_right_after_a_batch_ran_is_a_backlog_not_a_lull(clock: Clock) -> None:
+def test_a_message_read_right_after_a_batch_ran_is_a_backlog_not_a_lull(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The solo pool runs a batch inside the consumer's loop: what reached the broker while
     it ran is read only after it ends, long after the previous message, yet nothing was quiet.
 
@@ -204,7 +206,7 @@ def test_a_message_read_right_after_a_batch_ran_is_a_backlog_not_a_lull(clock: C
         runs(*args, **kwargs)
         clock.sleep(0.005)  # the batch runs before the loop reads another message
 
-    pool.apply_async = run_for_5_ms  # type: ignore[method-assign]
+    monkeypatch.setattr(pool, "apply_async", run_for_5_ms)
     # Given a lone job after a lull, which goes at once and runs for 5 ms
     clock.sleep(0.01)
     deliver(handler, ["a"])
