@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, case, func, insert, select, text, update
+from sqlalchemy import bindparam, case, func, insert, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
 from db.ids import new_id, time_of
@@ -116,6 +116,22 @@ def insert_queued_jobs(session: Session, rows: Sequence[dict[str, Any]]) -> list
         found = list(connection.execute(_INSERT_QUEUED, list(rows)))
     published = {row.id: row.published_at for row in found}
     return [_detached_job(values, published_at=published[values["id"]]) for values in rows]
+
+
+def find_inserted(session: Session, rows: Sequence[dict[str, Any]]) -> dict[uuid.UUID, Job]:
+    """Those of ``rows`` (queued_job_values) that ``jobs`` holds, by id, as
+    :func:`insert_queued_jobs` returns them: after a connection lost with their INSERT in
+    flight, which went in (each row's id and creation time find it in its partition)."""
+    keys = [(values["id"], values["created_at"]) for values in rows]
+    found = session.execute(
+        select(Job.id, Job.published_at).where(tuple_(Job.id, Job.created_at).in_(keys))
+    )
+    published = {row.id: row.published_at for row in found}
+    return {
+        values["id"]: _detached_job(values, published_at=published[values["id"]])
+        for values in rows
+        if values["id"] in published
+    }
 
 
 def _detached_job(values: dict[str, Any], **server_set: Any) -> Job:

@@ -8,24 +8,33 @@ row to one thread per process, which inserts every row handed over while its pre
 was in flight (api.services.grouping). A request returns only once its row is committed, so a
 202 still means the job is durable.
 
-What one row can break stays with that row: when the group's INSERT is refused for a value
-(a constraint, a type), each row is tried again in a transaction of its own, and only the bad
-one fails. What breaks the transaction itself (Postgres gone, the commit lost) fails every
-request of the group, and none of its jobs exists.
+The INSERT is one statement that commits itself (the driver's autocommit): one round trip,
+where BEGIN, INSERT and COMMIT were three. A statement goes in whole or not at all, so:
+
+- What one row can break stays with that row: when the group's INSERT is refused for a value
+  (a constraint, a type), each row is tried again on its own, and only the bad one fails.
+- A statement Postgres refused or cancelled changed nothing: every request of the group
+  fails with a 503 that says so.
+- A connection lost with the INSERT in flight leaves it committed or not, and the request
+  cannot tell which from the error. The ids are this process's own, fresh ones, so it looks
+  them up on a fresh connection and inserts them only if they are missing: either way each
+  request gets its 202 and each job exists once. Only when that fails as well (Postgres still
+  gone) is the outcome unknown, and the 503 says the job may exist.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.services.grouping import GroupThread, NotTaken, Pending
-from db.engine import retry_on_disconnect
-from db.jobs import insert_queued_jobs
+from db.engine import one_statement
+from db.jobs import find_inserted, insert_queued_jobs
 from db.tables import Job
+from inferq.core.errors import ServiceUnavailable
 
 Row = dict[str, Any]
 
@@ -85,8 +94,28 @@ class GroupInserter(GroupThread[Row]):
             pending.result = job
 
     def _commit(self, rows: list[Row]) -> list[Job]:
-        def insert() -> list[Job]:
-            with self._sessions.begin() as session:
+        try:
+            with one_statement(self._sessions) as session:
                 return insert_queued_jobs(session, rows)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise  # refused or cancelled by Postgres, or never sent: nothing changed
+        return self._settle_lost(rows)
 
-        return retry_on_disconnect(insert)
+    def _settle_lost(self, rows: list[Row]) -> list[Job]:
+        """``rows`` after a connection lost with their INSERT in flight: the jobs that INSERT
+        committed, the rest inserted now (it went in whole or not at all, so all or none)."""
+        try:
+            with one_statement(self._sessions) as session:
+                found = find_inserted(session, rows)
+                missing = [row for row in rows if row["id"] not in found]
+                if missing:
+                    found |= {job.id: job for job in insert_queued_jobs(session, missing)}
+        except (OperationalError, InterfaceError) as exc:
+            raise ServiceUnavailable(
+                "The database was lost while this job was being stored, and could not be "
+                "asked since whether it was: the job may exist. Retry shortly; to be sure of "
+                "one job, retry with an Idempotency-Key.",
+                headers={"Retry-After": "2"},
+            ) from exc
+        return [found[row["id"]] for row in rows]

@@ -1,4 +1,4 @@
-"""Submits that arrive together are committed in one transaction on the real Postgres
+"""Submits that arrive together are committed in one statement on the real Postgres
 (api.services.inserter), and a 202 still means the job is durable."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import func, select, text
+from sqlalchemy import select, text
 from sqlalchemy.exc import DataError
 
 from api.services.inserter import GroupInserter
@@ -168,11 +168,27 @@ def test_a_row_postgres_refuses_fails_only_its_own_request(app: Flask) -> None:
     assert [str(outcome[i].id) for i in good] == [ids[i] for i in good]
 
 
-def test_a_lost_commit_fails_every_request_of_its_group_and_creates_none(
+def lose_connection(st: ApiState, session: Any) -> int:
+    """Have Postgres drop ``session``'s connection (from another one); returns its pid."""
+    pid: int = session.scalar(text("SELECT pg_backend_pid()"))
+    with st.sessions() as other:
+        other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    return pid
+
+
+def jobs_of(st: ApiState, prefix: str, count: int) -> list[str]:
+    """The users of the jobs submitted as ``{prefix}0..{count-1}``, one entry per job."""
+    users = [f"{prefix}{i}" for i in range(count)]
+    with st.sessions() as session:
+        return sorted(session.scalars(select(Job.user).where(Job.user.in_(users))))
+
+
+def test_a_connection_lost_after_the_insert_went_in_answers_each_request_202_once(
     app: Flask, keys: Keys, monkeypatch: pytest.MonkeyPatch, no_worker: None
 ) -> None:
-    # Given a Postgres that drops the inserter's connection after its INSERT, before the
-    # commit, every time (the one retry on a fresh connection included)
+    # Given a Postgres that drops the inserter's connection right after its INSERT went in,
+    # before the inserter reads the answer back: the insert committed, the request only sees
+    # a lost connection
     import api.services.inserter as inserter_module
 
     st: ApiState = app.extensions["inferq"]
@@ -181,33 +197,134 @@ def test_a_lost_commit_fails_every_request_of_its_group_and_creates_none(
     killed: list[int] = []
 
     def insert_then_lose_connection(session: Any, rows: list[dict[str, Any]]) -> list[Job]:
-        jobs = real_insert(session, rows)
-        pid = session.scalar(text("SELECT pg_backend_pid()"))
-        with st.sessions() as other:
-            other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-        killed.append(pid)
-        return jobs
+        real_insert(session, rows)
+        killed.append(lose_connection(st, session))
+        session.execute(text("SELECT 1"))  # the connection is gone: this raises
+        raise AssertionError("the connection survived")
 
     monkeypatch.setattr(inserter_module, "insert_queued_jobs", insert_then_lose_connection)
     inputs = holdout(6)
-    answers, submit = plain_submits(app, keys.alice, inputs, "lost-")
+    answers, submit = plain_submits(app, keys.alice, inputs, "after-")
 
     # When six submits share a group
     behind_a_held_group(gate, submit, 5)
 
+    # Then the inserter found its rows on a fresh connection: every request got its 202,
+    # and each job exists exactly once, under the id its answer names
+    assert gate.sizes == [1, 5] and len(killed) == 2
+    assert sorted(a.status_code for a in answers.values()) == [202] * 6, answers
+    assert jobs_of(st, "after-", 6) == sorted(f"after-{i}" for i in range(6))
+    ids = [a.get_json()["id"] for a in answers.values()]
+    assert existing(st, ids) == set(ids)
+
+
+def test_a_connection_lost_before_the_insert_ran_inserts_the_group_once_on_a_fresh_one(
+    app: Flask, keys: Keys, monkeypatch: pytest.MonkeyPatch, no_worker: None
+) -> None:
+    # Given a Postgres that drops the inserter's connection just before each group's INSERT
+    import api.services.inserter as inserter_module
+
+    st: ApiState = app.extensions["inferq"]
+    gate = Gate(st.inserter)
+    real_insert = inserter_module.insert_queued_jobs
+    calls: list[int] = []
+
+    def lose_connection_then_insert(session: Any, rows: list[dict[str, Any]]) -> list[Job]:
+        calls.append(len(rows))
+        if len(calls) % 2 == 1:  # each group's first try; its second goes through
+            lose_connection(st, session)
+        return real_insert(session, rows)
+
+    monkeypatch.setattr(inserter_module, "insert_queued_jobs", lose_connection_then_insert)
+    inputs = holdout(6)
+    answers, submit = plain_submits(app, keys.alice, inputs, "before-")
+
+    # When six submits share a group
+    behind_a_held_group(gate, submit, 5)
+
+    # Then each group found none of its rows and inserted them again: 202s, one job each
+    assert gate.sizes == [1, 5] and calls == [1, 1, 5, 5]
+    assert sorted(a.status_code for a in answers.values()) == [202] * 6, answers
+    assert jobs_of(st, "before-", 6) == sorted(f"before-{i}" for i in range(6))
+
+
+def test_a_database_lost_for_good_answers_503_saying_the_job_may_exist(
+    app: Flask, keys: Keys, monkeypatch: pytest.MonkeyPatch, no_worker: None
+) -> None:
+    # Given a Postgres that drops every connection of the inserter's, the INSERT's after it
+    # went in and the one that would look for its rows before it can
+    import api.services.inserter as inserter_module
+
+    st: ApiState = app.extensions["inferq"]
+    real_insert = inserter_module.insert_queued_jobs
+
+    def insert_then_lose_connection(session: Any, rows: list[dict[str, Any]]) -> list[Job]:
+        real_insert(session, rows)
+        lose_connection(st, session)
+        session.execute(text("SELECT 1"))
+        raise AssertionError("the connection survived")
+
+    def lose_connection_instead(session: Any, rows: list[dict[str, Any]]) -> dict[Any, Job]:
+        lose_connection(st, session)
+        session.execute(text("SELECT 1"))
+        raise AssertionError("the connection survived")
+
+    monkeypatch.setattr(inserter_module, "insert_queued_jobs", insert_then_lose_connection)
+    monkeypatch.setattr(inserter_module, "find_inserted", lose_connection_instead)
+
+    # When a plain submit runs
+    answer = Caller(app.test_client(), keys.alice).post(
+        "/v1/jobs", {"model": "digits", "input": holdout(1)[0][0], "user": "unknown-0"}
+    )
+
+    # Then it is a 503 that says the job may exist (here it does), never "nothing changed"
+    problem = answer.get_json()
+    assert answer.status_code == 503 and answer.headers["Retry-After"], problem
+    assert "may exist" in problem["detail"] and "nothing was changed" not in problem["detail"]
+    assert jobs_of(st, "unknown-", 1) == ["unknown-0"]
+
+
+def test_an_insert_postgres_cancels_fails_every_request_of_its_group_and_creates_none(
+    app: Flask, keys: Keys, no_worker: None
+) -> None:
+    # Given a Postgres that cancels any INSERT of a job whose user starts "cancelled-" (a
+    # trigger raising query_canceled, as a statement timeout or an operator would)
+    st: ApiState = app.extensions["inferq"]
+    with st.sessions.begin() as session:
+        session.execute(
+            text(
+                "CREATE FUNCTION test_cancel_insert() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                "BEGIN IF NEW.\"user\" LIKE 'cancelled-%' THEN "
+                "RAISE EXCEPTION 'cancelled' USING ERRCODE = 'query_canceled'; END IF; "
+                "RETURN NEW; END $$"
+            )
+        )
+        session.execute(
+            text(
+                "CREATE TRIGGER test_cancel_insert BEFORE INSERT ON jobs "
+                "FOR EACH ROW EXECUTE FUNCTION test_cancel_insert()"
+            )
+        )
+    try:
+        gate = Gate(st.inserter)
+        inputs = holdout(6)
+        answers, submit = plain_submits(app, keys.alice, inputs, "cancelled-")
+
+        # When six submits share a group
+        behind_a_held_group(gate, submit, 5)
+    finally:
+        with st.sessions.begin() as session:
+            session.execute(text("DROP TRIGGER test_cancel_insert ON jobs"))
+            session.execute(text("DROP FUNCTION test_cancel_insert()"))
+
     # Then each got a 503 saying nothing changed, and no job of theirs exists
     assert gate.sizes == [1, 5]
-    assert len(killed) == 4  # each group: its attempt and the retry on a fresh connection
     assert sorted(answer.status_code for answer in answers.values()) == [503] * 6
     assert all("nothing was changed" in a.get_json()["detail"] for a in answers.values())
-    with st.sessions() as session:
-        users = [f"lost-{i}" for i in range(6)]
-        count = session.scalar(select(func.count()).select_from(Job).where(Job.user.in_(users)))
-    assert count == 0
-    # and the next submit, on a Postgres that is well again, is accepted
-    monkeypatch.setattr(inserter_module, "insert_queued_jobs", real_insert)
+    assert jobs_of(st, "cancelled-", 6) == []
+    # and the next submit, its user not cancelled, is accepted
     again = Caller(app.test_client(), keys.alice).post(
-        "/v1/jobs", {"model": "digits", "input": inputs[0][0]}
+        "/v1/jobs", {"model": "digits", "input": inputs[0][0], "user": "fine-0"}
     )
     assert again.status_code == 202, again.get_json()
     assert existing(st, [again.get_json()["id"]]) == {again.get_json()["id"]}
