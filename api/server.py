@@ -6,6 +6,8 @@ monkey-patches the standard library before it loads the app, so the completion l
 the group publisher (``threading.Thread``) run as greenlets, their ``Event``/``Condition``
 waits and redis-py's and kombu's sockets yield, and SQLAlchemy's pool queues its checkouts
 cooperatively; psycopg2, a C extension, is made to yield by psycogreen (:meth:`ApiServer.load`).
+redis-py's zero-timeout check before each command is the one call kept off the hub
+(:func:`plain_readiness_checks`).
 With ``gthread`` workers a long-poll parked a thread for its whole wait: 200 of them took
 a node down (issue 16). nginx's upstream keep-alive is honoured either way.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import select
 import shutil
 import socket
 from pathlib import Path
@@ -60,6 +63,7 @@ class ApiServer(BaseApplication):
         from api.app import create_app
 
         _cooperative_psycopg()
+        plain_readiness_checks()
         return create_app(self.settings)
 
 
@@ -143,3 +147,61 @@ def _child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def plain_readiness_checks() -> bool:
+    """In a gevent process, let redis-py's check before each command go straight to poll(2).
+
+    redis-py asks, before every command, whether the pooled connection holds unread data: a
+    poll with a zero timeout. gevent's cooperative poll makes that a watcher per socket, a
+    result object and a trip through the hub: 7 % of an API process's CPU under load
+    (py-spy), for a call that cannot block. Here a zero timeout uses the system's poll and
+    any wait stays cooperative. Returns whether the check was changed (only in a patched
+    process, with the hiredis parser whose check this is).
+    """
+    from gevent import monkey
+
+    if not monkey.is_module_patched("select"):
+        return False
+    try:
+        from redis._parsers import hiredis as parser
+    except ImportError:
+        return False
+    if not hasattr(parser, "_socket_can_read"):
+        return False  # a redis-py that checks some other way
+    if not isinstance(parser.select, _ReadinessSelect):
+        parser.select = _ReadinessSelect(monkey.get_original("select", "poll"))  # type: ignore[assignment]
+    return True
+
+
+class _ReadinessSelect:
+    """The ``select`` module as redis-py's parser sees it: :class:`_ReadinessPoll` for
+    ``poll``, the real module for everything else."""
+
+    def __init__(self, system_poll: Any) -> None:
+        self._system_poll = system_poll
+
+    def poll(self) -> _ReadinessPoll:
+        return _ReadinessPoll(self._system_poll)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(select, name)
+
+
+class _ReadinessPoll:
+    """A poll object that picks its implementation when polled: the system's for a zero
+    timeout (it returns at once), gevent's cooperative one for a wait."""
+
+    def __init__(self, system_poll: Any) -> None:
+        self._system_poll = system_poll
+        self._registered: list[tuple[Any, int]] = []
+
+    def register(self, fd: Any, eventmask: int) -> None:
+        self._registered.append((fd, eventmask))
+
+    def poll(self, timeout: float | None = None) -> list[tuple[int, int]]:
+        poller = self._system_poll() if timeout == 0 else select.poll()
+        for fd, eventmask in self._registered:
+            poller.register(fd, eventmask)
+        found: list[tuple[int, int]] = poller.poll(timeout)
+        return found
