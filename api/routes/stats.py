@@ -14,10 +14,10 @@ import math
 import time
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
 from api.http.auth import require
-from api.state import ApiState, TtlCache, state
+from api.state import ApiState, TtlCache, app_cache, state
 from db.experiments import list_experiments
 from db.scaling import recent_decisions
 from db.stats import (
@@ -54,9 +54,7 @@ def show() -> Response:
     runs and model versions."""
     window_s = _window_arg(request.args.get("window"))
     st = state()
-    cache: TtlCache[int, dict[str, Any]] = current_app.extensions.setdefault(
-        "inferq.stats", TtlCache(CACHE_S)
-    )
+    cache: TtlCache[int, dict[str, Any]] = app_cache("inferq.stats", CACHE_S)
     return jsonify(cache.get(window_s, lambda: build(st, window_s)))
 
 

@@ -21,9 +21,7 @@ import dataclasses
 import time
 from typing import Any
 
-from flask import current_app
-
-from api.state import ApiState, TtlCache
+from api.state import ApiState, TtlCache, app_cache
 from db.jobs import JobView
 from db.stats import ahead_by_model, lane_counts, seconds_per_job
 from inferq.domain.fleet import worker_beats
@@ -44,7 +42,7 @@ class Lane:
 
 
 def _cache(name: str) -> TtlCache[Any, Any]:
-    return current_app.extensions.setdefault(name, TtlCache(LANE_CACHE_S))
+    return app_cache(name, LANE_CACHE_S)
 
 
 def lane(st: ApiState, name: str) -> Lane:

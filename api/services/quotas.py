@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import uuid
 
-from flask import current_app
-
-from api.state import ApiState, TtlCache
+from api.state import ApiState, TtlCache, app_cache
 from db.quotas import queued_jobs_in_lane, queued_jobs_of_tenant
 from inferq.core.errors import RateLimited, ServiceUnavailable
 
@@ -22,10 +20,7 @@ LANE_RETRY_AFTER_S = 10
 
 def _backlogs(st: ApiState) -> TtlCache:
     # Per app: a lane's count is shared by its requests for admission_cache_s seconds.
-    cache: TtlCache = current_app.extensions.setdefault(
-        "inferq.backlogs", TtlCache(st.settings.quotas.admission_cache_s)
-    )
-    return cache
+    return app_cache("inferq.backlogs", st.settings.quotas.admission_cache_s)
 
 
 def admit(st: ApiState, tenant_id: uuid.UUID, lane: str) -> None:

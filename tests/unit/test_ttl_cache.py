@@ -6,8 +6,12 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
-from api.state import TtlCache
+import pytest
+from flask import Flask
+
+from api.state import TtlCache, app_cache
 
 
 def slow_loader(calls: list[int], value: int) -> tuple[threading.Event, object]:
@@ -55,3 +59,27 @@ def test_an_expired_entry_answers_while_one_request_reloads_it() -> None:
 def test_no_ttl_caches_nothing() -> None:
     cache: TtlCache[str, int] = TtlCache(0)
     assert [cache.get("k", lambda n=n: n) for n in range(3)] == [0, 1, 2]
+
+
+def test_an_apps_named_cache_is_made_once_and_then_only_looked_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given an app, and every TtlCache built counted
+    built: list[float] = []
+    real_init = TtlCache.__init__
+
+    def counting_init(self: TtlCache[Any, Any], ttl_s: float, max_entries: int = 10_000) -> None:
+        built.append(ttl_s)
+        real_init(self, ttl_s, max_entries)
+
+    monkeypatch.setattr(TtlCache, "__init__", counting_init)
+    app = Flask(__name__)
+
+    # When requests ask for the same named cache again and again
+    with app.app_context():
+        first = app_cache("inferq.test", 5.0)
+        found = [app_cache("inferq.test", 5.0) for _ in range(100)]
+
+    # Then it was built once, on the first call, and each call since found that one
+    assert built == [5.0]
+    assert all(cache is first for cache in found)
