@@ -176,6 +176,22 @@ def lose_connection(st: ApiState, session: Any) -> int:
     return pid
 
 
+def insert_then_lose_connection(
+    st: ApiState, real_insert: Callable[..., list[Job]], killed: list[int]
+) -> Callable[[Any, list[dict[str, Any]]], list[Job]]:
+    """An insert_queued_jobs whose INSERT goes in, after which Postgres drops the connection
+    before the inserter reads anything back: it committed, the caller sees a lost connection
+    (each dropped backend's pid goes to ``killed``)."""
+
+    def insert(session: Any, rows: list[dict[str, Any]]) -> list[Job]:
+        real_insert(session, rows)
+        killed.append(lose_connection(st, session))
+        session.execute(text("SELECT 1"))  # the connection is gone: this raises
+        raise AssertionError("the connection survived")
+
+    return insert
+
+
 def jobs_of(st: ApiState, prefix: str, count: int) -> list[str]:
     """The users of the jobs submitted as ``{prefix}0..{count-1}``, one entry per job."""
     users = [f"{prefix}{i}" for i in range(count)]
@@ -193,16 +209,9 @@ def test_a_connection_lost_after_the_insert_went_in_answers_each_request_202_onc
 
     st: ApiState = app.extensions["inferq"]
     gate = Gate(st.inserter)
-    real_insert = inserter_module.insert_queued_jobs
     killed: list[int] = []
-
-    def insert_then_lose_connection(session: Any, rows: list[dict[str, Any]]) -> list[Job]:
-        real_insert(session, rows)
-        killed.append(lose_connection(st, session))
-        session.execute(text("SELECT 1"))  # the connection is gone: this raises
-        raise AssertionError("the connection survived")
-
-    monkeypatch.setattr(inserter_module, "insert_queued_jobs", insert_then_lose_connection)
+    lossy = insert_then_lose_connection(st, inserter_module.insert_queued_jobs, killed)
+    monkeypatch.setattr(inserter_module, "insert_queued_jobs", lossy)
     inputs = holdout(6)
     answers, submit = plain_submits(app, keys.alice, inputs, "after-")
 
@@ -256,20 +265,15 @@ def test_a_database_lost_for_good_answers_503_saying_the_job_may_exist(
     import api.services.inserter as inserter_module
 
     st: ApiState = app.extensions["inferq"]
-    real_insert = inserter_module.insert_queued_jobs
-
-    def insert_then_lose_connection(session: Any, rows: list[dict[str, Any]]) -> list[Job]:
-        real_insert(session, rows)
-        lose_connection(st, session)
-        session.execute(text("SELECT 1"))
-        raise AssertionError("the connection survived")
+    killed: list[int] = []
+    lossy = insert_then_lose_connection(st, inserter_module.insert_queued_jobs, killed)
 
     def lose_connection_instead(session: Any, rows: list[dict[str, Any]]) -> dict[Any, Job]:
         lose_connection(st, session)
         session.execute(text("SELECT 1"))
         raise AssertionError("the connection survived")
 
-    monkeypatch.setattr(inserter_module, "insert_queued_jobs", insert_then_lose_connection)
+    monkeypatch.setattr(inserter_module, "insert_queued_jobs", lossy)
     monkeypatch.setattr(inserter_module, "find_inserted", lose_connection_instead)
 
     # When a plain submit runs
