@@ -113,9 +113,9 @@ class GroupInserter(GroupThread[Row]):
                     found |= {job.id: job for job in insert_queued_jobs(session, missing)}
         except (OperationalError, InterfaceError) as exc:
             raise ServiceUnavailable(
-                "The database was lost while this job was being stored, and could not be "
-                "asked since whether it was: the job may exist. Retry shortly; to be sure of "
-                "one job, retry with an Idempotency-Key.",
+                "The connection to the database was lost while this job was being stored, "
+                "and the database could not be reached since to check: the job may exist. "
+                "Retry shortly; to be sure of one job across retries, send an Idempotency-Key.",
                 headers={"Retry-After": "2"},
             ) from exc
         return [found[row["id"]] for row in rows]
