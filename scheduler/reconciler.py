@@ -52,7 +52,7 @@ from inferq.core.broker import publish
 from inferq.core.instance import check_claim
 from inferq.core.messages import PredictRequest
 from inferq.core.settings import LANES, Settings
-from inferq.core.status import announce, live_workers
+from inferq.core.status import announce, beating
 from inferq.domain.webhooks import notify_finished
 from scheduler.autoscaler.observe import broker_ready_counts
 
@@ -207,15 +207,16 @@ class Reconciler:
         return [lane for lane, count in ready.items() if count > 0]
 
     def _requeue_lost(self) -> list[tuple[uuid.UUID, str]]:
-        alive: set[str] | None = live_workers(self.redis, self.settings)
         # A Redis that restarted lost every heartbeat: a worker counts as gone only once it
         # had a heartbeat's lifetime to write one again (else a live worker's batch ran twice).
-        if self._redis_uptime_s() < self.settings.worker.heartbeat_ttl_s:
-            alive = None
+        trust_beats = self._redis_uptime_s() >= self.settings.worker.heartbeat_ttl_s
         back: list[tuple[uuid.UUID, str]] = []
         with self.sessions.begin() as session:
             overdue = overdue_jobs(session, self.settings.scheduler.job_time_limit_s)
-            for worker, jobs in running_workers(session).items():
+            holding = running_workers(session)
+            # The holders' own keys, not the index: a worker of an older release is alive too.
+            alive = beating(self.redis, self.settings, holding) if trust_beats else None
+            for worker, jobs in holding.items():
                 gone = alive is not None and worker not in alive
                 lost = [job_id for job_id, _, _ in jobs if gone or job_id in overdue]
                 if lost:

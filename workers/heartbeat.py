@@ -14,7 +14,7 @@ import time
 import redis
 
 from inferq.core.settings import Settings
-from inferq.core.status import worker_key
+from inferq.core.status import remove_beat, write_beat
 from workers.liveness import Liveness
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ class Heartbeat:
         self._liveness = liveness
         self._client = client
         self._settings = settings
-        self._key = worker_key(settings, name)
+        self._name = name
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="inferq-heartbeat", daemon=True)
         if liveness is not None:
@@ -59,7 +59,7 @@ class Heartbeat:
                 "ready": self._liveness.started() if self._liveness else True,
                 "stalled_s": round(stalled, 1),
             }
-            self._client.set(self._key, json.dumps(beat), px=ttl_ms)
+            write_beat(self._client, self._settings, self._name, json.dumps(beat), ttl_ms)
         except redis.RedisError:
             log.warning("heartbeat failed", exc_info=True)
 
@@ -67,7 +67,7 @@ class Heartbeat:
         """Stop beating and remove the key: this worker holds nothing any more."""
         self._stop.set()
         try:
-            self._client.delete(self._key)
+            remove_beat(self._client, self._settings, self._name)
         except redis.RedisError:
             log.warning("could not remove heartbeat key", exc_info=True)
 
@@ -81,7 +81,7 @@ class Heartbeat:
         # Stop beating so the reconciler requeues our running jobs; the broker returns our
         # unacked messages when the connection drops with the process.
         log.error(
-            "worker stopped consuming; exiting so it is replaced", extra={"worker": self._key}
+            "worker stopped consuming; exiting so it is replaced", extra={"worker": self._name}
         )
         self.stop()
         os._exit(3)

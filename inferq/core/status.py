@@ -71,7 +71,65 @@ def worker_key(settings: Settings, name: str) -> str:
     return f"{settings.namespace}:worker:{name}"
 
 
+def workers_key(settings: Settings) -> str:
+    """The set naming every worker that beat and has not been found gone since: an index of
+    the heartbeat keys, so reading them costs the number of workers, never a SCAN of a
+    keyspace that grows with every finished job (status and result-cache keys)."""
+    return f"{settings.namespace}:workers"
+
+
+def write_beat(client: redis.Redis, settings: Settings, name: str, body: str, ttl_ms: int) -> None:
+    """Set a worker's heartbeat key (expiring in ``ttl_ms``) and name it in the index, in
+    one transaction: a reader never sees the key without its name."""
+    pipe = client.pipeline(transaction=True)
+    pipe.set(worker_key(settings, name), body, px=ttl_ms)
+    pipe.sadd(workers_key(settings), name)
+    pipe.execute()
+
+
+def remove_beat(client: redis.Redis, settings: Settings, name: str) -> None:
+    """A worker that stops cleanly: its key and its name go together."""
+    pipe = client.pipeline(transaction=True)
+    pipe.delete(worker_key(settings, name))
+    pipe.srem(workers_key(settings), name)
+    pipe.execute()
+
+
+# Every indexed worker's heartbeat, in one round trip; a name whose key expired leaves the
+# index in the same step (atomically: a beat landing meanwhile re-adds it after). The keys it
+# reads are derived from the index, so this runs only on a single Redis, as inferq needs.
+_READ_BEATS = """
+local out = {}
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local raw = redis.call('GET', ARGV[1] .. name)
+  if raw then
+    out[#out + 1] = name
+    out[#out + 1] = raw
+  else
+    redis.call('SREM', KEYS[1], name)
+  end
+end
+return out
+"""
+
+
+def read_beats(client: redis.Redis, settings: Settings) -> dict[str, bytes]:
+    """``name -> heartbeat JSON`` of every live worker that writes the index (a worker of a
+    release before it is not listed: see :func:`beating`)."""
+    found = client.eval(_READ_BEATS, 1, workers_key(settings), worker_key(settings, ""))
+    return {found[i].decode(): found[i + 1] for i in range(0, len(found), 2)}
+
+
 def live_workers(client: redis.Redis, settings: Settings) -> set[str]:
     """Names of workers whose heartbeat has not expired."""
-    prefix = worker_key(settings, "")
-    return {key.decode()[len(prefix) :] for key in client.scan_iter(match=prefix + "*", count=500)}
+    return set(read_beats(client, settings))
+
+
+def beating(client: redis.Redis, settings: Settings, names: Iterable[str]) -> set[str]:
+    """Which of ``names`` have a live heartbeat, read from their own keys (so a worker that
+    does not write the index yet, mid-upgrade, still counts as alive)."""
+    names = sorted(set(names))
+    if not names:
+        return set()
+    found = client.mget([worker_key(settings, name) for name in names])
+    return {name for name, raw in zip(names, found, strict=True) if raw is not None}

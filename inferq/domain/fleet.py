@@ -1,6 +1,7 @@
 """The workers as their heartbeats in Redis describe them (see workers.heartbeat).
 
-Each live worker keeps a key ``<namespace>:worker:<name>`` holding JSON: its lanes, whether
+Each live worker keeps a key ``<namespace>:worker:<name>``, named in the set
+``<namespace>:workers`` (see inferq.core.status.read_beats), holding JSON: its lanes, whether
 its consumer loop is running (``consuming``), whether that loop has run at all yet
 (``ready``: its queues are being consumed), for how long it has stalled, and when it started.
 The API's stats, ETAs and readiness and the scheduler's gauges read them here.
@@ -16,7 +17,7 @@ from collections.abc import Iterable
 import redis
 
 from inferq.core.settings import Settings
-from inferq.core.status import worker_key
+from inferq.core.status import read_beats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,15 +46,7 @@ class WorkerBeat:
 
 def worker_beats(client: redis.Redis, settings: Settings) -> list[WorkerBeat]:
     """Every worker whose heartbeat has not expired, by name."""
-    prefix = worker_key(settings, "")
-    keys = sorted(client.scan_iter(match=prefix + "*", count=500))
-    if not keys:
-        return []
-    beats = []
-    for key, raw in zip(keys, client.mget(keys), strict=True):
-        if raw is not None:  # expired between SCAN and MGET
-            beats.append(_parse(key.decode()[len(prefix) :], raw))
-    return beats
+    return [_parse(name, raw) for name, raw in sorted(read_beats(client, settings).items())]
 
 
 def _parse(name: str, raw: bytes | str) -> WorkerBeat:

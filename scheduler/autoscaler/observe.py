@@ -24,7 +24,7 @@ from db.engine import transaction
 from db.scaling import busy_workers, lane_activity
 from inferq.core.broker import queue_name
 from inferq.core.settings import Settings
-from inferq.core.status import worker_key
+from inferq.core.status import read_beats
 from scheduler.autoscaler.policy import Observation
 
 log = logging.getLogger(__name__)
@@ -134,17 +134,11 @@ class Observer:
 
     def live_workers(self) -> list[str]:
         """Identities of live workers consuming any of this pool's lanes."""
-        prefix = worker_key(self.settings, "")
-        keys = list(self._redis.scan_iter(match=prefix + "*", count=500))
-        beats = self._redis.mget(keys) if keys else []
-        live = []
-        for key, raw in zip(keys, beats, strict=True):
-            if raw is None:
-                continue
-            beat = json.loads(raw)
-            if set(beat.get("lanes", [])) & set(self.lanes):
-                live.append(key.decode()[len(prefix) :])
-        return live
+        return [
+            name
+            for name, raw in read_beats(self._redis, self.settings).items()
+            if set(json.loads(raw).get("lanes", [])) & set(self.lanes)
+        ]
 
     def close(self) -> None:
         """Release the Redis connection."""

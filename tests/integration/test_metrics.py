@@ -22,7 +22,7 @@ from inferq.cli.common import db_session
 from inferq.core.broker import make_celery
 from inferq.core.metrics import sample_names
 from inferq.core.settings import Settings
-from inferq.core.status import worker_key
+from inferq.core.status import remove_beat, write_beat
 from scheduler.metrics import Observer
 from scheduler.reconciler import ReconcileReport
 from scheduler.service import make_reconciler
@@ -65,17 +65,13 @@ def beats(settings: Settings) -> Iterator[Any]:
     made: list[str] = []
 
     def beat(name: str, lanes: list[str], consuming: bool = True) -> None:
-        key = worker_key(settings, name)
-        client.set(
-            key,
-            json.dumps({"name": name, "lanes": lanes, "consuming": consuming, "started_at": 0}),
-            ex=60,
-        )
-        made.append(key)
+        body = {"name": name, "lanes": lanes, "consuming": consuming, "started_at": 0}
+        write_beat(client, settings, name, json.dumps(body), 60_000)
+        made.append(name)
 
     yield beat
-    if made:
-        client.delete(*made)
+    for name in made:
+        remove_beat(client, settings, name)
     client.close()
 
 

@@ -13,7 +13,7 @@ from sqlalchemy import create_engine
 
 from db.tables import Base
 from inferq.core.settings import Settings
-from inferq.core.status import worker_key
+from inferq.core.status import remove_beat, write_beat
 from tests.integration.conftest import Caller
 
 PARTITION = re.compile(
@@ -75,9 +75,8 @@ def test_health_and_readiness(http: FlaskClient) -> None:
 def beat(settings: Settings, name: str, lanes: list[str], ready: bool) -> None:
     """A worker's heartbeat, as workers.heartbeat writes it."""
     body = {"name": name, "lanes": lanes, "consuming": True, "ready": ready, "stalled_s": 0}
-    redis.Redis.from_url(settings.effective_redis_url).set(
-        worker_key(settings, name), json.dumps(body), px=10_000
-    )
+    client = redis.Redis.from_url(settings.effective_redis_url)
+    write_beat(client, settings, name, json.dumps(body), 10_000)
 
 
 def test_the_system_is_ready_only_once_a_worker_consumes_the_online_lane(
@@ -102,9 +101,9 @@ def test_the_system_is_ready_only_once_a_worker_consumes_the_online_lane(
     ready = http.get("/readyz")
     assert ready.status_code == 200, ready.get_json()
     assert ready.get_json()["checks"]["workers"] == "ok"
-    redis.Redis.from_url(settings.effective_redis_url).delete(
-        worker_key(settings, "batch-1"), worker_key(settings, "worker-1")
-    )
+    client = redis.Redis.from_url(settings.effective_redis_url)
+    remove_beat(client, settings, "batch-1")
+    remove_beat(client, settings, "worker-1")
 
 
 def test_readiness_fails_when_the_database_is_unreachable(

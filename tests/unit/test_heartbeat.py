@@ -11,13 +11,23 @@ from workers.liveness import Liveness
 
 
 class Keys:
-    """What the heartbeat writes, by key (it calls nothing but ``set``)."""
+    """What the heartbeat writes, by key (through a transaction: ``set``, then ``sadd``)."""
 
     def __init__(self) -> None:
         self.values: dict[str, Any] = {}
+        self.indexed: set[str] = set()
+
+    def pipeline(self, transaction: bool) -> Keys:
+        return self
 
     def set(self, key: str, value: str, px: int) -> None:
         self.values[key] = json.loads(value)
+
+    def sadd(self, key: str, name: str) -> None:
+        self.indexed.add(name)
+
+    def execute(self) -> None:
+        pass
 
 
 def test_a_worker_is_ready_from_the_first_run_of_its_consumer_loop() -> None:
