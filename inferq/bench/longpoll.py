@@ -24,17 +24,28 @@ from typing import Any
 
 import aiohttp
 
+from inferq.bench.stages import server_timing
+
 #: How much later than its wait a long-poll may answer (the issue's bound).
 GRACE_S = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
 class Poll:
-    """One long-poll as its client saw it: HTTP status (0: no answer), seconds, job status."""
+    """One long-poll as its client saw it: HTTP status (0: no answer), seconds, job status,
+    and the seconds its API process said it spent on it (``Server-Timing: app``; None when
+    the answer did not say)."""
 
     status: int
     seconds: float
     job_status: str | None
+    server_seconds: float | None = None
+
+
+def server_seconds(header: str | None) -> float | None:
+    """The API process's own time for a request, from its ``Server-Timing`` header."""
+    app = server_timing(header).get("app")
+    return None if app is None else app / 1000
 
 
 def raise_open_files_limit(needed: int) -> int:
@@ -88,7 +99,9 @@ async def _hold(
             try:
                 async with session.get(f"{url}/v1/jobs/{job_id}", params=params) as response:
                     job = await response.json(content_type=None)
-                    polls.append(Poll(response.status, time.monotonic() - sent, job.get("status")))
+                    took = time.monotonic() - sent
+                    app = server_seconds(response.headers.get("Server-Timing"))
+                    polls.append(Poll(response.status, took, job.get("status"), app))
             except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
                 polls.append(Poll(0, time.monotonic() - sent, None))
                 await asyncio.sleep(1.0)
@@ -146,12 +159,19 @@ def report(polls: list[Poll], wait_s: float) -> dict[str, Any]:
     from inferq.bench.summary import summary
 
     late = [p for p in polls if p.seconds > wait_s + GRACE_S]
+    in_server = [p.server_seconds for p in polls if p.server_seconds is not None]
     return {
         "answered": len(polls),
         "http_status": {str(k): v for k, v in sorted(Counter(p.status for p in polls).items())},
         "job_status": dict(Counter(str(p.job_status) for p in polls)),
         "seconds": summary([p.seconds for p in polls]),
         "late_over_wait_plus_1s": len(late),
+        # Where the late ones lost their time: in the API process, or outside it (nginx,
+        # the network, the load generator's own loop on a busy machine).
+        "server_seconds": summary(in_server),
+        "late_in_the_api_process": sum(
+            1 for p in late if p.server_seconds is not None and p.server_seconds > wait_s + GRACE_S
+        ),
         "server_errors": sum(1 for p in polls if p.status >= 500),
         "no_answer": sum(1 for p in polls if p.status == 0),
     }
