@@ -67,6 +67,11 @@ JOB: dict[str, Any] = {
         },
         "worker": STRING_OR_NULL,
         "position": INTEGER_OR_NULL,
+        "position_exact": {
+            "type": "boolean",
+            "description": "Whether position counts the jobs ahead (up to 1,000 of them) "
+            "or estimates it from the lane's queue (deeper in a backlog).",
+        },
         "eta_s": NUMBER_OR_NULL,
         "stuck": {
             "type": ["object", "null"],

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, case, func, insert, select, text, tuple_, update
+from sqlalchemy import Integer, bindparam, case, func, insert, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
 from db.ids import new_id, time_of
@@ -204,19 +204,32 @@ class JobView:
     ahead: dict[int, int] | None = None
 
 
+#: The jobs ahead are counted up to this many (the nearest ones): deeper in a backlog a
+#: job's position is estimated from its lane's figures (api.services.position), so a read
+#: costs the same with a hundred thousand jobs queued ahead as with a thousand.
+AHEAD_COUNTED_UP_TO = 1000
+
+
 def _ahead() -> Any:
-    """A column for a ``jobs`` row: its lane's queued jobs created before it, counted per
-    model id (a JSON object), for a queued job; NULL for any other status."""
+    """A column for a ``jobs`` row: its lane's queued jobs created before it, the nearest
+    ``ahead_cap`` of them (a bound parameter), counted per model id (a JSON object), for a
+    queued job; NULL for any other status. Counts adding up to the cap mean "at least"."""
     earlier = Job.__table__.alias("earlier")
-    per_model = (
-        select(earlier.c.model_id, func.count().label("n"))
+    nearest = (
+        select(earlier.c.model_id)
         .where(
             earlier.c.status == "queued",
             earlier.c.lane == Job.lane,
             earlier.c.created_at < Job.created_at,
         )
-        .group_by(earlier.c.model_id)
+        .order_by(earlier.c.created_at.desc())
+        .limit(bindparam("ahead_cap", type_=Integer))
         .correlate(Job)
+        .subquery("nearest")
+    )
+    per_model = (
+        select(nearest.c.model_id, func.count().label("n"))
+        .group_by(nearest.c.model_id)
         .subquery("per_model")
     )
     counts = select(
@@ -240,7 +253,11 @@ def _job_params(job_id: uuid.UUID, tenant_id: uuid.UUID) -> tuple[bool, dict[str
     """Whether job ``job_id`` is found by its creation time too (a UUIDv7: one partition), and
     the parameters of :func:`_one_job`'s condition."""
     created_at = time_of(job_id)
-    params: dict[str, Any] = {"job_id": job_id, "tenant_id": tenant_id}
+    params: dict[str, Any] = {
+        "job_id": job_id,
+        "tenant_id": tenant_id,
+        "ahead_cap": AHEAD_COUNTED_UP_TO,  # read per call: tests lower it
+    }
     if created_at is not None:
         params["created_at"] = created_at
     return created_at is not None, params

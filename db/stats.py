@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from db import jobs as job_rows
 from db.tables import Model, TrainingRun
 
 
@@ -29,6 +30,8 @@ class LaneCount:
     running: int
     #: seconds the oldest queued job has waited (0 when none waits)
     oldest_queued_s: float
+    #: seconds since the newest queued job was created (0 when none waits)
+    newest_queued_s: float = 0.0
 
 
 _LANES = text(
@@ -37,7 +40,9 @@ _LANES = text(
            count(*) FILTER (WHERE status = 'queued'),
            count(*) FILTER (WHERE status = 'running'),
            COALESCE(extract(epoch FROM clock_timestamp()
-                                       - min(created_at) FILTER (WHERE status = 'queued')), 0)
+                                       - min(created_at) FILTER (WHERE status = 'queued')), 0),
+           COALESCE(extract(epoch FROM clock_timestamp()
+                                       - max(created_at) FILTER (WHERE status = 'queued')), 0)
       FROM jobs
      WHERE status IN ('queued', 'running')
      GROUP BY lane
@@ -48,7 +53,7 @@ _LANES = text(
 def lane_counts(session: Session) -> list[LaneCount]:
     """Queued and running jobs per lane (lanes with no open job are absent)."""
     return [
-        LaneCount(row[0], int(row[1]), int(row[2]), float(row[3]))
+        LaneCount(row[0], int(row[1]), int(row[2]), float(row[3]), float(row[4]))
         for row in session.execute(_LANES)
     ]
 
@@ -157,16 +162,20 @@ def _floats(values: Any) -> list[float | None]:
 
 
 def ahead_by_model(session: Session, lane: str, created_at: dt.datetime) -> dict[int, int]:
-    """Queued jobs of ``lane`` created before ``created_at``, counted per model id."""
+    """Queued jobs of ``lane`` created before ``created_at``, the nearest
+    ``db.jobs.AHEAD_COUNTED_UP_TO`` of them, counted per model id (as JobView.ahead)."""
     rows = session.execute(
         text(
             """
-            SELECT model_id, count(*) FROM jobs
-             WHERE status = 'queued' AND lane = :lane AND created_at < :created
+            SELECT model_id, count(*)
+              FROM (SELECT model_id FROM jobs
+                     WHERE status = 'queued' AND lane = :lane AND created_at < :created
+                     ORDER BY created_at DESC
+                     LIMIT :cap) AS nearest
              GROUP BY model_id
             """
         ),
-        {"lane": lane, "created": created_at},
+        {"lane": lane, "created": created_at, "cap": job_rows.AHEAD_COUNTED_UP_TO},
     )
     return {int(row[0]): int(row[1]) for row in rows}
 

@@ -12,7 +12,11 @@ that runs past the time limit, is ``stuck`` too (the reconciler puts it back in 
 
 Lane and model figures are cached per API process for a second; the jobs ahead are counted
 for each request, in the statement that reads the job where the route asks for them
-(``JobView.ahead``).
+(``JobView.ahead``), up to ``db.jobs.AHEAD_COUNTED_UP_TO`` of them: ``position_exact`` says
+whether ``position`` is that count. Deeper in a backlog the position is estimated from the
+lane's figures (its queued jobs and when the oldest and the newest of them came, as if they
+arrived evenly in between), so polling a job behind a hundred thousand others costs what
+polling one behind a thousand does.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import time
 from typing import Any
 
 from api.state import ApiState, TtlCache, app_cache
+from db import jobs as job_rows
 from db.jobs import JobView
 from db.stats import ahead_by_model, lane_counts, seconds_per_job
 from inferq.domain.fleet import worker_beats
@@ -39,6 +44,11 @@ class Lane:
     #: worker seconds per job over the lane's latest jobs, None when none ran lately
     per_job_s: float | None
     live: frozenset[str]
+    #: queued jobs of the lane, and when the oldest of them and the newest were created (as
+    #: Unix seconds; None when none is queued)
+    queued: int = 0
+    oldest_queued_at: float | None = None
+    newest_queued_at: float | None = None
 
 
 def _cache(name: str) -> TtlCache[Any, Any]:
@@ -57,10 +67,21 @@ def _measure(st: ApiState, name: str) -> Lane:
     mine = [beat for beat in beats if name in beat.lanes]
     consuming = sum(1 for beat in mine if beat.consuming)
     with st.sessions() as session:
-        running = next((c.running for c in lane_counts(session) if c.lane == name), 0)
+        counts = next((c for c in lane_counts(session) if c.lane == name), None)
         per_job = seconds_per_job(session, name)
+    measured_at = time.time()
+    queued = counts.queued if counts else 0
+    oldest = measured_at - counts.oldest_queued_s if counts and queued else None
+    newest = measured_at - counts.newest_queued_s if counts and queued else None
     return Lane(
-        consuming, len(mine) - consuming, running, per_job, frozenset(b.name for b in beats)
+        consuming,
+        len(mine) - consuming,
+        counts.running if counts else 0,
+        per_job,
+        frozenset(b.name for b in beats),
+        queued,
+        oldest,
+        newest,
     )
 
 
@@ -88,6 +109,11 @@ def locate(st: ApiState, view: JobView) -> dict[str, Any]:
     if ahead is None:  # not read with the job
         with st.sessions() as session:
             ahead = ahead_by_model(session, job.lane, job.created_at)
+    counted = sum(ahead.values())
+    exact = counted < job_rows.AHEAD_COUNTED_UP_TO
+    position = counted if exact else estimate_ahead(now, job.created_at.timestamp(), counted)
+    # Past the count, the nearest jobs' mix of models stands for all of those ahead.
+    scale = position / counted if counted else 1.0
     eta = None
     if now.consuming and now.per_job_s:
         lane_s = now.per_job_s
@@ -95,9 +121,26 @@ def locate(st: ApiState, view: JobView) -> dict[str, Any]:
         def cost(model_id: int) -> float:
             return model_seconds(st, job.lane, model_id) or lane_s
 
-        work = sum(n * cost(m) for m, n in ahead.items()) + cost(job.model_id)
+        work = scale * sum(n * cost(m) for m, n in ahead.items()) + cost(job.model_id)
         eta = round((work + now.running * lane_s / 2) / now.consuming, 3)
-    return {"position": sum(ahead.values()), "eta_s": eta, "stuck": _queued_stuck(job.lane, now)}
+    return {
+        "position": position,
+        "position_exact": exact,
+        "eta_s": eta,
+        "stuck": _queued_stuck(job.lane, now),
+    }
+
+
+def estimate_ahead(now: Lane, created_at: float, counted: int) -> int:
+    """The jobs queued ahead of one created at ``created_at`` (Unix seconds) when the count
+    stopped at ``counted``: the lane's queued jobs in proportion to how far into the time
+    from the oldest to the newest of them it was created, never fewer than counted nor more
+    than the others queued."""
+    if now.oldest_queued_at is None or now.newest_queued_at is None or now.queued <= counted:
+        return counted
+    span = now.newest_queued_at - now.oldest_queued_at
+    share = (created_at - now.oldest_queued_at) / span if span > 0 else 1.0
+    return min(max(round(now.queued * share), counted), now.queued - 1)
 
 
 def _queued_stuck(name: str, now: Lane) -> dict[str, str] | None:

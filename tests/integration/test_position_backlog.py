@@ -1,0 +1,83 @@
+"""A job's position in a deep backlog: counted up to a bound, estimated past it.
+
+Counting every queued job ahead made each read of a job cost the depth of its queue: with
+100,000 batch jobs queued, a GET took 60-70 ms of Postgres, a long-poll twice that.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from sqlalchemy import text
+
+from api.services import position as whereis
+from db import jobs as job_rows
+from db.jobs import get_job_progress, get_job_view
+from db.stats import ahead_by_model
+from inferq.cli.common import db_session
+from inferq.core.settings import Settings
+from tests.factories import pixels
+from tests.integration.conftest import Caller
+
+UNCAPPED = text(
+    "SELECT count(*) FROM jobs j, jobs e WHERE j.id = :id AND e.status = 'queued' "
+    "AND e.lane = j.lane AND e.created_at < j.created_at"
+)
+QUEUED = text("SELECT count(*) FROM jobs WHERE status = 'queued' AND lane = 'batch'")
+
+
+def submit_batch_lane(alice: Caller, value: float) -> str:
+    body = {"model": "digits", "input": pixels(value), "lane": "batch"}
+    response = alice.post("/v1/jobs", body)
+    assert response.status_code == 202, response.get_json()
+    return str(response.get_json()["id"])
+
+
+def test_the_jobs_ahead_are_counted_up_to_a_bound_and_estimated_past_it(
+    alice: Caller, settings: Settings, digits_version: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Catches: a read that counts the whole backlog ahead (its cost growing with the queue),
+    a count past the bound reported as exact, or an estimate outside what is known."""
+    monkeypatch.setattr(whereis, "LANE_CACHE_S", 0.0)
+    # Given a bound ten jobs past whatever the batch lane already holds
+    probe = submit_batch_lane(alice, 0.0)
+    with db_session(settings) as session:
+        before = session.scalar(UNCAPPED, {"id": uuid.UUID(probe)})
+    bound = before + 10
+    monkeypatch.setattr(job_rows, "AHEAD_COUNTED_UP_TO", bound)
+
+    # When forty more jobs queue behind it
+    ids = []
+    for n in range(40):
+        ids.append(submit_batch_lane(alice, float(n % 16)))
+        time.sleep(0.005)
+    answers = [alice.get(f"/v1/jobs/{i}").get_json() for i in ids]
+    with db_session(settings) as session:
+        truths = [session.scalar(UNCAPPED, {"id": uuid.UUID(i)}) for i in ids]
+        queued = session.scalar(QUEUED)
+        tenant = session.scalar(text("SELECT tenant_id FROM jobs WHERE id = :id"), {"id": ids[0]})
+        views = [get_job_view(session, uuid.UUID(i), tenant, with_ahead=True) for i in ids]
+        progress = get_job_progress(session, uuid.UUID(ids[-1]), tenant)
+        separate = ahead_by_model(session, "batch", views[-1].job.created_at)  # type: ignore[union-attr]
+
+    # Then a job with fewer than the bound ahead has its exact count
+    near = [(a, t) for a, t in zip(answers, truths, strict=True) if t < bound]
+    deep = [(a, t) for a, t in zip(answers, truths, strict=True) if t >= bound]
+    assert len(near) >= 9 and len(deep) >= 29
+    assert all(a["position_exact"] is True and a["position"] == t for a, t in near)
+    # and past it the read counts only the bound's worth, and says the position is estimated
+    counted = [sum(v.ahead.values()) for v in views if v is not None and v.ahead is not None]
+    assert counted == [min(t, bound) for t in truths]
+    assert sum(progress.ahead.values()) == bound  # type: ignore[union-attr]
+    assert sum(separate.values()) == bound
+    assert all(a["position_exact"] is False for a, _ in deep)
+    assert all(bound <= a["position"] <= queued - 1 for a, _ in deep)
+    positions = [a["position"] for a in answers]
+    assert positions == sorted(positions)
+
+    # And a long-poll whose wait ran out says the same of the deepest job
+    polled = alice.get(f"/v1/jobs/{ids[-1]}?wait=0.05").get_json()
+    assert polled["status"] == "queued" and polled["position_exact"] is False
+    assert bound <= polled["position"] <= queued - 1
