@@ -33,10 +33,17 @@ class TtlCache(Generic[K, V]):
     (gevent), and an entry expiring under them must not send every one of them to Postgres
     or Redis together. While one reloads an expired entry the others answer from it; with no
     entry yet they wait for the load.
+
+    With ``busy_share``, an entry that took long to load lives longer: at least its load's
+    time divided by the share, so reloading takes no more than that share of the time (a
+    figure computed over a deep backlog is re-read every few seconds, not every second).
     """
 
-    def __init__(self, ttl_s: float, max_entries: int = 10_000) -> None:
+    def __init__(
+        self, ttl_s: float, max_entries: int = 10_000, busy_share: float | None = None
+    ) -> None:
         self._ttl = ttl_s
+        self._busy_share = busy_share
         self._max = max_entries
         self._data: dict[K, tuple[float, V]] = {}
         self._lock = threading.Lock()
@@ -72,10 +79,13 @@ class TtlCache(Generic[K, V]):
         now = time.monotonic()
         value = load()
         if value is not None:
+            ttl = self._ttl
+            if self._busy_share:
+                ttl = max(ttl, (time.monotonic() - now) / self._busy_share)
             with self._lock:
                 if len(self._data) >= self._max:
                     self._data.clear()
-                self._data[key] = (now + self._ttl, value)
+                self._data[key] = (now + ttl, value)
         return value
 
     def forget(self, key: K) -> None:
@@ -113,11 +123,11 @@ def state() -> ApiState:
     return found
 
 
-def app_cache(name: str, ttl_s: float) -> TtlCache[Any, Any]:
+def app_cache(name: str, ttl_s: float, busy_share: float | None = None) -> TtlCache[Any, Any]:
     """The current app's :class:`TtlCache` called ``name``, made on first use. (A
     ``setdefault`` with a new cache as its default would build, lock included, and throw
     away a cache on every call: 2.6 % of an API process's CPU at submit.)"""
     found: TtlCache[Any, Any] | None = current_app.extensions.get(name)
     if found is None:
-        found = current_app.extensions.setdefault(name, TtlCache(ttl_s))
+        found = current_app.extensions.setdefault(name, TtlCache(ttl_s, busy_share=busy_share))
     return found

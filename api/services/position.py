@@ -10,7 +10,8 @@ Without a consuming worker there is no ETA, and ``stuck`` says why: no live work
 lane, or workers that stopped consuming. A running job whose worker stopped beating, or
 that runs past the time limit, is ``stuck`` too (the reconciler puts it back in the queue).
 
-Lane and model figures are cached per API process for a second; the jobs ahead are counted
+Lane and model figures are cached per API process for a second (longer when they took long
+to read: see ``LANE_BUSY_SHARE``); the jobs ahead are counted
 for each request, in the statement that reads the job where the route asks for them
 (``JobView.ahead``), up to ``db.jobs.AHEAD_COUNTED_UP_TO`` of them: ``position_exact`` says
 whether ``position`` is that count. Deeper in a backlog the position is estimated from the
@@ -32,6 +33,10 @@ from db.stats import ahead_by_model, lane_counts, seconds_per_job
 from inferq.domain.fleet import worker_beats
 
 LANE_CACHE_S = 1.0
+#: Lane figures count the lane's open jobs and read its latest finished ones: over a deep
+#: backlog that takes a while (0.2 s with 100,000 queued), and they are then re-read less
+#: often, so that reading them takes at most this share of an API process's time.
+LANE_BUSY_SHARE = 0.02
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +57,7 @@ class Lane:
 
 
 def _cache(name: str) -> TtlCache[Any, Any]:
-    return app_cache(name, LANE_CACHE_S)
+    return app_cache(name, LANE_CACHE_S, busy_share=LANE_BUSY_SHARE)
 
 
 def lane(st: ApiState, name: str) -> Lane:

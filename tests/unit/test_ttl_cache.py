@@ -68,9 +68,9 @@ def test_an_apps_named_cache_is_made_once_and_then_only_looked_up(
     built: list[float] = []
     real_init = TtlCache.__init__
 
-    def counting_init(self: TtlCache[Any, Any], ttl_s: float, max_entries: int = 10_000) -> None:
+    def counting_init(self: TtlCache[Any, Any], ttl_s: float, **options: Any) -> None:
         built.append(ttl_s)
-        real_init(self, ttl_s, max_entries)
+        real_init(self, ttl_s, **options)
 
     monkeypatch.setattr(TtlCache, "__init__", counting_init)
     app = Flask(__name__)
@@ -83,3 +83,28 @@ def test_an_apps_named_cache_is_made_once_and_then_only_looked_up(
     # Then it was built once, on the first call, and each call since found that one
     assert built == [5.0]
     assert all(cache is first for cache in found)
+
+
+def test_an_entry_that_took_long_to_load_lives_in_proportion() -> None:
+    """Catches: a figure that takes 0.2 s to compute (a count over a deep backlog) reloaded
+    every second, a fifth of the process's time; or a cheap one kept past its TTL."""
+    cache: TtlCache[str, int] = TtlCache(0.05, busy_share=0.1)
+    loads: list[float] = []
+
+    def load(seconds: float) -> Any:
+        def run() -> int:
+            loads.append(seconds)
+            time.sleep(seconds)
+            return len(loads)
+
+        return run
+
+    # A cheap load lives its TTL
+    assert cache.get("cheap", load(0.0)) == 1
+    time.sleep(0.06)
+    assert cache.get("cheap", load(0.0)) == 2
+    # A load of 0.1 s at a share of a tenth lives at least a second, not 0.05 s
+    assert cache.get("dear", load(0.1)) == 3
+    time.sleep(0.3)
+    assert cache.get("dear", load(0.1)) == 3
+    assert len(loads) == 3
