@@ -180,14 +180,21 @@ def ahead_by_model(session: Session, lane: str, created_at: dt.datetime) -> dict
     return {int(row[0]): int(row[1]) for row in rows}
 
 
+# The latest finished jobs, newest first, through ix_jobs_completed_at: at most :scan of
+# them are looked at, so the cost does not grow with the jobs of the last hour. (The cutoff
+# is a parameter: a condition on clock_timestamp(), which is volatile, cannot use the index,
+# and every call read the whole table.)
 _SERVICE = text(
     """
     SELECT count(*),
            COALESCE(sum(extract(epoch FROM completed_at - started_at) / GREATEST(batch_size, 1)), 0)
       FROM (SELECT completed_at, started_at, batch_size
-              FROM jobs
-             WHERE completed_at > clock_timestamp() - make_interval(secs => :horizon)
-               AND lane = :lane AND (CAST(:model AS int) IS NULL OR model_id = :model)
+              FROM (SELECT completed_at, started_at, batch_size, lane, model_id, cached, status
+                      FROM jobs
+                     WHERE completed_at > :since
+                     ORDER BY completed_at DESC
+                     LIMIT :scan) AS latest
+             WHERE lane = :lane AND (CAST(:model AS int) IS NULL OR model_id = :model)
                AND NOT cached AND status = 'succeeded' AND started_at IS NOT NULL
              ORDER BY completed_at DESC
              LIMIT :sample) AS s
@@ -201,11 +208,15 @@ def seconds_per_job(
     model_id: int | None = None,
     horizon_s: float = 3600.0,
     sample: int = 30,
+    scan: int = 5000,
 ) -> float | None:
     """Worker time per job over the last ``sample`` jobs of ``lane`` (of one model, if
-    given) that a worker ran within ``horizon_s``; a batch's time is shared by its jobs.
-    None when there are none."""
-    params = {"lane": lane, "model": model_id, "horizon": horizon_s, "sample": sample}
+    given) that a worker ran within ``horizon_s``, among the latest ``scan`` jobs that
+    finished; a batch's time is shared by its jobs. None when there are none (a lane or a
+    model that ran too rarely lately to be among them has no figure: its ETA falls back to
+    the lane's, or there is none)."""
+    since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=horizon_s)
+    params = {"lane": lane, "model": model_id, "since": since, "sample": sample, "scan": scan}
     count, busy = session.execute(_SERVICE, params).one()
     return float(busy) / int(count) if count and busy > 0 else None
 

@@ -11,11 +11,13 @@ import uuid
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from api.services import position as whereis
 from db import jobs as job_rows
+from db.engine import make_engine
 from db.jobs import get_job_progress, get_job_view
-from db.stats import ahead_by_model
+from db.stats import ahead_by_model, seconds_per_job
 from inferq.cli.common import db_session
 from inferq.core.settings import Settings
 from tests.factories import pixels
@@ -81,3 +83,32 @@ def test_the_jobs_ahead_are_counted_up_to_a_bound_and_estimated_past_it(
     polled = alice.get(f"/v1/jobs/{ids[-1]}?wait=0.05").get_json()
     assert polled["status"] == "queued" and polled["position_exact"] is False
     assert bound <= polled["position"] <= queued - 1
+
+
+def test_a_lanes_worker_time_is_read_from_the_latest_finished_jobs_only(
+    alice: Caller, settings: Settings, digits_version: int
+) -> None:
+    """Catches: the ETA's worker time per job read over every job that finished in the last
+    hour (a whole-table scan each time, as a condition on the volatile clock_timestamp()
+    made it): only the latest ``scan`` finished jobs are looked at."""
+    template = submit_batch_lane(alice, 1.0)
+    copy = text(
+        "INSERT INTO jobs (id, created_at, tenant_id, model_id, version_id, lane, status, input,"
+        " cached, cancel_requested, attempts, batch_size, started_at, completed_at)"
+        " SELECT gen_random_uuid(), j.created_at, j.tenant_id, j.model_id, j.version_id, :lane,"
+        " 'succeeded', j.input, false, false, 1, 1,"
+        " now() + make_interval(secs => :at) - interval '10 milliseconds',"
+        " now() + make_interval(secs => :at)"
+        " FROM jobs j, generate_series(1, :n) WHERE j.id = :id"
+    )
+    engine = make_engine(settings.require_database_url(), pool_size=1)
+    with Session(engine) as session:  # closed without a commit: nothing stays
+        # Given five batch jobs that took 10 ms each, then thirty online jobs finished after
+        session.execute(copy, {"lane": "batch", "at": 3600, "n": 5, "id": template})
+        session.execute(copy, {"lane": "online", "at": 7200, "n": 30, "id": template})
+
+        # Then the batch lane's time shows among the latest 100 finished jobs, not the latest 20
+        found = seconds_per_job(session, "batch", scan=100)
+        assert found is not None and found == pytest.approx(0.010, abs=0.001)
+        assert seconds_per_job(session, "batch", scan=20) is None
+    engine.dispose()
