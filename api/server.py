@@ -64,7 +64,34 @@ class ApiServer(BaseApplication):
 
         _cooperative_psycopg()
         plain_readiness_checks()
-        return create_app(self.settings)
+        app = create_app(self.settings)
+        tune_collector()
+        return app
+
+
+#: The API's garbage collector thresholds (Python's are 700, 10, 10). See tune_collector.
+API_GC_THRESHOLDS = (10_000, 50, 100)
+
+
+def tune_collector() -> None:
+    """Keep Python's cycle collector from pausing an API process for long, or often.
+
+    Each full collection walks every live object, and the process holds many: those made
+    loading the app (about 130,000), and those of every request in flight, since a waiting
+    long-poll keeps its request alive for up to ``max_wait_s``. With 5,000 long-polls held
+    and 64 clients submitting, a process tracked 364,000 objects, and each full collection
+    stopped it for about 0.2 s; the submits beside them had a p99 3.5 times their own. So:
+    the objects of the loaded app are frozen (never walked again; they live as long as the
+    process), and the young generation is collected after 10,000 allocations, not 700, so a
+    request's short-lived objects die before a collection sees them and fewer survive to
+    the older generations, whose collections are rarer too. In the same run the collector
+    then took 0.22 s in all instead of 2.6 s, and no full collection ran. Reference counting
+    frees everything that is not in a cycle at once either way.
+    """
+    import gc
+
+    gc.freeze()
+    gc.set_threshold(*API_GC_THRESHOLDS)
 
 
 def write_problem(sock: Any, status_int: int, reason: str, mesg: str) -> None:
