@@ -256,7 +256,7 @@ def _job_params(job_id: uuid.UUID, tenant_id: uuid.UUID) -> tuple[bool, dict[str
     params: dict[str, Any] = {
         "job_id": job_id,
         "tenant_id": tenant_id,
-        "ahead_cap": AHEAD_COUNTED_UP_TO,  # read per call: tests lower it
+        "ahead_cap": AHEAD_COUNTED_UP_TO,  # looked up per call: tests lower it
     }
     if created_at is not None:
         params["created_at"] = created_at

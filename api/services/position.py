@@ -11,10 +11,10 @@ lane, or workers that stopped consuming. A running job whose worker stopped beat
 that runs past the time limit, is ``stuck`` too (the reconciler puts it back in the queue).
 
 Lane and model figures are cached per API process for a second (longer when they took long
-to read: see ``LANE_BUSY_SHARE``); the jobs ahead are counted
-for each request, in the statement that reads the job where the route asks for them
-(``JobView.ahead``), up to ``db.jobs.AHEAD_COUNTED_UP_TO`` of them: ``position_exact`` says
-whether ``position`` is that count. Deeper in a backlog the position is estimated from the
+to read: see ``LANE_BUSY_SHARE``). The jobs ahead are counted for each request, in the
+statement that reads the job where the route asks for them (``JobView.ahead``), up to
+``db.jobs.AHEAD_COUNTED_UP_TO`` of them: ``position_exact`` says whether ``position`` is that
+count. Deeper in a backlog the position is estimated from the
 lane's figures (its queued jobs and when the oldest and the newest of them came, as if they
 arrived evenly in between), so polling a job behind a hundred thousand others costs what
 polling one behind a thousand does.
