@@ -495,13 +495,15 @@ def overdue_jobs(session: Session, limit_s: float) -> set[uuid.UUID]:
     )
 
 
+# Through ix_jobs_expiring: only queued jobs with a deadline are looked at. The cutoff is the
+# pass's now() (stable, so it bounds the index scan; clock_timestamp() could not).
 _EXPIRE = text(
     """
     UPDATE jobs
        SET status = 'failed', completed_at = clock_timestamp(),
            error = jsonb_build_object('type', 'expired',
                                       'message', 'not started before its Cancel-After deadline')
-     WHERE status = 'queued' AND expires_at <= clock_timestamp()
+     WHERE status = 'queued' AND expires_at IS NOT NULL AND expires_at <= now()
  RETURNING id, status, tenant_id, completed_at
     """
 )

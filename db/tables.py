@@ -163,6 +163,12 @@ class Job(Base):
         Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
         # The per-tenant quota counts a tenant's queued jobs on every submit.
         Index("ix_jobs_tenant_queued", "tenant_id", postgresql_where=text("status = 'queued'")),
+        # The reconciler fails queued jobs past their Cancel-After deadline on every pass.
+        Index(
+            "ix_jobs_expiring",
+            "expires_at",
+            postgresql_where=text("status = 'queued' AND expires_at IS NOT NULL"),
+        ),
         {"postgresql_partition_by": "RANGE (created_at)"},
     )
 

@@ -1,13 +1,17 @@
-"""A job's position in a deep backlog: counted up to a bound, estimated past it.
+"""Reads that must not cost the size of a backlog or of the jobs table.
 
-Counting every queued job ahead made each read of a job cost the depth of its queue: with
-100,000 batch jobs queued, a GET took 60-70 ms of Postgres, a long-poll twice that.
+A job's position is counted up to a bound and estimated past it: counting every queued job
+ahead made each read of a job cost the depth of its queue (with 100,000 batch jobs queued,
+a GET took 60-70 ms of Postgres, a long-poll twice that). The ETA's worker time per job
+looks at the latest finished jobs only, and the reconciler's expiry at queued jobs with a
+deadline only.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import text
@@ -112,3 +116,41 @@ def test_a_lanes_worker_time_is_read_from_the_latest_finished_jobs_only(
         assert found is not None and found == pytest.approx(0.010, abs=0.001)
         assert seconds_per_job(session, "batch", scan=20) is None
     engine.dispose()
+
+
+def test_the_reconcilers_expiry_looks_only_at_queued_jobs_with_a_deadline(
+    alice: Caller, settings: Settings, digits_version: int
+) -> None:
+    """Catches: the pass that fails queued jobs past their Cancel-After reading every queued
+    job (0.2 s a pass, every 5 s, with 100,000 queued)."""
+    # Given queued jobs without a deadline, and one with a deadline that passed
+    for n in range(20):
+        submit_batch_lane(alice, float(n % 16))
+    late = alice.post(
+        "/v1/jobs",
+        {"model": "digits", "input": pixels(3.0), "lane": "batch"},
+        headers={"Cancel-After": "0.05"},
+    ).get_json()["id"]
+    time.sleep(0.1)
+    engine = make_engine(settings.require_database_url(), pool_size=1)
+    with Session(engine) as session:  # closed without a commit: nothing stays
+        session.execute(text("ANALYZE jobs"))  # the planner knows how few have a deadline
+        session.execute(text("SET LOCAL enable_seqscan = off"))
+        sql = str(job_rows._EXPIRE)
+        plan = session.execute(text("EXPLAIN (ANALYZE, FORMAT JSON) " + sql)).scalar_one()
+
+        # When the expiry runs, then it reads the deadline index, and no row it has to drop
+        nodes = list(walk(plan[0]["Plan"]))
+        scans = [n for n in nodes if "Scan" in n["Node Type"] and "Relation Name" in n]
+        assert any("expires_at" in n.get("Index Name", "") for n in scans), scans
+        assert sum(n.get("Rows Removed by Filter", 0) for n in nodes) == 0
+        # and the job past its deadline is failed by it (EXPLAIN ANALYZE ran it)
+        status = text("SELECT status FROM jobs WHERE id = :id")
+        assert session.execute(status, {"id": late}).scalar_one() == "failed"
+    engine.dispose()
+
+
+def walk(node: dict) -> Iterator[dict]:  # type: ignore[type-arg]
+    yield node
+    for child in node.get("Plans", []):
+        yield from walk(child)
