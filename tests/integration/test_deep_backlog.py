@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -66,7 +67,9 @@ def test_the_jobs_ahead_are_counted_up_to_a_bound_and_estimated_past_it(
         tenant = session.scalar(text("SELECT tenant_id FROM jobs WHERE id = :id"), {"id": ids[0]})
         views = [get_job_view(session, uuid.UUID(i), tenant, with_ahead=True) for i in ids]
         progress = get_job_progress(session, uuid.UUID(ids[-1]), tenant)
-        separate = ahead_by_model(session, "batch", views[-1].job.created_at)  # type: ignore[union-attr]
+        deepest = views[-1]
+        assert deepest is not None and progress is not None and progress.ahead is not None
+        separate = ahead_by_model(session, "batch", deepest.job.created_at)
 
     # Then a job with fewer than the bound ahead has its exact count
     near = [(a, t) for a, t in zip(answers, truths, strict=True) if t < bound]
@@ -76,7 +79,7 @@ def test_the_jobs_ahead_are_counted_up_to_a_bound_and_estimated_past_it(
     # and past it the read counts only the bound's worth, and says the position is estimated
     counted = [sum(v.ahead.values()) for v in views if v is not None and v.ahead is not None]
     assert counted == [min(t, bound) for t in truths]
-    assert sum(progress.ahead.values()) == bound  # type: ignore[union-attr]
+    assert sum(progress.ahead.values()) == bound
     assert sum(separate.values()) == bound
     assert all(a["position_exact"] is False for a, _ in deep)
     assert all(bound <= a["position"] <= queued - 1 for a, _ in deep)
@@ -151,7 +154,7 @@ def test_the_reconcilers_expiry_looks_only_at_queued_jobs_with_a_deadline(
     engine.dispose()
 
 
-def walk(node: dict) -> Iterator[dict]:  # type: ignore[type-arg]
+def walk(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield node
     for child in node.get("Plans", []):
         yield from walk(child)
