@@ -164,20 +164,11 @@ def _floats(values: Any) -> list[float | None]:
 def ahead_by_model(session: Session, lane: str, created_at: dt.datetime) -> dict[int, int]:
     """Queued jobs of ``lane`` created before ``created_at``, the nearest
     ``db.jobs.AHEAD_COUNTED_UP_TO`` of them, counted per model id (as JobView.ahead)."""
-    rows = session.execute(
-        text(
-            """
-            SELECT model_id, count(*)
-              FROM (SELECT model_id FROM jobs
-                     WHERE status = 'queued' AND lane = :lane AND created_at < :created
-                     ORDER BY created_at DESC
-                     LIMIT :cap) AS nearest
-             GROUP BY model_id
-            """
-        ),
+    counts = session.scalar(
+        text("SELECT inferq_jobs_ahead(:lane, :created, :cap)"),
         {"lane": lane, "created": created_at, "cap": job_rows.AHEAD_COUNTED_UP_TO},
     )
-    return {int(row[0]): int(row[1]) for row in rows}
+    return {int(model): int(n) for model, n in (counts or {}).items()}
 
 
 # The latest finished jobs, newest first, through ix_jobs_completed_at: at most :scan of
