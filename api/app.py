@@ -22,6 +22,7 @@ from api.routes import (
     webhooks,
 )
 from api.services.inserter import MAX_GROUP, GroupInserter
+from api.services.progress import ProgressReader
 from api.services.publisher import GroupPublisher
 from api.services.waiters import CompletionWaiter
 from api.state import ApiState, TtlCache
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         inserter=GroupInserter(
             sessions, max_group=MAX_GROUP, queue_timeout_s=settings.database.api_db_wait_s
         ),
+        progress=ProgressReader(sessions, queue_timeout_s=settings.database.api_db_wait_s),
         waiter=CompletionWaiter(lambda: make_redis(settings), completion_channel(settings)),
         principals=TtlCache(settings.api.auth_cache_s),
         models=TtlCache(settings.api.model_cache_s),

@@ -14,6 +14,7 @@ from flask import Flask, current_app
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.services.inserter import GroupInserter
+from api.services.progress import ProgressReader
 from api.services.publisher import GroupPublisher
 from api.services.waiters import CompletionWaiter
 from inferq.core.artifacts.store import ArtifactStore
@@ -105,6 +106,7 @@ class ApiState:
     waiter: CompletionWaiter
     publisher: GroupPublisher
     inserter: GroupInserter
+    progress: ProgressReader
     principals: TtlCache = dataclasses.field(default_factory=lambda: TtlCache(0))
     models: TtlCache = dataclasses.field(default_factory=lambda: TtlCache(0))
     #: The retention horizon (``db.partitions.horizon``), re-read at most once a minute.

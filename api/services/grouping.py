@@ -2,13 +2,16 @@
 request would otherwise do alone.
 
 A request hands its item over and waits. The group's thread takes every item handed over
-while its previous round trip was in flight, up to ``max_group``, and runs them as one. There
-is no timer: at light load an item goes alone at once, under load the groups grow by
-themselves. Each request gets back its own outcome (a result, or what failed it) and returns
-only once its group has run, so the caller's guarantee is what it was without grouping.
+while its previous round trip was in flight, up to ``max_group``, and runs them as one. By
+default there is no timer: at light load an item goes alone at once, under load the groups
+grow by themselves. Work that may wait a little (``gather_s``) lets each group fill for that
+long before it runs. Each request gets back its own outcome (a result, or what failed it)
+and returns only once its group has run, so the caller's guarantee is what it was without
+grouping.
 
 Used by the broker publisher (api.services.publisher) and the submit insert
-(api.services.inserter).
+(api.services.inserter), and, gathering, by the reads of long-polls whose wait ran out
+(api.services.progress).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
@@ -59,9 +63,12 @@ class GroupThread(Generic[T]):
 
     thread_name = "inferq-group"
 
-    def __init__(self, *, max_group: int, timeout_s: float | None = None) -> None:
+    def __init__(
+        self, *, max_group: int, timeout_s: float | None = None, gather_s: float = 0.0
+    ) -> None:
         self._max_group = max(1, max_group)
         self._timeout_s = timeout_s
+        self._gather_s = gather_s
         self._waiting: list[Pending[T]] = []
         self._cond = threading.Condition()
         self._pid = 0  # the process whose thread runs; gunicorn forks after the app is built
@@ -121,10 +128,14 @@ class GroupThread(Generic[T]):
             if not self._waiting:
                 self._running = False  # under the lock: a hand-over now starts a thread
                 return False
-            group = self._waiting[: self._max_group]
-            del self._waiting[: self._max_group]
-            for pending in group:
-                pending.taken = True
+            if not self._gather_s:
+                group = self._take_group()
+        if self._gather_s:
+            time.sleep(self._gather_s)  # the first item waits this long for others to join
+            with self._cond:
+                group = self._take_group()
+            if not group:  # withdrawn while gathering (their queue timeout passed)
+                return True
         try:
             self._run_group(group)
         except Exception as exc:  # each waiting request handles it for its own item
@@ -136,3 +147,11 @@ class GroupThread(Generic[T]):
             for pending in group:
                 pending.done.set()
         return True
+
+    def _take_group(self) -> list[Pending[T]]:
+        """The next group, marked taken (called holding the lock)."""
+        group = self._waiting[: self._max_group]
+        del self._waiting[: self._max_group]
+        for pending in group:
+            pending.taken = True
+        return group

@@ -21,10 +21,8 @@ from api.state import ApiState
 from db.engine import one_statement, retry_on_disconnect
 from db.ids import time_of
 from db.jobs import (
-    JobProgress,
     JobView,
     create_job,
-    get_job_progress,
     get_job_view,
     mark_unpublished,
     queued_job_values,
@@ -307,15 +305,11 @@ def wait_until_terminal(st: ApiState, view: JobView, seconds: float, signal: Sig
 def refresh(st: ApiState, view: JobView) -> JobView:
     """``view`` brought up to date once a wait ended without a completion signal: the job is
     most likely still open, so only the fields an open job changes are read (a light query;
-    reading the whole row again was the largest cost of a long-poll that timed out). A job
-    found finished after all (a signal missed while the subscription reconnected), or gone,
-    is read whole."""
+    reading the whole row again was the largest cost of a long-poll that timed out), in a
+    group with the other requests' (api.services.progress). A job found finished after all
+    (a signal missed while the subscription reconnected), or gone, is read whole."""
 
-    def read() -> JobProgress | None:
-        with one_statement(st.sessions) as session:
-            return get_job_progress(session, view.job.id, view.job.tenant_id)
-
-    now = retry_on_disconnect(read)
+    now = st.progress.read(view.job.id, view.job.tenant_id)  # grouped with others' reads
     if now is None or now.status in TERMINAL_STATUSES:
         return load(st, view.job.id, view.job.tenant_id)
     job = view.job  # detached from its session: set for rendering, never written back
