@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -79,6 +79,23 @@ def one_statement(factory: sessionmaker[Session]) -> Iterator[Session]:
         dbapi.autocommit = True
         try:
             yield session
+        finally:
+            if not dbapi.closed:  # a dropped connection is discarded, not reused
+                dbapi.autocommit = False
+
+
+@contextmanager
+def statement_connection(factory: sessionmaker[Session]) -> Iterator[Connection]:
+    """:func:`one_statement` for a read that needs no ORM: a pooled connection, without the
+    session around it (building a session and its transaction for one read cost a third of
+    the read's CPU: 0.63 against 0.42 ms in-process for a job's view)."""
+    engine = factory.kw["bind"]
+    with engine.connect() as conn:
+        dbapi = conn.connection.dbapi_connection
+        assert dbapi is not None
+        dbapi.autocommit = True
+        try:
+            yield conn
         finally:
             if not dbapi.closed:  # a dropped connection is discarded, not reused
                 dbapi.autocommit = False

@@ -14,7 +14,18 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, case, func, insert, select, text, tuple_, update
+from sqlalchemy import (
+    Connection,
+    Integer,
+    bindparam,
+    case,
+    func,
+    insert,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from db.ids import new_id, time_of
@@ -264,8 +275,16 @@ def _view_statement(with_ahead: bool, by_time: bool) -> Any:
     )
 
 
+def _on(session: Session | Connection) -> Connection:
+    return session if isinstance(session, Connection) else session.connection()
+
+
 def get_job_view(
-    session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID, *, with_ahead: bool = False
+    session: Session | Connection,
+    job_id: uuid.UUID,
+    tenant_id: uuid.UUID,
+    *,
+    with_ahead: bool = False,
 ) -> JobView | None:
     """The tenant's job with its model name and version number, or None; ``with_ahead``
     also counts the jobs queued ahead of it (JobView.ahead), in the same statement."""
@@ -274,7 +293,7 @@ def get_job_view(
     # and a long-poll reads twice. The Job is built as insert_queued_jobs builds one: for
     # reading, attached to no session.
     statement = _view_statement(with_ahead, by_time)
-    row = session.connection().execute(statement, params).one_or_none()
+    row = _on(session).execute(statement, params).one_or_none()
     if row is None:
         return None
     n = len(_JOB_KEYS)
@@ -304,13 +323,13 @@ def _progress_statement(by_time: bool) -> Any:
 
 
 def get_job_progress(
-    session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID
+    session: Session | Connection, job_id: uuid.UUID, tenant_id: uuid.UUID
 ) -> JobProgress | None:
     """The tenant's job's status and the fields that change with it before it finishes, or
     None: five columns of one row and, while it is queued, the jobs ahead of it, in one
     statement, for a long-poll whose wait ran out without a signal."""
     by_time, params = _job_params(job_id, tenant_id)
-    row = session.connection().execute(_progress_statement(by_time), params).one_or_none()
+    row = _on(session).execute(_progress_statement(by_time), params).one_or_none()
     if row is None:
         return None
     status, started_at, worker, attempts, cancel_requested, ahead = row
@@ -335,7 +354,7 @@ def _progress_of_many_statement(by_time: bool) -> Any:
 
 
 def get_jobs_progress(
-    session: Session, job_ids: Iterable[uuid.UUID]
+    session: Session | Connection, job_ids: Iterable[uuid.UUID]
 ) -> dict[uuid.UUID, tuple[uuid.UUID, JobProgress]]:
     """:func:`get_job_progress` for many jobs in one statement: each job found, by id, with
     its tenant (the caller checks it: a job of another tenant is no job of the asker's)."""
@@ -347,7 +366,7 @@ def get_jobs_progress(
     params: dict[str, Any] = {"job_ids": ids, "ahead_cap": AHEAD_COUNTED_UP_TO}
     if by_time:
         params["times"] = sorted({t for t in times if t is not None})
-    rows = session.connection().execute(_progress_of_many_statement(by_time), params)
+    rows = _on(session).execute(_progress_of_many_statement(by_time), params)
     found: dict[uuid.UUID, tuple[uuid.UUID, JobProgress]] = {}
     for job_id, tenant_id, status, started_at, worker, attempts, cancel, ahead in rows:
         progress = JobProgress(status, started_at, worker, attempts, cancel, _counts(ahead))

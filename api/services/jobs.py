@@ -18,7 +18,7 @@ from api.services import experiments as experiments_service
 from api.services import idempotency, quotas, webhooks
 from api.services.waiters import Signal
 from api.state import ApiState
-from db.engine import one_statement, retry_on_disconnect
+from db.engine import retry_on_disconnect, statement_connection
 from db.ids import time_of
 from db.jobs import (
     JobView,
@@ -234,8 +234,8 @@ def load(
     jobs queued ahead of it in the same statement (for its position)."""
 
     def read() -> JobView | None:
-        with one_statement(st.sessions) as session:  # one round trip, no BEGIN/ROLLBACK
-            return get_job_view(session, job_id, tenant_id, with_ahead=with_ahead)
+        with statement_connection(st.sessions) as conn:  # one round trip, no BEGIN/ROLLBACK
+            return get_job_view(conn, job_id, tenant_id, with_ahead=with_ahead)
 
     view = retry_on_disconnect(read)
     if view is None:

@@ -18,7 +18,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.services.grouping import GroupThread, NotTaken, Pending
-from db.engine import one_statement, retry_on_disconnect
+from db.engine import retry_on_disconnect, statement_connection
 from db.jobs import JobProgress, get_jobs_progress
 
 #: How long the first read of a group waits for others to join it.
@@ -64,8 +64,8 @@ class ProgressReader(GroupThread[Key]):
 
     def _run_group(self, group: list[Pending[Key]]) -> None:
         def read() -> dict[uuid.UUID, tuple[uuid.UUID, JobProgress]]:
-            with one_statement(self._sessions) as session:
-                return get_jobs_progress(session, (p.item[0] for p in group))
+            with statement_connection(self._sessions) as conn:
+                return get_jobs_progress(conn, (p.item[0] for p in group))
 
         found = retry_on_disconnect(read)
         for pending in group:

@@ -7,11 +7,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.engine import make_engine, make_session_factory, one_statement
+from db.engine import make_engine, make_session_factory, one_statement, statement_connection
 from inferq.core.settings import Settings
 from tests.factories import holdout
 from tests.integration.conftest import Caller
@@ -28,22 +28,32 @@ def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
     engine.dispose()
 
 
-def test_the_statement_is_committed_when_it_returns(sessions: sessionmaker[Session]) -> None:
+#: a unit of one statement with an ORM session, and one on a bare connection
+UNITS = pytest.mark.parametrize("unit", [one_statement, statement_connection])
+
+
+@UNITS
+def test_the_statement_is_committed_when_it_returns(
+    sessions: sessionmaker[Session], unit: Any
+) -> None:
     """Catches: the statement left in a transaction the session's close would roll back."""
-    with one_statement(sessions) as session:
+    with unit(sessions) as session:
         session.execute(text("INSERT INTO one_statement_probe VALUES (1)"))
         # (no commit called: the statement committed itself)
     with sessions() as session:
         assert session.scalar(text("SELECT count(*) FROM one_statement_probe")) == 1
 
 
-def test_the_connection_goes_back_to_transactions(sessions: sessionmaker[Session]) -> None:
+@UNITS
+def test_the_connection_goes_back_to_transactions(
+    sessions: sessionmaker[Session], unit: Any
+) -> None:
     """After a unit of one statement, and after one that failed, the same connection runs
     two statements as one transaction again: a rollback undoes both. Catches: the
     autocommit flag left on (tried: the ``finally`` removed: the rollback undid nothing)."""
-    with one_statement(sessions) as session:
+    with unit(sessions) as session:
         session.execute(text("SELECT 1"))
-    with pytest.raises(DBAPIError), one_statement(sessions) as session:
+    with pytest.raises(DBAPIError), unit(sessions) as session:
         session.execute(text("SELECT 1 / 0"))
     for _ in range(2):
         with sessions() as session:
@@ -63,13 +73,14 @@ def test_reading_a_job_is_one_round_trip(
     import psycopg2.extensions as ext
 
     import api.services.jobs as jobs_service
+    import api.services.progress as progress_service
 
     seen: list[tuple[str, int, bool]] = []
 
     def watch(name: str, real: Any) -> Any:
-        def call(session: Session, *args: Any, **kwargs: Any) -> Any:
-            out = real(session, *args, **kwargs)
-            dbapi = session.connection().connection.dbapi_connection
+        def call(conn: Connection, *args: Any, **kwargs: Any) -> Any:
+            out = real(conn, *args, **kwargs)
+            dbapi = conn.connection.dbapi_connection
             assert dbapi is not None
             seen.append((name, dbapi.info.transaction_status, dbapi.autocommit))
             return out
@@ -78,7 +89,7 @@ def test_reading_a_job_is_one_round_trip(
 
     monkeypatch.setattr(jobs_service, "get_job_view", watch("job", jobs_service.get_job_view))
     monkeypatch.setattr(
-        jobs_service, "get_job_progress", watch("progress", jobs_service.get_job_progress)
+        progress_service, "get_jobs_progress", watch("progress", progress_service.get_jobs_progress)
     )
     submitted = alice.post("/v1/jobs", {"model": "digits", "input": holdout(1)[0][0]})
     assert submitted.status_code == 202
