@@ -93,7 +93,8 @@ SUBMIT_HEADERS: list[dict[str, Any]] = [
 WAIT_QUERY: dict[str, Any] = {
     "name": "wait",
     "in": "query",
-    "description": "Long-poll: hold the answer until the job is terminal or N s pass.",
+    "description": "Long-poll: hold the answer until the job is terminal, at most N s (the "
+    "answer to a wait that runs out arrives within N s: the wait ends up to 0.3 s early).",
     "schema": {"type": "number", "minimum": 0},
 }
 

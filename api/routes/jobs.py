@@ -100,7 +100,8 @@ def submit() -> Response:
 @bp.get("/<job_id>")
 @require("read")
 def get_job(job_id: str) -> Response:
-    """The job; ``?wait=N`` holds the request until it is terminal or N seconds pass."""
+    """The job; ``?wait=N`` holds the request until it is terminal, answering
+    within N seconds (svc.wait_deadline)."""
     st = state()
     wait = svc.query_wait(request.args.get("wait"), st.settings.api.max_wait_s)
     ident = svc.parse_job_id(job_id)

@@ -288,10 +288,24 @@ def _read_horizon(st: ApiState) -> Callable[[], dt.datetime | None]:
     return read
 
 
+#: A wait that runs out ends this long before the seconds asked for (a tenth of them at
+#: most), so that the answer -- the grouped read of a job still open (api.services.progress
+#: gathers for 50 ms), its rendering, its way back -- reaches the client within them, as
+#: RFC 7240's ``wait`` asks ("respond within"). Without it a busy node's answers came a few
+#: hundred milliseconds past the wait, and a client whose timeout is the wait gave up.
+ANSWER_MARGIN_S = 0.3
+
+
+def wait_deadline(seconds: float) -> float:
+    """When a wait of ``seconds`` starting now ends if no signal comes (``time.monotonic``)."""
+    return time.monotonic() + seconds - min(ANSWER_MARGIN_S, seconds / 10)
+
+
 def wait_until_terminal(st: ApiState, view: JobView, seconds: float, signal: Signal) -> JobView:
-    """Block until the job is terminal or ``seconds`` pass. When signalled, answer from the
-    fields the worker sent with the signal; read the job again only when it sent none."""
-    deadline = time.monotonic() + seconds
+    """Block until the job is terminal or ``seconds`` pass (less :data:`ANSWER_MARGIN_S`).
+    When signalled, answer from the fields the worker sent with the signal; read the job
+    again only when it sent none."""
+    deadline = wait_deadline(seconds)
     while view.job.status not in TERMINAL_STATUSES:
         remaining = deadline - time.monotonic()
         if remaining <= 0 or not signal.wait(remaining):

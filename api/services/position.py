@@ -35,7 +35,10 @@ from inferq.domain.fleet import worker_beats
 LANE_CACHE_S = 1.0
 #: Lane figures count the lane's open jobs and read its latest finished ones: over a deep
 #: backlog that takes a while (0.2 s with 100,000 queued), and they are then re-read less
-#: often, so that reading them takes at most this share of an API process's time.
+#: often, so that reading them takes at most this share of an API process's time. (A
+#: model's time per job is one bounded read, kept for LANE_CACHE_S only: kept longer, a
+#: model with no figure yet, its first jobs still running, went on borrowing the lane's for
+#: as long as a slow read had made it keep the miss.)
 LANE_BUSY_SHARE = 0.02
 
 
@@ -56,8 +59,8 @@ class Lane:
     newest_queued_at: float | None = None
 
 
-def _cache(name: str) -> TtlCache[Any, Any]:
-    return app_cache(name, LANE_CACHE_S, busy_share=LANE_BUSY_SHARE)
+def _cache(name: str, busy_share: float | None = LANE_BUSY_SHARE) -> TtlCache[Any, Any]:
+    return app_cache(name, LANE_CACHE_S, busy_share=busy_share)
 
 
 def lane(st: ApiState, name: str) -> Lane:
@@ -97,7 +100,7 @@ def model_seconds(st: ApiState, name: str, model_id: int) -> float | None:
         with st.sessions() as session:
             return (seconds_per_job(session, name, model_id),)
 
-    found = _cache("inferq.models_per_job").get((name, model_id), measure)
+    found = _cache("inferq.models_per_job", busy_share=None).get((name, model_id), measure)
     return found[0] if found else None
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from flask import Flask
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
@@ -196,3 +197,27 @@ def walk(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield node
     for child in node.get("Plans", []):
         yield from walk(child)
+
+
+def test_a_models_missing_time_per_job_is_read_again_after_a_second_however_slow_the_read(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Catches: a model with no time per job yet (its first jobs still running) kept without
+    one for as long as a slow read made the lane figures keep theirs (50 times the read): its
+    ETA went on using the lane's, another model's, well after its own jobs had run."""
+    monkeypatch.setattr(whereis, "LANE_CACHE_S", 0.2)
+    answers = iter([None, 0.5])
+
+    def slow_read(*_: Any) -> float | None:
+        time.sleep(0.06)  # kept 50 times that under the lane figures' busy share: 3 s
+        return next(answers)
+
+    monkeypatch.setattr(whereis, "seconds_per_job", slow_read)
+    st = app.extensions["inferq"]
+    with app.app_context():
+        # Given a model whose time per job was read before any of its jobs finished
+        assert whereis.model_seconds(st, "interactive", 1) is None
+        # When its jobs have run and the cache's second is up
+        time.sleep(0.3)
+        # Then its own time per job is read
+        assert whereis.model_seconds(st, "interactive", 1) == 0.5

@@ -163,3 +163,28 @@ def test_a_failed_group_read_answers_each_of_its_long_polls_503_and_the_next_gro
     monkeypatch.setattr(progress_service, "get_jobs_progress", real)
     again = alice.get(f"/v1/jobs/{ids[0]}?wait=0.1")
     assert again.status_code == 200 and again.get_json()["status"] == "queued"
+
+
+def test_a_wait_that_runs_out_ends_early_enough_for_its_answer_to_arrive_within_it(
+    alice: Caller, no_worker: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Catches: a wait that runs its whole length before the grouped read (which gathers for
+    up to 50 ms) and the answer start: a client whose timeout is its wait would give up."""
+    from api.services.waiters import Signal
+
+    asked: list[float] = []
+    real_wait = Signal.wait
+
+    def wait(self: Signal, timeout: float | None = None) -> bool:
+        asked.append(-1.0 if timeout is None else timeout)
+        return real_wait(self, timeout)
+
+    monkeypatch.setattr(Signal, "wait", wait)
+    [job] = queued_jobs(alice, 1)
+
+    # When a long-poll of 1 s runs out (no worker: the job stays queued)
+    answer = alice.get(f"/v1/jobs/{job}?wait=1")
+
+    # Then the wait ended a tenth of the second early, and the answer is the open job
+    assert answer.status_code == 200 and answer.get_json()["status"] == "queued"
+    assert len(asked) == 1 and 0.85 <= asked[0] <= 0.9, asked
