@@ -80,3 +80,35 @@ def test_lines_still_buffered_are_written_when_the_process_exits() -> None:
     # Then its three lines reached stderr
     logged = [json.loads(line) for line in done.stderr.splitlines()]
     assert [r["n"] for r in logged] == [0, 1, 2]
+
+
+def test_a_line_logged_from_a_greenlet_builds_no_thread_for_it() -> None:
+    """Catches: records that name their thread (JSON lines never carry it): in a gevent API
+    process each access line then built a dummy thread for its request's greenlet."""
+    script = """
+import gevent.monkey
+gevent.monkey.patch_all()
+import io, json, logging, sys, gevent, gevent.threading
+from inferq.core import logs
+built = []
+real = gevent.threading._DummyThread.__init__
+def counting(self, *args, **kwargs):
+    built.append(1)
+    real(self, *args, **kwargs)
+gevent.threading._DummyThread.__init__ = counting
+logs.configure("INFO")
+out = io.StringIO()
+logging.getLogger().handlers[0].setStream(out)
+log = logging.getLogger("inferq.api.access")
+gevent.joinall([gevent.spawn(log.info, "request", extra={"n": n}) for n in range(20)])
+lines = [json.loads(line) for line in out.getvalue().splitlines()]
+print(json.dumps({"built": len(built), "lines": lines}))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    found = json.loads(done.stdout)
+    assert found["built"] == 0
+    assert sorted(line["n"] for line in found["lines"]) == list(range(20))
+    assert {line["message"] for line in found["lines"]} == {"request"}
+    assert all("thread" not in line and "threadName" not in line for line in found["lines"])
