@@ -7,7 +7,7 @@ import logging
 from flask import Flask
 
 from api.http import metrics, problems, ratelimit, request_hooks
-from api.http.json_provider import OrjsonProvider
+from api.http.json_provider import OrjsonProvider, column_json
 from api.routes import (
     batches,
     dashboard,
@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         application_name="inferq-api",
         pre_ping=False,
         pool_timeout_s=settings.database.api_db_wait_s,
+        json_serializer=column_json,
     )
     celery = make_celery(settings)
     sessions = make_session_factory(engine)

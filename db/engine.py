@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.exc import DBAPIError
@@ -21,6 +21,7 @@ def make_engine(
     application_name: str = "inferq",
     pre_ping: bool = True,
     pool_timeout_s: float = 30.0,
+    json_serializer: Callable[[Any], str] | None = None,
 ) -> Engine:
     """An engine for ``url`` keeping ``pool_size`` connections, and opening up to
     ``max_overflow`` more under load (default: as many again).
@@ -28,7 +29,8 @@ def make_engine(
     With ``pre_ping`` every checkout costs a round trip, and a restarted Postgres costs
     nothing; hot paths turn it off and retry once on a dropped connection instead
     (:func:`retry_on_disconnect`). A checkout that finds every connection taken waits up to
-    ``pool_timeout_s``, then raises :class:`sqlalchemy.exc.TimeoutError`.
+    ``pool_timeout_s``, then raises :class:`sqlalchemy.exc.TimeoutError`. JSON columns are
+    written by ``json_serializer`` (default: the standard library's ``json.dumps``).
     """
     connect_args = {"application_name": application_name} if url.startswith("postgresql") else {}
     return create_engine(
@@ -39,6 +41,7 @@ def make_engine(
         pool_recycle=1800,
         pool_timeout=pool_timeout_s,
         connect_args=connect_args,
+        **({"json_serializer": json_serializer} if json_serializer else {}),
     )
 
 

@@ -45,3 +45,14 @@ def test_what_orjson_refuses_is_written_by_the_standard_library() -> None:
     # An integer past 64 bits, as an input may carry and a job echoes
     _, decoded = answer({"input": {"n": 2**70}})
     assert decoded == {"input": {"n": 2**70}}
+
+
+def test_a_json_column_is_written_as_the_standard_library_would_decode_it() -> None:
+    """The API's JSONB values (api.http.json_provider.column_json): the same value once
+    decoded, unicode and key order kept, an integer past 64 bits written all the same."""
+    from api.http.json_provider import column_json
+
+    value = {"pixels": [0.1, 16.0, 1e-7], "é": {"nested": [None, True, "ü"]}, "n": 2**70}
+    assert json.loads(column_json(value)) == value
+    assert list(json.loads(column_json(value))) == ["pixels", "é", "n"]
+    assert json.loads(column_json([1, 2.5, "x"])) == [1, 2.5, "x"]
