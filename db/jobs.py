@@ -316,27 +316,6 @@ class JobProgress:
 
 
 @functools.cache
-def _progress_statement(by_time: bool) -> Any:
-    return select(
-        Job.status, Job.started_at, Job.worker, Job.attempts, Job.cancel_requested, _ahead()
-    ).where(_one_job(by_time))
-
-
-def get_job_progress(
-    session: Session | Connection, job_id: uuid.UUID, tenant_id: uuid.UUID
-) -> JobProgress | None:
-    """The tenant's job's status and the fields that change with it before it finishes, or
-    None: five columns of one row and, while it is queued, the jobs ahead of it, in one
-    statement, for a long-poll whose wait ran out without a signal."""
-    by_time, params = _job_params(job_id, tenant_id)
-    row = _on(session).execute(_progress_statement(by_time), params).one_or_none()
-    if row is None:
-        return None
-    status, started_at, worker, attempts, cancel_requested, ahead = row
-    return JobProgress(status, started_at, worker, attempts, cancel_requested, _counts(ahead))
-
-
-@functools.cache
 def _progress_of_many_statement(by_time: bool) -> Any:
     statement = select(
         Job.id,
@@ -356,8 +335,10 @@ def _progress_of_many_statement(by_time: bool) -> Any:
 def get_jobs_progress(
     session: Session | Connection, job_ids: Iterable[uuid.UUID]
 ) -> dict[uuid.UUID, tuple[uuid.UUID, JobProgress]]:
-    """:func:`get_job_progress` for many jobs in one statement: each job found, by id, with
-    its tenant (the caller checks it: a job of another tenant is no job of the asker's)."""
+    """The status of each of ``job_ids`` and the fields that change with it before it
+    finishes (and, while it is queued, the jobs ahead of it), in one statement, for
+    long-polls whose wait ran out without a signal: each job found, by id, with its tenant
+    (the caller checks it: a job of another tenant is no job of the asker's)."""
     ids = sorted(set(job_ids))
     if not ids:
         return {}

@@ -5,9 +5,9 @@ status, attempts, position) before it answers. Each such read on its own paid a 
 pooled connection and a round trip, about a third of the API's CPU for every answer to a
 held long-poll. Here those reads are handed to one thread per process, which lets each group
 gather for :data:`GATHER_S` and reads the whole group in one statement (a job that several
-requests wait for is read once). The answer of a request whose wait ran out comes up to
-``GATHER_S`` later than its wait: it waited seconds already, and nothing it says is older
-than its read.
+requests wait for is read once). The read of a request whose wait ran out comes up to
+``GATHER_S`` after that: its wait ends early enough to leave room for it
+(api.services.jobs.ANSWER_MARGIN_S), and nothing its answer says is older than the read.
 """
 
 from __future__ import annotations

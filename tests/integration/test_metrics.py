@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from api.app import create_app
 from api.services import position as whereis
-from db.jobs import claim_jobs, fail_jobs, get_job_progress, get_job_view
+from db.jobs import claim_jobs, fail_jobs, get_job_view, get_jobs_progress
 from db.stats import ahead_by_model
 from db.tables import Job
 from inferq.cli.common import db_session
@@ -381,7 +381,9 @@ def test_the_position_read_with_the_job_counts_what_a_separate_count_counts(
         views = [get_job_view(session, uuid.UUID(i), tenant) for i in ids]
         counted = [ahead_by_model(session, v.job.lane, v.job.created_at) for v in views if v]
         read = [get_job_view(session, uuid.UUID(i), tenant, with_ahead=True) for i in ids]
-        progress = [get_job_progress(session, uuid.UUID(i), tenant) for i in ids]
+        found = get_jobs_progress(session, [uuid.UUID(i) for i in ids])
+        progress = [found[uuid.UUID(i)][1] for i in ids]
+    assert {owner for owner, _ in found.values()} == {tenant}
     assert [v.ahead for v in views if v] == [None, None, None]  # not asked for
     assert [v.ahead for v in read if v] == counted
     assert [p.ahead for p in progress if p] == counted
@@ -394,7 +396,7 @@ def test_the_position_read_with_the_job_counts_what_a_separate_count_counts(
     with db_session(settings) as session:
         claim_jobs(session, [ids[0]], "someone@somewhere")
         running = get_job_view(session, uuid.UUID(ids[0]), tenant, with_ahead=True)
-        still = get_job_progress(session, uuid.UUID(ids[0]), tenant)
+        still = get_jobs_progress(session, [uuid.UUID(ids[0])])[uuid.UUID(ids[0])][1]
     assert running is not None and running.job.status == "running" and running.ahead is None
     assert still is not None and still.ahead is None
     with db_session(settings) as session:
