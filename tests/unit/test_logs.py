@@ -112,3 +112,45 @@ print(json.dumps({"built": len(built), "lines": lines}))
     assert sorted(line["n"] for line in found["lines"]) == list(range(20))
     assert {line["message"] for line in found["lines"]} == {"request"}
     assert all("thread" not in line and "threadName" not in line for line in found["lines"])
+
+
+def _record(created: float, **extra: object) -> logging.LogRecord:
+    record = logging.LogRecord("inferq.access", logging.INFO, __file__, 1, "request %s", ("a",), None)
+    record.created = created
+    record.msecs = (created - int(created)) * 1000
+    record.__dict__.update(extra)
+    return record
+
+
+def test_a_line_carries_its_own_time_level_logger_message_and_extras() -> None:
+    formatter = JsonFormatter()
+    # Records a second apart, then one back in an earlier second (another thread's)
+    times = [1_780_000_000.25, 1_780_000_000.75, 1_780_000_001.5, 1_780_000_000.999]
+    lines = [json.loads(formatter.format(_record(t, status=202, path="/v1/jobs"))) for t in times]
+    assert [line["ts"] for line in lines] == [
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(t))) + f".{int(t % 1 * 1000):03d}Z"
+        for t in times
+    ]
+    assert lines[0] == {
+        "ts": lines[0]["ts"],
+        "level": "info",
+        "logger": "inferq.access",
+        "message": "request a",
+        "status": 202,
+        "path": "/v1/jobs",
+    }
+
+
+def test_what_orjson_cannot_write_still_makes_a_line() -> None:
+    formatter = JsonFormatter()
+    big = 2**70
+    line = json.loads(formatter.format(_record(1_780_000_000.0, big=big, thing=object())))
+    assert line["big"] == big
+    assert line["thing"].startswith("<object object at")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = _record(1_780_000_000.0)
+        record.exc_info = sys.exc_info()
+    line = json.loads(formatter.format(record))
+    assert "ValueError: boom" in line["exception"]
