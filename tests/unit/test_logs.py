@@ -115,7 +115,9 @@ print(json.dumps({"built": len(built), "lines": lines}))
 
 
 def _record(created: float, **extra: object) -> logging.LogRecord:
-    record = logging.LogRecord("inferq.access", logging.INFO, __file__, 1, "request %s", ("a",), None)
+    record = logging.LogRecord(
+        "inferq.access", logging.INFO, __file__, 1, "request %s", ("a",), None
+    )
     record.created = created
     record.msecs = (created - int(created)) * 1000
     record.__dict__.update(extra)
