@@ -2,8 +2,9 @@
 
 Issue 16's goal: with 5,000 concurrent long-polls every long-poll answers within its wait
 plus 1 s, the submitters' p99 stays within 1.5 times its value without the long-polls, and
-nothing is a 5xx. The submitters run first alone (the baseline), then again once the
-long-polls are all open.
+nothing is a 5xx. The submitters run alone (the baseline), again once the long-polls are all
+open, and alone once more after the last long-poll closed: the baseline is the mean of the
+two runs alone, so that the machine's drift over the minutes between them does not count.
 
 The long-polls run in a process of their own (one asyncio loop holding every connection), so
 their client-side work does not delay the submitters' loop and inflate what they measure.
@@ -152,6 +153,19 @@ class LongPolls:
         if isinstance(found, Exception):
             raise found
         return [Poll(*row) for row in found]
+
+
+def p99_ratio(
+    beside: dict[str, Any], before: dict[str, Any], after: dict[str, Any]
+) -> float | None:
+    """The submits' p99 beside the long-polls over their p99 alone: the mean of a run before
+    the long-polls open and one after they close, or the one that has a p99 (None when the
+    run beside them, or both alone, had no successful submit)."""
+    loaded = beside["latency_ms"]["p99"]
+    alone = [run["latency_ms"]["p99"] for run in (before, after) if run["latency_ms"]["p99"]]
+    if not loaded or not alone:
+        return None
+    return float(loaded / (sum(alone) / len(alone)))
 
 
 def report(polls: list[Poll], wait_s: float) -> dict[str, Any]:
