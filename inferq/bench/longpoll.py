@@ -102,7 +102,9 @@ async def _hold(
                     job = await response.json(content_type=None)
                     took = time.monotonic() - sent
                     app = server_seconds(response.headers.get("Server-Timing"))
-                    polls.append(Poll(response.status, took, job.get("status"), app))
+                    # a problem's "status" is its HTTP status, not the job's
+                    job_status = job.get("status") if response.status == 200 else None
+                    polls.append(Poll(response.status, took, job_status, app))
             except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
                 polls.append(Poll(0, time.monotonic() - sent, None))
                 await asyncio.sleep(1.0)
