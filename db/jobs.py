@@ -117,14 +117,14 @@ def queued_job_values(
     }
 
 
-def insert_queued_jobs(session: Session, rows: Sequence[dict[str, Any]]) -> list[Job]:
+def insert_queued_jobs(session: Session | Connection, rows: Sequence[dict[str, Any]]) -> list[Job]:
     """Insert queued jobs (queued_job_values; ``published_at`` now: the caller publishes
     next) in one statement, and return them in the order given.
 
     On the connection (about a third of the ORM insert's CPU): the Jobs returned are not
     attached to the session, for callers to read, never to write.
     """
-    connection = session.connection()
+    connection = _on(session)
     if len(rows) == 1:
         found = [connection.execute(_INSERT_QUEUED, rows[0]).one()]
     else:
@@ -133,12 +133,14 @@ def insert_queued_jobs(session: Session, rows: Sequence[dict[str, Any]]) -> list
     return [_detached_job(values, published_at=published[values["id"]]) for values in rows]
 
 
-def find_inserted(session: Session, rows: Sequence[dict[str, Any]]) -> dict[uuid.UUID, Job]:
+def find_inserted(
+    session: Session | Connection, rows: Sequence[dict[str, Any]]
+) -> dict[uuid.UUID, Job]:
     """Those of ``rows`` (queued_job_values) that ``jobs`` holds, by id, as
     :func:`insert_queued_jobs` returns them: after a connection lost with their INSERT in
     flight, which went in (each row's id and creation time find it in its partition)."""
     keys = [(values["id"], values["created_at"]) for values in rows]
-    found = session.execute(
+    found = _on(session).execute(
         select(Job.id, Job.published_at).where(tuple_(Job.id, Job.created_at).in_(keys))
     )
     published = {row.id: row.published_at for row in found}
@@ -397,7 +399,7 @@ _CLAIM = text(
 
 
 def claim_jobs(
-    session: Session,
+    session: Session | Connection,
     job_ids: Sequence[uuid.UUID | str],
     worker: str,
     fetched: Sequence[float | None] | None = None,
@@ -412,7 +414,7 @@ def claim_jobs(
         "since": since,
         "until": until,
     }
-    return [ClaimedJob(*row) for row in session.execute(_CLAIM, params)]
+    return [ClaimedJob(*row) for row in _on(session).execute(_CLAIM, params)]
 
 
 def time_window(job_ids: Sequence[uuid.UUID | str]) -> tuple[Any, Any]:
@@ -445,7 +447,7 @@ _STORE = text(
 
 
 def store_results(
-    session: Session, results: Sequence[JobResult], worker: str
+    session: Session | Connection, results: Sequence[JobResult], worker: str
 ) -> list[StoredResult]:
     """Write a batch of results in one statement, only for jobs this worker still owns; each
     comes back saying whether it has a webhook (no second query to find out)."""
@@ -466,7 +468,7 @@ def store_results(
         ]
     )
     since, until = time_window([r.id for r in results])
-    rows = session.execute(
+    rows = _on(session).execute(
         _STORE, {"results": payload, "worker": worker, "since": since, "until": until}
     )
     return [StoredResult(*row) for row in rows]

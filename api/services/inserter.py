@@ -31,7 +31,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.services.grouping import GroupThread, NotTaken, Pending
-from db.engine import one_statement
+from db.engine import statement_connection
 from db.jobs import find_inserted, insert_queued_jobs
 from db.tables import Job
 from inferq.core.errors import ServiceUnavailable
@@ -95,8 +95,8 @@ class GroupInserter(GroupThread[Row]):
 
     def _commit(self, rows: list[Row]) -> list[Job]:
         try:
-            with one_statement(self._sessions) as session:
-                return insert_queued_jobs(session, rows)
+            with statement_connection(self._sessions) as conn:
+                return insert_queued_jobs(conn, rows)
         except DBAPIError as exc:
             if not exc.connection_invalidated:
                 raise  # refused or cancelled by Postgres, or never sent: nothing changed
@@ -106,11 +106,11 @@ class GroupInserter(GroupThread[Row]):
         """``rows`` after a connection lost with their INSERT in flight: the jobs that INSERT
         committed, the rest inserted now (it went in whole or not at all, so all or none)."""
         try:
-            with one_statement(self._sessions) as session:
-                found = find_inserted(session, rows)
+            with statement_connection(self._sessions) as conn:
+                found = find_inserted(conn, rows)
                 missing = [row for row in rows if row["id"] not in found]
                 if missing:
-                    found |= {job.id: job for job in insert_queued_jobs(session, missing)}
+                    found |= {job.id: job for job in insert_queued_jobs(conn, missing)}
         except (OperationalError, InterfaceError) as exc:
             raise ServiceUnavailable(
                 "The connection to the database was lost while this job was being stored, "

@@ -1,5 +1,5 @@
-"""``db.engine.one_statement``: a statement that commits itself, on a pooled connection that
-goes back to the pool for transactions."""
+"""``db.engine.statement_connection``: a statement that commits itself, on a pooled connection
+that goes back to the pool for transactions."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.engine import make_engine, make_session_factory, one_statement, statement_connection
+from db.engine import make_engine, make_session_factory, statement_connection
 from inferq.core.settings import Settings
 from tests.factories import holdout
 from tests.integration.conftest import Caller
@@ -28,33 +28,23 @@ def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
     engine.dispose()
 
 
-#: a unit of one statement with an ORM session, and one on a bare connection
-UNITS = pytest.mark.parametrize("unit", [one_statement, statement_connection])
-
-
-@UNITS
-def test_the_statement_is_committed_when_it_returns(
-    sessions: sessionmaker[Session], unit: Any
-) -> None:
-    """Catches: the statement left in a transaction the session's close would roll back."""
-    with unit(sessions) as session:
-        session.execute(text("INSERT INTO one_statement_probe VALUES (1)"))
+def test_the_statement_is_committed_when_it_returns(sessions: sessionmaker[Session]) -> None:
+    """Catches: the statement left in a transaction the connection's close would roll back."""
+    with statement_connection(sessions) as conn:
+        conn.execute(text("INSERT INTO one_statement_probe VALUES (1)"))
         # (no commit called: the statement committed itself)
     with sessions() as session:
         assert session.scalar(text("SELECT count(*) FROM one_statement_probe")) == 1
 
 
-@UNITS
-def test_the_connection_goes_back_to_transactions(
-    sessions: sessionmaker[Session], unit: Any
-) -> None:
+def test_the_connection_goes_back_to_transactions(sessions: sessionmaker[Session]) -> None:
     """After a unit of one statement, and after one that failed, the same connection runs
     two statements as one transaction again: a rollback undoes both. Catches: the
     autocommit flag left on (tried: the ``finally`` removed: the rollback undid nothing)."""
-    with unit(sessions) as session:
-        session.execute(text("SELECT 1"))
-    with pytest.raises(DBAPIError), unit(sessions) as session:
-        session.execute(text("SELECT 1 / 0"))
+    with statement_connection(sessions) as conn:
+        conn.execute(text("SELECT 1"))
+    with pytest.raises(DBAPIError), statement_connection(sessions) as conn:
+        conn.execute(text("SELECT 1 / 0"))
     for _ in range(2):
         with sessions() as session:
             session.execute(text("INSERT INTO one_statement_probe VALUES (2)"))

@@ -74,18 +74,22 @@ def test_the_claim_and_the_store_are_one_round_trip_each(
 ) -> None:
     """A batch's claim and store are single statements that commit themselves: no BEGIN
     before them and no COMMIT after (two round trips of the three a transaction costs, on
-    the path of every batch). Catches: either run in a transaction (tried: the claim in
-    ``ctx.sessions.begin()``: left in a transaction, ``INTRANS``)."""
+    the path of every batch), each on a bare pooled connection (an ORM session around it
+    was a sixth of the worker's CPU at batches of one). Catches: either run in a
+    transaction (tried: the claim in ``ctx.sessions.begin()``: left in a transaction,
+    ``INTRANS``), or in a session (tried: ``one_statement``, since removed)."""
     import psycopg2.extensions as ext
+    from sqlalchemy import Connection
 
     import workers.runner as runner
 
     seen: dict[str, tuple[int, bool]] = {}
 
     def watch(name: str, real: Any) -> Any:
-        def call(session: Any, *args: Any, **kwargs: Any) -> Any:
-            out = real(session, *args, **kwargs)
-            dbapi = session.connection().connection.dbapi_connection
+        def call(conn: Any, *args: Any, **kwargs: Any) -> Any:
+            assert isinstance(conn, Connection), f"the {name} ran in {type(conn).__name__}"
+            out = real(conn, *args, **kwargs)
+            dbapi = conn.connection.dbapi_connection
             seen[name] = (dbapi.info.transaction_status, dbapi.autocommit)
             return out
 
