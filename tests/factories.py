@@ -92,19 +92,24 @@ def quiet_lane(settings: Any, lane: str = "online") -> None:
 
 def running_on(database_url: str, worker: str) -> int:
     """How many jobs a worker (by its ``--name``, any incarnation) holds as running now."""
+    return len(running_ids(database_url, worker))
+
+
+def running_ids(database_url: str, worker: str) -> set[str]:
+    """The ids of the jobs a worker (by its ``--name``, any incarnation) holds as running now."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.pool import NullPool
 
     engine = create_engine(database_url, poolclass=NullPool)
     try:
         with engine.connect() as conn:
-            count = conn.scalar(
-                text("SELECT count(*) FROM jobs WHERE status = 'running' AND worker LIKE :w"),
+            rows = conn.scalars(
+                text("SELECT id FROM jobs WHERE status = 'running' AND worker LIKE :w"),
                 {"w": f"{worker}@%"},
             )
+            return {str(job_id) for job_id in rows}
     finally:
         engine.dispose()
-    return int(count or 0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -45,6 +45,14 @@ class ServiceProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def pause(self) -> None:
+        """SIGSTOP the whole process group: it changes nothing until resumed or killed."""
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT the whole process group."""
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL the whole process group, as a crash or the OOM killer would."""
         if self.alive():
