@@ -382,19 +382,11 @@ def mark_unpublished(session: Session, job_ids: Iterable[uuid.UUID]) -> None:
     )
 
 
+# Planned once per connection, partitions pruned as it runs, and committed without waiting
+# for its WAL flush (migration 0016: the store's commit, which waits, makes it durable too).
 _CLAIM = text(
-    """
-    UPDATE jobs
-       SET status = 'running', started_at = clock_timestamp(), worker = :worker,
-           attempts = attempts + 1, fetched_at = to_timestamp(fetched.at)
-      FROM (SELECT DISTINCT ON (id) id, at
-              FROM unnest(CAST(:ids AS uuid[]), CAST(:fetched AS float8[])) AS f(id, at)
-             ORDER BY id, at) AS fetched
-     WHERE jobs.id = fetched.id AND jobs.id = ANY(CAST(:ids AS uuid[]))
-       AND status = 'queued' AND created_at BETWEEN :since AND :until
-       AND (expires_at IS NULL OR expires_at > clock_timestamp())
- RETURNING jobs.id, version_id, input, created_at, started_at, attempts, fetched_at
-    """
+    "SELECT * FROM inferq_claim_jobs(CAST(:ids AS uuid[]), CAST(:fetched AS float8[]),"
+    " :worker, :since, :until)"
 )
 
 
@@ -405,7 +397,11 @@ def claim_jobs(
     fetched: Sequence[float | None] | None = None,
 ) -> list[ClaimedJob]:
     """Atomically take the still-queued jobs among ``job_ids``; the rest are someone else's.
-    ``fetched``: when each one's message reached the worker (Unix seconds, None: unknown)."""
+    ``fetched``: when each one's message reached the worker (Unix seconds, None: unknown).
+
+    The transaction it runs in commits without waiting for its WAL flush (``SET LOCAL
+    synchronous_commit = off``): run it alone, on a connection in autocommit, as the worker
+    does, and nothing else shares that."""
     since, until = time_window(job_ids)
     params = {
         "ids": [str(i) for i in job_ids],
@@ -426,24 +422,8 @@ def time_window(job_ids: Sequence[uuid.UUID | str]) -> tuple[Any, Any]:
     return min(times), max(times)  # type: ignore[type-var]
 
 
-_STORE = text(
-    """
-    UPDATE jobs
-       SET status = CASE WHEN jobs.cancel_requested THEN 'canceled' ELSE r.status END,
-           output = CASE WHEN jobs.cancel_requested THEN NULL ELSE r.output END,
-           error = r.error,
-           batch_size = r.batch_size,
-           predict_ms = r.predict_ms,
-           completed_at = clock_timestamp()
-      FROM jsonb_to_recordset(CAST(:results AS jsonb))
-           AS r(id uuid, status text, output jsonb, error jsonb, batch_size int, predict_ms float8)
-     WHERE jobs.id = r.id AND jobs.status = 'running' AND jobs.worker = :worker
-       AND jobs.created_at BETWEEN :since AND :until
- RETURNING jobs.id, jobs.status, jobs.tenant_id, jobs.completed_at,
-           EXISTS (SELECT FROM webhooks w
-                    WHERE w.job_id = jobs.id AND w.job_created_at = jobs.created_at)
-    """
-)
+# Planned once per connection, partitions pruned as it runs (migration 0016).
+_STORE = text("SELECT * FROM inferq_store_results(CAST(:results AS jsonb), :worker, :since, :until)")
 
 
 def store_results(
