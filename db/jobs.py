@@ -423,7 +423,9 @@ def time_window(job_ids: Sequence[uuid.UUID | str]) -> tuple[Any, Any]:
 
 
 # Planned once per connection, partitions pruned as it runs (migration 0016).
-_STORE = text("SELECT * FROM inferq_store_results(CAST(:results AS jsonb), :worker, :since, :until)")
+_STORE = text(
+    "SELECT * FROM inferq_store_results(CAST(:results AS jsonb), :worker, :since, :until)"
+)
 
 
 def store_results(

@@ -708,20 +708,21 @@ def test_a_claim_reads_only_the_partition_its_ids_name(own: Settings, db: Engine
     statement = source[source.index("UPDATE") : source.rindex(";")]
     for n, name in enumerate(("p_ids", "p_fetched", "p_worker", "p_since", "p_until"), 1):
         statement = re.sub(rf"\b{name}\b", f"${n}", statement)
-    with db.connect() as conn:
-        with conn.begin():
-            conn.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))
-            conn.execute(text("SET LOCAL enable_seqscan = off"))
-            conn.exec_driver_sql(
-                "PREPARE claim(uuid[], float8[], text, timestamptz, timestamptz) AS " + statement
-            )
-            plan = conn.exec_driver_sql(
-                "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim(%s::uuid[], %s::float8[], 'w', %s, %s)",
-                ([str(i) for i in ids], [None, 1.0], since, until),
-            ).scalar_one()
-            conn.exec_driver_sql("DEALLOCATE claim")
+    with db.connect() as conn, conn.begin():
+        conn.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))
+        conn.execute(text("SET LOCAL enable_seqscan = off"))
+        conn.exec_driver_sql(
+            "PREPARE claim(uuid[], float8[], text, timestamptz, timestamptz) AS " + statement
+        )
+        plan = conn.exec_driver_sql(
+            "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim(%s::uuid[], %s::float8[], 'w', %s, %s)",
+            ([str(i) for i in ids], [None, 1.0], since, until),
+        ).scalar_one()
+        conn.exec_driver_sql("DEALLOCATE claim")
     nodes = list(walk(plan[0]["Plan"]))
-    scanned = {n["Relation Name"] for n in nodes if "Scan" in n["Node Type"] and "Relation Name" in n}
+    scanned = {
+        n["Relation Name"] for n in nodes if "Scan" in n["Node Type"] and "Relation Name" in n
+    }
     assert scanned == {partition_name(floor_time(NOW - 20 * HOUR, HOUR))}, plan
     assert any(n.get("Subplans Removed", 0) > 0 for n in nodes), plan  # pruned as it ran
 

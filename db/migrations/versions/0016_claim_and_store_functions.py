@@ -96,6 +96,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("DROP FUNCTION inferq_store_results(jsonb, text, timestamptz, timestamptz)")
-    op.execute(
-        "DROP FUNCTION inferq_claim_jobs(uuid[], float8[], text, timestamptz, timestamptz)"
-    )
+    op.execute("DROP FUNCTION inferq_claim_jobs(uuid[], float8[], text, timestamptz, timestamptz)")
