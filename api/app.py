@@ -28,7 +28,7 @@ from api.services.waiters import CompletionWaiter
 from api.state import ApiState, TtlCache
 from db.engine import make_engine, make_session_factory
 from inferq.core import connections
-from inferq.core.broker import make_celery, publish
+from inferq.core.broker import lane_publisher, make_celery
 from inferq.core.messages import PredictRequest
 from inferq.core.settings import Settings
 from inferq.core.status import completion_channel, make_redis
@@ -75,6 +75,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         json_serializer=column_json,
     )
     celery = make_celery(settings)
+    send = lane_publisher(celery, settings)  # on every submit: the shortest way there is
     sessions = make_session_factory(engine)
     ApiState(
         settings=settings,
@@ -84,7 +85,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         redis=make_redis(settings, max_connections=REDIS_CONNECTIONS),
         celery=celery,
         publisher=GroupPublisher(
-            lambda job_ids, lane: publish(celery, settings, PredictRequest(tuple(job_ids), lane)),
+            lambda job_ids, lane: send(PredictRequest(tuple(job_ids), lane)),
             # A worker prefetches up to max_batch_size messages: small groups keep what one
             # worker may hold (and a killed one leaves to redelivery) near a few batches.
             max_group=max(1, settings.worker.max_batch_size // 4),

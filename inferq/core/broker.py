@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import redis
 from celery import Celery
 from kombu import Exchange, Queue
+from redis.backoff import ConstantBackoff
+from redis.retry import Retry
 
 from inferq.core.messages import PREDICT_TASK, RECONCILE_TASK, TaskMessage
 from inferq.core.settings import LANES, Settings
@@ -152,3 +161,70 @@ def publish(app: Celery, settings: Settings, message: TaskMessage) -> None:
         retry_policy=RETRY_POLICY,
         **route(settings, message.lane),
     )
+
+
+def lane_publisher(app: Celery, settings: Settings) -> Callable[[TaskMessage], None]:
+    """How a process that publishes on every request sends its messages: straight to the
+    list on a Redis broker (:class:`RedisListPublisher`), through Celery otherwise."""
+    if (settings.broker_url or "").startswith(("redis://", "rediss://")):
+        return RedisListPublisher(app, settings).publish
+    return lambda message: publish(app, settings, message)
+
+
+class RedisListPublisher:
+    """Publishes task messages to a Redis broker with one ``LPUSH`` each.
+
+    Celery's ``send_task`` cost 0.43 ms of CPU a publish in a loop, against 0.09 ms for the
+    ``LPUSH`` it ends in: routing, copying and binding queue objects, and kombu's producer
+    around a transport that only appends to a list. Here the message is Celery's own (its
+    protocol-2 headers and body, from ``app.amqp.as_task_v2``), encoded as kombu's Redis
+    transport encodes it, and pushed where that transport would push it: the lane's queue
+    (the default exchange routes by queue name), its key prefixed as the app's are, at the
+    default priority. Retries are bounded as :data:`RETRY_POLICY` bounds Celery's.
+
+    ``tests/integration/test_broker_publish.py`` holds it to what ``send_task`` writes.
+    """
+
+    def __init__(self, app: Celery, settings: Settings) -> None:
+        self._app = app
+        self._settings = settings
+        self._prefix = f"{settings.namespace}:"
+        timeout = settings.api.publish_timeout_s
+        self._client = redis.Redis.from_url(
+            settings.broker_url or "",
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(
+                ConstantBackoff(float(RETRY_POLICY["interval_step"])),
+                int(RETRY_POLICY["max_retries"]),
+            ),
+        )
+
+    def message(self, message: TaskMessage, task_id: str | None = None) -> dict[str, Any]:
+        """What :meth:`publish` pushes for ``message``, as the transport's JSON object."""
+        task_id = task_id or str(uuid.uuid4())
+        queue = queue_name(self._settings, message.lane)
+        sent = self._app.amqp.as_task_v2(
+            task_id, message.task, args=message.to_args(), reply_to=self._app.thread_oid
+        )
+        body = json.dumps(sent.body).encode("utf-8")
+        properties = {
+            **sent.properties,
+            "delivery_mode": 2,  # persistent, as the app's durable queues have it
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+        }
+        return {
+            "body": base64.b64encode(body).decode("ascii"),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": sent.headers,
+            "properties": properties,
+        }
+
+    def publish(self, message: TaskMessage) -> None:
+        """Push ``message`` onto its lane's queue; raise when Redis did not take it."""
+        key = self._prefix + queue_name(self._settings, message.lane)
+        self._client.lpush(key, json.dumps(self.message(message)))
