@@ -165,8 +165,10 @@ def publish(app: Celery, settings: Settings, message: TaskMessage) -> None:
 
 def lane_publisher(app: Celery, settings: Settings) -> Callable[[TaskMessage], None]:
     """How a process that publishes on every request sends its messages: straight to the
-    list on a Redis broker (:class:`RedisListPublisher`), through Celery otherwise."""
-    if (settings.broker_url or "").startswith(("redis://", "rediss://")):
+    list on a Redis broker (:class:`RedisListPublisher`), through Celery otherwise, and also
+    when Celery's task events are on (``task-sent`` is Celery's to send, for Flower)."""
+    redis_broker = (settings.broker_url or "").startswith(("redis://", "rediss://"))
+    if redis_broker and not settings.observability.task_events:
         return RedisListPublisher(app, settings).publish
     return lambda message: publish(app, settings, message)
 

@@ -90,14 +90,20 @@ def test_a_celery_consumer_takes_the_message_with_its_task_and_args(own: Setting
     app.close()
 
 
-def test_only_a_redis_broker_gets_the_direct_publisher(own: Settings) -> None:
-    """Catches: RabbitMQ's publishes (confirms, quorum queues) sent as Redis pushes."""
+def test_only_a_redis_broker_without_task_events_gets_the_direct_publisher(
+    own: Settings,
+) -> None:
+    """Catches: RabbitMQ's publishes (confirms, quorum queues) sent as Redis pushes, and
+    publishes without Celery's ``task-sent`` event when task events are on (Flower)."""
     app = make_celery(own)
     direct = lane_publisher(app, own)
     assert getattr(direct, "__self__", None).__class__ is RedisListPublisher
     amqp = own.replace(broker_url="amqp://guest:guest@127.0.0.1:5672//")
     through_celery = lane_publisher(make_celery(amqp), amqp)
     assert not isinstance(getattr(through_celery, "__self__", None), RedisListPublisher)
+    flower = own.replace(task_events=True)
+    with_events = lane_publisher(make_celery(flower), flower)
+    assert not isinstance(getattr(with_events, "__self__", None), RedisListPublisher)
     app.close()
 
 
