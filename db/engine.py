@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -94,6 +96,69 @@ def _autocommitting(conn: Connection) -> Iterator[None]:
     finally:
         if not dbapi.closed:  # a dropped connection is discarded, not reused
             dbapi.autocommit = False
+
+
+class KeptConnection:
+    """One pooled DBAPI connection per thread, kept checked out and in autocommit, for
+    statements that are each a unit of work on a hot path: a worker's claim and store.
+
+    :func:`statement_connection` checks a connection out, wraps it in SQLAlchemy's
+    ``Connection`` and builds a result around the cursor for every statement: 0.26-0.29 ms
+    of CPU for a claim in a loop, against 0.09-0.10 ms on a cursor of a connection kept
+    open. Statements are the driver's (``%(name)s`` parameters); rows come back as the
+    driver makes them (the engine's type registrations apply: it is the engine's
+    connection). A failure is raised as SQLAlchemy's :class:`DBAPIError`, as the engine
+    raises it; a dropped connection is discarded (``connection_invalidated``), so
+    :func:`retry_on_disconnect` runs the statement once more on a fresh one.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._local = threading.local()
+
+    def execute(self, statement: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Run ``statement`` (it commits by itself) and return its rows."""
+        fairy = self._connection()
+        dbapi = fairy.dbapi_connection
+        assert dbapi is not None
+        try:
+            with dbapi.cursor() as cursor:
+                cursor.execute(statement, params)
+                return list(cursor.fetchall()) if cursor.description else []
+        except self._engine.dialect.loaded_dbapi.Error as exc:
+            dropped = self._engine.dialect.is_disconnect(exc, dbapi, None) or bool(dbapi.closed)
+            if dropped:
+                self._local.fairy = None
+                fairy.invalidate(exc)
+            raise DBAPIError.instance(
+                statement,
+                dict(params),
+                exc,
+                self._engine.dialect.loaded_dbapi.Error,
+                connection_invalidated=dropped,
+                dialect=self._engine.dialect,
+            ) from exc
+
+    def close(self) -> None:
+        """Give this thread's connection back to the pool, as it was (autocommit off)."""
+        fairy = getattr(self._local, "fairy", None)
+        self._local.fairy = None
+        if fairy is not None:
+            if fairy.dbapi_connection is not None and not fairy.dbapi_connection.closed:
+                fairy.dbapi_connection.autocommit = False
+            fairy.close()
+
+    def _connection(self) -> Any:
+        fairy = getattr(self._local, "fairy", None)
+        if getattr(self._local, "pid", None) != os.getpid():
+            fairy = None  # a forked child's: the parent's connection is the parent's to use
+            self._local.pid = os.getpid()
+        if fairy is None:
+            fairy = self._engine.raw_connection()
+            assert fairy.dbapi_connection is not None
+            fairy.dbapi_connection.autocommit = True
+            self._local.fairy = fairy
+        return fairy
 
 
 @contextmanager

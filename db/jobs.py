@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 import functools
 import json
+import re
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -28,6 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from db.engine import KeptConnection
 from db.ids import new_id, time_of
 from db.tables import Job
 
@@ -384,14 +386,16 @@ def mark_unpublished(session: Session, job_ids: Iterable[uuid.UUID]) -> None:
 
 # Planned once per connection, partitions pruned as it runs, and committed without waiting
 # for its WAL flush (migration 0016: the store's commit, which waits, makes it durable too).
-_CLAIM = text(
-    "SELECT * FROM inferq_claim_jobs(CAST(:ids AS uuid[]), CAST(:fetched AS float8[]),"
-    " :worker, :since, :until)"
+# In the driver's parameter style, for a KeptConnection; as text() for the rest.
+CLAIM_SQL = (
+    "SELECT * FROM inferq_claim_jobs(CAST(%(ids)s AS uuid[]), CAST(%(fetched)s AS float8[]),"
+    " %(worker)s, %(since)s, %(until)s)"
 )
+_CLAIM = text(re.sub(r"%\((\w+)\)s", r":\1", CLAIM_SQL))
 
 
 def claim_jobs(
-    session: Session | Connection,
+    session: Session | Connection | KeptConnection,
     job_ids: Sequence[uuid.UUID | str],
     worker: str,
     fetched: Sequence[float | None] | None = None,
@@ -410,6 +414,8 @@ def claim_jobs(
         "since": since,
         "until": until,
     }
+    if isinstance(session, KeptConnection):
+        return [ClaimedJob(*row) for row in session.execute(CLAIM_SQL, params)]
     return [ClaimedJob(*row) for row in _on(session).execute(_CLAIM, params)]
 
 
@@ -423,13 +429,15 @@ def time_window(job_ids: Sequence[uuid.UUID | str]) -> tuple[Any, Any]:
 
 
 # Planned once per connection, partitions pruned as it runs (migration 0016).
-_STORE = text(
-    "SELECT * FROM inferq_store_results(CAST(:results AS jsonb), :worker, :since, :until)"
+STORE_SQL = (
+    "SELECT * FROM inferq_store_results(CAST(%(results)s AS jsonb), %(worker)s, %(since)s,"
+    " %(until)s)"
 )
+_STORE = text(re.sub(r"%\((\w+)\)s", r":\1", STORE_SQL))
 
 
 def store_results(
-    session: Session | Connection, results: Sequence[JobResult], worker: str
+    session: Session | Connection | KeptConnection, results: Sequence[JobResult], worker: str
 ) -> list[StoredResult]:
     """Write a batch of results in one statement, only for jobs this worker still owns; each
     comes back saying whether it has a webhook (no second query to find out)."""
@@ -450,10 +458,10 @@ def store_results(
         ]
     )
     since, until = time_window([r.id for r in results])
-    rows = _on(session).execute(
-        _STORE, {"results": payload, "worker": worker, "since": since, "until": until}
-    )
-    return [StoredResult(*row) for row in rows]
+    params = {"results": payload, "worker": worker, "since": since, "until": until}
+    if isinstance(session, KeptConnection):
+        return [StoredResult(*row) for row in session.execute(STORE_SQL, params)]
+    return [StoredResult(*row) for row in _on(session).execute(_STORE, params)]
 
 
 def fail_jobs(

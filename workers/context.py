@@ -8,7 +8,7 @@ import redis
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.engine import make_engine, make_session_factory
+from db.engine import KeptConnection, make_engine, make_session_factory
 from inferq.core import connections
 from inferq.core.artifacts.store import open_store, open_store_at
 from inferq.core.metrics import WorkerMetrics
@@ -31,6 +31,8 @@ class WorkerContext:
     sessions: sessionmaker[Session]
     redis: redis.Redis
     runtime: ModelRuntime
+    #: What a batch's claim and store run on: a connection kept in autocommit.
+    statements: KeptConnection
     liveness: Liveness = dataclasses.field(default_factory=Liveness)
     metrics: WorkerMetrics = dataclasses.field(default_factory=WorkerMetrics)
     #: Hooks around every batch (workers/middleware.py).
@@ -61,6 +63,7 @@ class WorkerContext:
             name=name,
             app=app,
             sessions=sessions,
+            statements=KeptConnection(engine),
             redis=make_redis(settings),
             runtime=ModelRuntime(
                 sessions,

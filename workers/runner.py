@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 
-from db.engine import retry_on_disconnect, statement_connection
+from db.engine import retry_on_disconnect
 from db.jobs import (
     ClaimedJob,
     JobResult,
@@ -128,15 +128,13 @@ def _publish_back(ctx: WorkerContext, jobs: Sequence[tuple[uuid.UUID, str | None
 def _claim(
     ctx: WorkerContext, ids: Sequence[uuid.UUID], fetched: Mapping[str, float]
 ) -> list[ClaimedJob]:
-    # One statement that commits itself, on a pooled connection without an ORM session
-    # around it: one round trip on the path of every batch.
-    with statement_connection(ctx.sessions) as conn:
-        return claim_jobs(conn, ids, ctx.name, [fetched.get(str(i)) for i in ids])
+    # One statement that commits itself, on the connection the worker keeps for it: one
+    # round trip on the path of every batch, and no pool checkout around it.
+    return claim_jobs(ctx.statements, ids, ctx.name, [fetched.get(str(i)) for i in ids])
 
 
 def _store(ctx: WorkerContext, results: Sequence[JobResult]) -> list[StoredResult]:
-    with statement_connection(ctx.sessions) as conn:
-        return store_results(conn, results, ctx.name)
+    return store_results(ctx.statements, results, ctx.name)
 
 
 def final_fields(

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from api.services import jobs as jobs_service
 from db.jobs import JobResult, claim_jobs, requeue_jobs, store_results
@@ -34,6 +34,7 @@ def ctx(settings: Settings, digits_version: int) -> Iterator[WorkerContext]:
         settings, f"inproc-{uuid.uuid4().hex[:6]}@test", make_celery(settings)
     )
     yield context
+    context.statements.close()
     context.redis.close()
 
 
@@ -74,23 +75,24 @@ def test_the_claim_and_the_store_are_one_round_trip_each(
 ) -> None:
     """A batch's claim and store are single statements that commit themselves: no BEGIN
     before them and no COMMIT after (two round trips of the three a transaction costs, on
-    the path of every batch), each on a bare pooled connection (an ORM session around a
-    claim cost 0.23 against 0.17-0.21 ms of CPU in a loop). Catches: either run in a
-    transaction (tried: the claim in ``ctx.sessions.begin()``: left in a transaction,
-    ``INTRANS``), or in a session (tried: ``one_statement``, since removed)."""
+    the path of every batch), each on the connection the worker keeps for them (a pool
+    checkout and SQLAlchemy's Connection around a claim cost 0.26-0.29 against 0.09-0.10 ms
+    of CPU in a loop). Catches: either run in a transaction (tried: the claim in
+    ``ctx.sessions.begin()``: left in a transaction, ``INTRANS``), in a session (tried:
+    ``one_statement``, since removed), or on a connection checked out for each."""
     import psycopg2.extensions as ext
-    from sqlalchemy import Connection
 
     import workers.runner as runner
+    from db.engine import KeptConnection
 
-    seen: dict[str, tuple[int, bool]] = {}
+    seen: dict[str, tuple[int, bool, int]] = {}
 
     def watch(name: str, real: Any) -> Any:
         def call(conn: Any, *args: Any, **kwargs: Any) -> Any:
-            assert isinstance(conn, Connection), f"the {name} ran in {type(conn).__name__}"
+            assert isinstance(conn, KeptConnection), f"the {name} ran in {type(conn).__name__}"
             out = real(conn, *args, **kwargs)
-            dbapi = conn.connection.dbapi_connection
-            seen[name] = (dbapi.info.transaction_status, dbapi.autocommit)
+            dbapi = conn._connection().dbapi_connection
+            seen[name] = (dbapi.info.transaction_status, dbapi.autocommit, id(dbapi))
             return out
 
         return call
@@ -100,13 +102,36 @@ def test_the_claim_and_the_store_are_one_round_trip_each(
     ids = [submit(alice, p) for p, _ in holdout(3)]
     assert [r.status for r in run_batch(ctx, ids)] == ["succeeded"] * 3
     # No transaction open once each statement returned: it committed by itself
-    assert seen == {"claim": (ext.TRANSACTION_STATUS_IDLE, True),
-                    "store": (ext.TRANSACTION_STATUS_IDLE, True)}  # fmt: skip
-    # and the pool's connections went back to transactions, as the rest of the worker uses them
+    kept = seen["claim"][2]
+    assert seen == {"claim": (ext.TRANSACTION_STATUS_IDLE, True, kept),
+                    "store": (ext.TRANSACTION_STATUS_IDLE, True, kept)}  # fmt: skip
+    # and the next batch runs on the same connection
+    more = [submit(alice, p) for p, _ in holdout(5)[3:]]
+    assert [r.status for r in run_batch(ctx, more)] == ["succeeded"] * 2
+    assert seen["claim"][2] == seen["store"][2] == kept
+    # while the pool's other connections stay in transactions, as the rest of the worker uses them
     for _ in range(4):
         with ctx.sessions() as session:
             dbapi = session.connection().connection.dbapi_connection
-            assert dbapi is not None and dbapi.autocommit is False
+            assert dbapi is not None and dbapi.autocommit is False and id(dbapi) != kept
+
+
+def test_a_kept_connection_that_dropped_is_replaced_and_the_batch_runs(
+    alice: Caller, ctx: WorkerContext
+) -> None:
+    """Catches: a worker whose kept connection died (Postgres restarted, an idle timeout)
+    failing every batch after, or a failure that is not retried on a fresh connection."""
+    first = [submit(alice, p) for p, _ in holdout(1)]
+    assert [r.status for r in run_batch(ctx, first)] == ["succeeded"]
+    # Given the kept connection's backend ended from outside
+    dbapi = ctx.statements._connection().dbapi_connection
+    with ctx.sessions() as session:
+        session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": dbapi.info.backend_pid})
+        session.commit()
+    # When the next batch runs, then it succeeds on a new connection
+    again = [submit(alice, p) for p, _ in holdout(2)[1:]]
+    assert [r.status for r in run_batch(ctx, again)] == ["succeeded"]
+    assert ctx.statements._connection().dbapi_connection is not dbapi
 
 
 def test_a_redelivered_message_changes_nothing(alice: Caller, ctx: WorkerContext) -> None:
