@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -139,14 +140,25 @@ class KeptConnection:
                 dialect=self._engine.dialect,
             ) from exc
 
+    def json(self, value: Any) -> Any:
+        """``value`` as a parameter for a JSON column, written as the engine writes them."""
+        from psycopg2.extras import Json
+
+        dumps = getattr(self._engine.dialect, "_json_serializer", None) or json.dumps
+        return Json(value, dumps=dumps)
+
     def close(self) -> None:
         """Give this thread's connection back to the pool, as it was (autocommit off)."""
         fairy = getattr(self._local, "fairy", None)
         self._local.fairy = None
-        if fairy is not None:
+        if fairy is None:
+            return
+        try:
             if fairy.dbapi_connection is not None and not fairy.dbapi_connection.closed:
                 fairy.dbapi_connection.autocommit = False
-            fairy.close()
+        except Exception as exc:  # mid-statement (its thread was killed): not reusable
+            fairy.invalidate(exc)
+        fairy.close()
 
     def _connection(self) -> Any:
         fairy = getattr(self._local, "fairy", None)

@@ -119,13 +119,26 @@ def queued_job_values(
     }
 
 
-def insert_queued_jobs(session: Session | Connection, rows: Sequence[dict[str, Any]]) -> list[Job]:
+def insert_queued_jobs(
+    session: Session | Connection | KeptConnection, rows: Sequence[dict[str, Any]]
+) -> list[Job]:
     """Insert queued jobs (queued_job_values; ``published_at`` now: the caller publishes
     next) in one statement, and return them in the order given.
 
     On the connection (about a third of the ORM insert's CPU): the Jobs returned are not
     attached to the session, for callers to read, never to write.
     """
+    if isinstance(session, KeptConnection):
+        params: dict[str, Any] = {}
+        for n, values in enumerate(rows):
+            params.update({f"{key}_{n}": value for key, value in values.items()})
+            for key in _UUID_COLUMNS:
+                if values.get(key) is not None:
+                    params[f"{key}_{n}"] = str(values[key])
+            params[f"input_{n}"] = session.json(values["input"])
+        returned = session.execute(_insert_queued_sql(len(rows)), params)
+        published = {uuid.UUID(str(job_id)): at for job_id, at in returned}
+        return [_detached_job(values, published_at=published[values["id"]]) for values in rows]
     connection = _on(session)
     if len(rows) == 1:
         found = [connection.execute(_INSERT_QUEUED, rows[0]).one()]
@@ -133,6 +146,30 @@ def insert_queued_jobs(session: Session | Connection, rows: Sequence[dict[str, A
         found = list(connection.execute(_INSERT_QUEUED, list(rows)))
     published = {row.id: row.published_at for row in found}
     return [_detached_job(values, published_at=published[values["id"]]) for values in rows]
+
+
+#: The columns queued_job_values sets, and those of them that hold UUIDs.
+_QUEUED_COLUMNS = (
+    "id", "created_at", "tenant_id", "model_id", "version_id", "lane", "status", "input",
+    "user", "experiment_id", "arm",
+)  # fmt: skip
+_UUID_COLUMNS = ("id", "tenant_id", "experiment_id")
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_queued_sql(count: int) -> str:
+    """_INSERT_QUEUED for ``count`` rows, in the driver's parameter style (KeptConnection)."""
+    casts = {key: "uuid" for key in _UUID_COLUMNS} | {"input": "jsonb"}
+
+    def value(key: str, n: int) -> str:
+        name = f"%({key}_{n})s"
+        return f"CAST({name} AS {casts[key]})" if key in casts else name
+
+    rows = ", ".join(
+        "(" + ", ".join(value(key, n) for key in _QUEUED_COLUMNS) + ", now())" for n in range(count)
+    )
+    columns = ", ".join(f'"{key}"' for key in _QUEUED_COLUMNS)
+    return f"INSERT INTO jobs ({columns}, published_at) VALUES {rows} RETURNING id, published_at"
 
 
 def find_inserted(

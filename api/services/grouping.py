@@ -117,6 +117,10 @@ class GroupThread(Generic[T]):
             if not idle:  # killed (a greenlet's exit): the next hand-over starts another
                 with self._cond:
                     self._running = False
+            self._thread_ended()
+
+    def _thread_ended(self) -> None:
+        """The group thread ends (idle, or killed): let go of what it alone held."""
 
     def _run_next(self) -> bool:
         """Run the next group; False once idle for IDLE_EXIT_S: the thread then ends, letting

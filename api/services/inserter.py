@@ -31,7 +31,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.services.grouping import GroupThread, NotTaken, Pending
-from db.engine import statement_connection
+from db.engine import KeptConnection, statement_connection
 from db.jobs import find_inserted, insert_queued_jobs
 from db.tables import Job
 from inferq.core.errors import ServiceUnavailable
@@ -58,6 +58,10 @@ class GroupInserter(GroupThread[Row]):
         super().__init__(max_group=max_group)
         self._sessions = sessions
         self._queue_timeout_s = queue_timeout_s
+        # The group's INSERT runs on a connection its thread keeps, in autocommit: a pool
+        # checkout and SQLAlchemy's Connection and result around each cost 0.46 against 0.19
+        # ms of CPU an insert in a loop. Given back when the thread ends (idle).
+        self._kept = KeptConnection(sessions.kw["bind"])
 
     def insert(self, row: Row) -> Job:
         """Return the job once ``row`` (db.jobs.queued_job_values) is committed; raise what
@@ -93,10 +97,12 @@ class GroupInserter(GroupThread[Row]):
         for pending, job in zip(group, jobs, strict=True):
             pending.result = job
 
+    def _thread_ended(self) -> None:
+        self._kept.close()
+
     def _commit(self, rows: list[Row]) -> list[Job]:
         try:
-            with statement_connection(self._sessions) as conn:
-                return insert_queued_jobs(conn, rows)
+            return insert_queued_jobs(self._kept, rows)
         except DBAPIError as exc:
             if not exc.connection_invalidated:
                 raise  # refused or cancelled by Postgres, or never sent: nothing changed

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,7 @@ from sqlalchemy.exc import DataError
 
 from api.services.inserter import GroupInserter
 from api.state import ApiState
+from db.engine import KeptConnection
 from db.jobs import queued_job_values
 from db.registry import serving_info
 from db.tables import Job
@@ -168,9 +170,18 @@ def test_a_row_postgres_refuses_fails_only_its_own_request(app: Flask) -> None:
     assert [str(outcome[i].id) for i in good] == [ids[i] for i in good]
 
 
+def scalar(session: Any, sql: str) -> Any:
+    """The first value ``sql`` returns on ``session``: the inserter's kept connection
+    (db.engine.KeptConnection) or SQLAlchemy's."""
+    if isinstance(session, KeptConnection):
+        rows = session.execute(sql, {})
+        return rows[0][0] if rows else None
+    return session.scalar(text(sql))
+
+
 def lose_connection(st: ApiState, session: Any) -> int:
     """Have Postgres drop ``session``'s connection (from another one); returns its pid."""
-    pid: int = session.scalar(text("SELECT pg_backend_pid()"))
+    pid: int = scalar(session, "SELECT pg_backend_pid()")
     with st.sessions() as other:
         other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
     return pid
@@ -186,7 +197,7 @@ def insert_then_lose_connection(
     def insert(session: Any, rows: list[dict[str, Any]]) -> list[Job]:
         real_insert(session, rows)
         killed.append(lose_connection(st, session))
-        session.execute(text("SELECT 1"))  # the connection is gone: this raises
+        scalar(session, "SELECT 1")  # the connection is gone: this raises
         raise AssertionError("the connection survived")
 
     return insert
@@ -270,7 +281,7 @@ def test_a_database_lost_for_good_answers_503_saying_the_job_may_exist(
 
     def lose_connection_instead(session: Any, rows: list[dict[str, Any]]) -> dict[Any, Job]:
         lose_connection(st, session)
-        session.execute(text("SELECT 1"))
+        scalar(session, "SELECT 1")
         raise AssertionError("the connection survived")
 
     monkeypatch.setattr(inserter_module, "insert_queued_jobs", lossy)
@@ -393,3 +404,35 @@ def test_a_submit_no_group_takes_in_time_is_answered_503_and_never_inserted(
     with st.sessions() as session:
         users = session.scalars(select(Job.user).where(Job.user.in_(["late-0", "late-1"])))
         assert sorted(users) == ["late-0"]
+
+
+def test_the_inserters_connection_goes_back_to_the_pool_as_it_came_when_its_thread_ends(
+    app: Flask, keys: Keys, monkeypatch: pytest.MonkeyPatch, no_worker: None
+) -> None:
+    """Catches: a group thread that ends (idle) holding the connection it kept for its
+    INSERTs in autocommit, which the pool would then hand to a session: its transactions
+    would commit statement by statement."""
+    import api.services.grouping as grouping
+
+    monkeypatch.setattr(grouping, "IDLE_EXIT_S", 0.2)
+    st: ApiState = app.extensions["inferq"]
+    engine = st.sessions.kw["bind"]
+    # Given a submit, whose group's thread keeps a connection for its INSERT
+    answer = Caller(app.test_client(), keys.alice).post(
+        "/v1/jobs", {"model": "digits", "input": holdout(1)[0][0]}
+    )
+    assert answer.status_code == 202
+    held = engine.pool.checkedout()
+    assert held >= 1
+    # When the thread has had nothing to do for its idle time, then the pool has it back
+    deadline = time.monotonic() + 5
+    while engine.pool.checkedout() >= held and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.pool.checkedout() == held - 1
+    # and every connection it hands out is transactional again
+    taken = [engine.raw_connection() for _ in range(engine.pool.size())]
+    try:
+        assert [fairy.dbapi_connection.autocommit for fairy in taken] == [False] * len(taken)
+    finally:
+        for fairy in taken:
+            fairy.close()
