@@ -80,7 +80,7 @@ def statement_connection(factory: sessionmaker[Session]) -> Iterator[Connection]
     (switching the flag sends nothing; SQLAlchemy's ``isolation_level="AUTOCOMMIT"`` option
     costs a ``SET`` on return). No ORM session around it: building one and its transaction
     cost a third of a one-statement read's CPU (0.63 against 0.42 ms in-process for a job's
-    view), and 0.23 against 0.17-0.21 ms for a worker's claim."""
+    view). The hottest statements skip even this: :class:`KeptConnection`."""
     engine = factory.kw["bind"]
     with engine.connect() as conn, _autocommitting(conn):
         yield conn
@@ -101,15 +101,20 @@ def _autocommitting(conn: Connection) -> Iterator[None]:
 
 class KeptConnection:
     """One pooled DBAPI connection per thread, kept checked out and in autocommit, for
-    statements that are each a unit of work on a hot path: a worker's claim and store.
+    statements that are each a unit of work on a hot path: a worker's claim and store, the
+    API's group INSERT.
 
     :func:`statement_connection` checks a connection out, wraps it in SQLAlchemy's
     ``Connection`` and builds a result around the cursor for every statement: 0.26-0.29 ms
     of CPU for a claim in a loop, against 0.09-0.10 ms on a cursor of a connection kept
-    open. Statements are the driver's (``%(name)s`` parameters); rows come back as the
-    driver makes them (the engine's type registrations apply: it is the engine's
-    connection). A failure is raised as SQLAlchemy's :class:`DBAPIError`, as the engine
-    raises it; a dropped connection is discarded (``connection_invalidated``), so
+    open. It is kept only while the pool has connections to spare: when a statement ends
+    with every connection of the pool checked out, it goes back (others may be waiting), and
+    the next statement checks one out again.
+
+    Statements are the driver's (``%(name)s`` parameters); rows come back as the driver
+    makes them (it is the engine's connection: the engine's type registrations apply). A
+    failure is raised as SQLAlchemy's :class:`DBAPIError`, as the engine raises it; a
+    dropped connection is discarded (``connection_invalidated``), so
     :func:`retry_on_disconnect` runs the statement once more on a fresh one.
     """
 
@@ -125,7 +130,10 @@ class KeptConnection:
         try:
             with dbapi.cursor() as cursor:
                 cursor.execute(statement, params)
-                return list(cursor.fetchall()) if cursor.description else []
+                rows = list(cursor.fetchall()) if cursor.description else []
+            if self._pool_full():
+                self.close()  # others may be waiting for it: kept only while there are more
+            return rows
         except self._engine.dialect.loaded_dbapi.Error as exc:
             dropped = self._engine.dialect.is_disconnect(exc, dbapi, None) or bool(dbapi.closed)
             if dropped:
@@ -159,6 +167,12 @@ class KeptConnection:
         except Exception as exc:  # mid-statement (its thread was killed): not reusable
             fairy.invalidate(exc)
         fairy.close()
+
+    def _pool_full(self) -> bool:
+        """Whether every connection the pool keeps is checked out, this one included."""
+        pool = self._engine.pool
+        size, checkedout = getattr(pool, "size", None), getattr(pool, "checkedout", None)
+        return size is not None and checkedout is not None and checkedout() >= size()
 
     def _connection(self) -> Any:
         fairy = getattr(self._local, "fairy", None)
