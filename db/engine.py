@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from psycopg2.extras import Json
 from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -150,8 +151,6 @@ class KeptConnection:
 
     def json(self, value: Any) -> Any:
         """``value`` as a parameter for a JSON column, written as the engine writes them."""
-        from psycopg2.extras import Json
-
         dumps = getattr(self._engine.dialect, "_json_serializer", None) or json.dumps
         return Json(value, dumps=dumps)
 

@@ -27,6 +27,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Session
 
 from db.engine import KeptConnection
@@ -129,14 +130,13 @@ def insert_queued_jobs(
     attached to the session, for callers to read, never to write.
     """
     if isinstance(session, KeptConnection):
-        params: dict[str, Any] = {}
-        for n, values in enumerate(rows):
-            params.update({f"{key}_{n}": value for key, value in values.items()})
-            for key in _UUID_COLUMNS:
-                if values.get(key) is not None:
-                    params[f"{key}_{n}"] = str(values[key])
-            params[f"input_{n}"] = session.json(values["input"])
-        returned = session.execute(_insert_queued_sql(len(rows)), params)
+        keys = tuple(rows[0])
+        params = {
+            f"{key}_{n}": _driver_value(session, key, values[key])
+            for n, values in enumerate(rows)
+            for key in keys
+        }
+        returned = session.execute(_insert_queued_sql(keys, len(rows)), params)
         published = {uuid.UUID(str(job_id)): at for job_id, at in returned}
         return [_detached_job(values, published_at=published[values["id"]]) for values in rows]
     connection = _on(session)
@@ -148,27 +148,28 @@ def insert_queued_jobs(
     return [_detached_job(values, published_at=published[values["id"]]) for values in rows]
 
 
-#: The columns queued_job_values sets, and those of them that hold UUIDs.
-_QUEUED_COLUMNS = (
-    "id", "created_at", "tenant_id", "model_id", "version_id", "lane", "status", "input",
-    "user", "experiment_id", "arm",
-)  # fmt: skip
-_UUID_COLUMNS = ("id", "tenant_id", "experiment_id")
+def _driver_value(kept: KeptConnection, key: str, value: Any) -> Any:
+    """``value`` of ``jobs.<key>`` as the driver takes it: JSON as the engine writes it, a
+    UUID as its text (cast back in the statement, _insert_queued_sql)."""
+    if isinstance(Job.__table__.c[key].type, JSONB):
+        return kept.json(value)
+    return str(value) if isinstance(value, uuid.UUID) else value
 
 
-@functools.lru_cache(maxsize=64)
-def _insert_queued_sql(count: int) -> str:
-    """_INSERT_QUEUED for ``count`` rows, in the driver's parameter style (KeptConnection)."""
-    casts = {key: "uuid" for key in _UUID_COLUMNS} | {"input": "jsonb"}
+@functools.lru_cache(maxsize=256)
+def _insert_queued_sql(keys: tuple[str, ...], count: int) -> str:
+    """_INSERT_QUEUED for ``count`` rows of these columns (queued_job_values'), in the
+    driver's parameter style (KeptConnection); UUID and JSON values cast to their type."""
 
     def value(key: str, n: int) -> str:
-        name = f"%({key}_{n})s"
-        return f"CAST({name} AS {casts[key]})" if key in casts else name
+        kind = Job.__table__.c[key].type
+        cast = "uuid" if isinstance(kind, UUID) else "jsonb" if isinstance(kind, JSONB) else ""
+        return f"CAST(%({key}_{n})s AS {cast})" if cast else f"%({key}_{n})s"
 
     rows = ", ".join(
-        "(" + ", ".join(value(key, n) for key in _QUEUED_COLUMNS) + ", now())" for n in range(count)
+        "(" + ", ".join(value(key, n) for key in keys) + ", now())" for n in range(count)
     )
-    columns = ", ".join(f'"{key}"' for key in _QUEUED_COLUMNS)
+    columns = ", ".join(f'"{key}"' for key in keys)
     return f"INSERT INTO jobs ({columns}, published_at) VALUES {rows} RETURNING id, published_at"
 
 
