@@ -190,12 +190,12 @@ class RedisListPublisher:
     def __init__(self, app: Celery, settings: Settings) -> None:
         self._app = app
         self._settings = settings
-        self._prefix = f"{settings.namespace}:"
-        timeout = settings.api.publish_timeout_s
+        options = app.conf.broker_transport_options  # make_celery's, for a Redis broker
+        self._prefix = options["global_keyprefix"]
         self._client = redis.Redis.from_url(
             settings.broker_url or "",
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
+            socket_timeout=options["socket_timeout"],
+            socket_connect_timeout=options["socket_connect_timeout"],
             retry=Retry(
                 ConstantBackoff(float(RETRY_POLICY["interval_step"])),
                 int(RETRY_POLICY["max_retries"]),
