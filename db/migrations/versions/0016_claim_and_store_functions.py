@@ -77,9 +77,7 @@ BEGIN
            completed_at = clock_timestamp()
       FROM jsonb_to_recordset(p_results)
            AS r(id uuid, status text, output jsonb, error jsonb, batch_size int, predict_ms float8)
-     WHERE jobs.id = r.id AND jobs.id = ANY(ARRAY(SELECT (e->>'id')::uuid
-                                                   FROM jsonb_array_elements(p_results) e))
-       AND jobs.status = 'running' AND jobs.worker = p_worker
+     WHERE jobs.id = r.id AND jobs.status = 'running' AND jobs.worker = p_worker
        AND jobs.created_at BETWEEN p_since AND p_until
  RETURNING jobs.id, jobs.status::text, jobs.tenant_id, jobs.completed_at,
            EXISTS (SELECT FROM webhooks w
