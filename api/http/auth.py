@@ -53,14 +53,22 @@ def authenticate() -> Principal:
     return principal
 
 
-def require(scope: str) -> Callable[[F], F]:
-    """Decorate a view: the caller must hold ``scope``; ``g.principal`` is set for the view."""
+def require(scope: str, *, take_token: bool = True) -> Callable[[F], F]:
+    """Decorate a view: the caller must hold ``scope``; ``g.principal`` is set for the view.
+
+    The caller's rate-limit token is taken here, unless ``take_token`` is False: the view
+    then takes it itself (``api.http.ratelimit.deferred_token``), in a round trip to Redis
+    it makes anyway, before it does anything that reaches past its own process.
+    """
 
     def decorate(view: F) -> F:
         @wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             principal = authenticate()
-            ratelimit.enforce(state(), principal.key_id)
+            if take_token:
+                ratelimit.enforce(state(), principal.key_id)
+            else:
+                g.deferred_token = ratelimit.DeferredToken(state(), principal.key_id)
             if scope not in principal.scopes:
                 raise Forbidden(f"This API key lacks the '{scope}' scope.")
             g.principal = principal

@@ -6,6 +6,12 @@ Redis's clock, so every API node shares one bucket per key and no node's clock m
 (``limits``, the library behind Flask-Limiter, offers windows but no token bucket, and a
 token bucket is what lets a quiet client burst.)
 
+A route takes the token as it authenticates the caller, except a submit: it takes its token
+in the Redis round trip it makes anyway, with its result-cache lookup (:class:`DeferredToken`,
+``api.services.jobs.accept``), once its body is known to be valid and before anything it
+does reaches Postgres or the broker (alone first, where it must read its model from
+Postgres).
+
 Every authenticated response carries the IETF draft's ``RateLimit-Limit``,
 ``RateLimit-Remaining`` and ``RateLimit-Reset`` (seconds until the bucket is full again).
 """
@@ -13,12 +19,15 @@ Every authenticated response carries the IETF draft's ``RateLimit-Limit``,
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import uuid
+from typing import Any
 
 from flask import Flask, Response, g
-from redis.exceptions import RedisError
+from redis.client import Pipeline
+from redis.exceptions import NoScriptError, RedisError
 
 from api.state import ApiState
 from inferq.core.errors import RateLimited
@@ -46,6 +55,10 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return {allowed, tostring(tokens), tostring(math.max(0, 1 - tokens) / rate),
         tostring((burst - tokens) / rate)}
 """
+
+
+#: What Redis knows the script by (EVALSHA): the text is sent only when Redis lacks it.
+TOKEN_BUCKET_SHA = hashlib.sha1(TOKEN_BUCKET.encode()).hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,12 +91,44 @@ def take(st: ApiState, key_id: uuid.UUID) -> Verdict | None:
     rate, burst = st.settings.quotas.key_rate_per_s, st.settings.quotas.key_rate_burst
     if rate <= 0:
         return None
+    args = (TOKEN_BUCKET_SHA, 1, bucket_key(st, key_id), rate, burst)
     try:
-        script = st.redis.register_script(TOKEN_BUCKET)
-        allowed, tokens, wait, full = script(keys=[bucket_key(st, key_id)], args=[rate, burst])
+        try:
+            reply = st.redis.evalsha(*args)
+        except NoScriptError:  # a Redis that restarted or was flushed since
+            st.redis.script_load(TOKEN_BUCKET)
+            reply = st.redis.evalsha(*args)
     except RedisError:
         log.warning("rate limiter unavailable; letting the request through", exc_info=True)
         return None
+    return _verdict(burst, reply)
+
+
+def queue_take(pipe: Pipeline, st: ApiState, key_id: uuid.UUID) -> bool:
+    """Queue the take of the caller's token on ``pipe``, to go in the same round trip as the
+    caller's other commands; False (nothing queued) when rate limiting is off. Read the
+    reply with :func:`verdict_of`."""
+    rate, burst = st.settings.quotas.key_rate_per_s, st.settings.quotas.key_rate_burst
+    if rate <= 0:
+        return False
+    pipe.evalsha(TOKEN_BUCKET_SHA, 1, bucket_key(st, key_id), rate, burst)
+    return True
+
+
+def verdict_of(st: ApiState, key_id: uuid.UUID, reply: Any) -> Verdict | None:
+    """The verdict in the reply to :func:`queue_take` (a pipeline run with
+    ``raise_on_error=False``). Where Redis did not know the script yet, the token is taken
+    again alone, once the script is loaded; where it failed, None (fail open)."""
+    if isinstance(reply, NoScriptError):
+        return take(st, key_id)
+    if isinstance(reply, Exception):
+        log.warning("rate limiter unavailable; letting the request through", exc_info=reply)
+        return None
+    return _verdict(st.settings.quotas.key_rate_burst, reply)
+
+
+def _verdict(burst: int, reply: Any) -> Verdict:
+    allowed, tokens, wait, full = reply
     return Verdict(
         allowed=bool(int(allowed)),
         limit=burst,
@@ -95,7 +140,12 @@ def take(st: ApiState, key_id: uuid.UUID) -> Verdict | None:
 
 def enforce(st: ApiState, key_id: uuid.UUID) -> None:
     """Count this request against the caller's key; 429 with ``Retry-After`` when over."""
-    verdict = take(st, key_id)
+    apply(st, take(st, key_id))
+
+
+def apply(st: ApiState, verdict: Verdict | None) -> None:
+    """Act on ``verdict``: note it for the response's headers, or refuse with 429 and
+    ``Retry-After`` when the caller is over its rate (None: not counted, nothing to do)."""
     if verdict is None:
         return
     g.rate_limit = verdict
@@ -105,6 +155,39 @@ def enforce(st: ApiState, key_id: uuid.UUID) -> None:
             f"second (bursts of {verdict.limit}); retry in {verdict.retry_after_s} s.",
             headers={"Retry-After": str(verdict.retry_after_s), **verdict.headers()},
         )
+
+
+class DeferredToken:
+    """A request's token, taken once, by the view instead of as the caller authenticates:
+    alone (:meth:`take_now`) before the view first reads past its own process, or queued in
+    a pipeline the view sends anyway (:meth:`queue`, then :meth:`settle` with the reply)."""
+
+    def __init__(self, st: ApiState, key_id: uuid.UUID) -> None:
+        self._st, self._key_id = st, key_id
+        self.taken = False
+
+    def take_now(self) -> None:
+        """Take the token alone (429 when over the rate), unless it was taken already."""
+        if not self.taken:
+            self.taken = True
+            enforce(self._st, self._key_id)
+
+    def queue(self, pipe: Pipeline) -> bool:
+        """Queue the take on ``pipe`` unless taken already; whether it was queued."""
+        if self.taken:
+            return False
+        self.taken = queue_take(pipe, self._st, self._key_id)
+        return self.taken
+
+    def settle(self, reply: Any) -> None:
+        """Act on the reply to what :meth:`queue` queued (429 when over the rate)."""
+        apply(self._st, verdict_of(self._st, self._key_id, reply))
+
+
+def deferred_token() -> DeferredToken:
+    """The current request's token, left to its view (``require(..., take_token=False)``)."""
+    token: DeferredToken = g.deferred_token
+    return token
 
 
 def _add_headers(response: Response) -> Response:

@@ -11,6 +11,7 @@ from api.http import render, timing
 from api.http.auth import current_principal, require
 from api.http.body import json_object
 from api.http.metrics import Submitted, note_submitted
+from api.http.ratelimit import deferred_token
 from api.http.validation import check
 from api.services import experiments as experiments_service
 from api.services import jobs as svc
@@ -62,17 +63,18 @@ def _job_response(view: svc.JobView, status: int) -> Response:
 
 
 @bp.post("")
-@require("submit")
+@require("submit", take_token=False)
 def submit() -> Response:
     """Accept a job: 202 while pending, 200 when finished within ``Prefer: wait``."""
     body = json_object()
     check(SUBMIT_SCHEMA, body)
     st = state()
-    info = svc.model_for(st, body["model"])
+    token = deferred_token()  # taken with the result-cache lookup, or before Postgres is read
+    info = svc.model_for(st, body["model"], before_reading=token.take_now)
     check(info.input_schema, body["input"], "/input")
     wait = svc.prefer_wait(request.headers.get("Prefer"), st.settings.api.max_wait_s)
     expires_in = svc.cancel_after(request.headers.get("Cancel-After"))
-    view, replayed = svc.accept(st, current_principal(), info, body, expires_in)
+    view, replayed = svc.accept(st, current_principal(), info, body, expires_in, token)
     timing.step("accept")
     job_id = str(view.job.id)
     note_submitted(Submitted(job_id, view.model, view.job.lane, view.job.cached, replayed))

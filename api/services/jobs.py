@@ -11,8 +11,10 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
+from api.http import ratelimit
 from api.http.auth import Principal
 from api.services import experiments as experiments_service
 from api.services import idempotency, quotas, webhooks
@@ -93,15 +95,20 @@ def cancel_after(header: str | None) -> float | None:
     return seconds
 
 
-def model_for(st: ApiState, name: str) -> ServingInfo:
-    """The model a job names, or a 422 naming the known ones."""
+def model_for(
+    st: ApiState, name: str, before_reading: Callable[[], None] = lambda: None
+) -> ServingInfo:
+    """The model a job names, or a 422 naming the known ones. ``before_reading`` runs before
+    Postgres is read for it (where the model is not cached)."""
 
     def load() -> ServingInfo | None:
+        before_reading()
         with st.sessions() as session:
             return serving_info(session, name)
 
     info = st.models.get(name, load)
     if info is None:
+        before_reading()
         with st.sessions() as session:
             known = ", ".join(model_names(session)) or "none yet"
         raise InvalidInput(
@@ -122,15 +129,19 @@ def accept(
     info: ServingInfo,
     body: dict[str, Any],
     expires_in_s: float | None,
+    token: ratelimit.DeferredToken,
 ) -> tuple[JobView, bool]:
     """The job for a validated submission, and whether it is a replay of an earlier one.
 
-    The gates come first (idempotency replay, webhook URL, quotas), then the job is
-    committed. A replay (same ``Idempotency-Key``, same request) skips quotas: it creates
-    nothing.
+    The gates come first (the caller's rate, taking ``token``; idempotency replay, webhook
+    URL, quotas), then the job is committed. A replay (same ``Idempotency-Key``, same
+    request) skips quotas: it creates nothing.
     """
     key = idempotency.header_key()
     print_ = idempotency.fingerprint(body) if key else ""
+    # The version first: the result cache's key names it.
+    chosen = experiments_service.route(st, info, principal.tenant_id, body.get("user"))
+    cached = _take_token_and_look_up(st, token, info, chosen, body["input"])
     if key:
         earlier = idempotency.replay(st, principal, key, print_)
         if earlier is not None:
@@ -151,7 +162,9 @@ def accept(
 
     try:
         hook = on_insert if hooks else None
-        view = _commit(st, principal.tenant_id, info, body, expires_in_s, on_insert=hook)
+        view = _commit(
+            st, principal.tenant_id, info, chosen, cached, body, expires_in_s, on_insert=hook
+        )
     except idempotency.KeyTaken:
         # A concurrent request with the same key won; answer with its job.
         earlier = idempotency.replay(st, principal, key or "", print_)
@@ -166,28 +179,53 @@ def accept(
     return view, False
 
 
+def _take_token_and_look_up(
+    st: ApiState,
+    token: ratelimit.DeferredToken,
+    info: ServingInfo,
+    chosen: experiments_service.Route,
+    input: Any,
+) -> Any | None:
+    """Take the caller's rate-limit token (429 when over its rate; unless ``token`` was
+    taken already) and read the result cache's output for ``input``: one Redis round trip
+    for both (a pipeline), none when both are off. Where Redis fails, the request goes on
+    uncounted and uncached, as with either alone: the rate limiter fails open, and the job
+    runs."""
+    key = cache.cache_key_for(
+        st.settings, chosen.version_id, chosen.sha256, input, info.config.get("cache", True)
+    )
+    pipe = st.redis.pipeline(transaction=False)
+    counted = token.queue(pipe)
+    if key is not None:
+        pipe.get(key)
+    if not counted and key is None:
+        return None
+    try:
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+    except RedisError as exc:
+        replies = [exc, exc]
+    if counted:
+        token.settle(replies[0])
+    return cache.decode(replies[-1]) if key is not None else None
+
+
 def _commit(
     st: ApiState,
     tenant_id: uuid.UUID,
     info: ServingInfo,
+    chosen: experiments_service.Route,
+    cached: Any | None,
     body: dict[str, Any],
     expires_in_s: float | None = None,
     on_insert: Callable[[Session, Job], None] | None = None,
 ) -> JobView:
-    """Commit the job; it is durable from here on, whatever happens to the broker.
+    """Commit the job for the version ``chosen`` (born finished with ``cached``, the result
+    cache's output, when there is one); it is durable from here on, whatever happens to the
+    broker.
 
     ``on_insert`` runs in the job's transaction (idempotency key, webhook); if it raises,
     the job is rolled back.
     """
-    assert info.active_version_id is not None and info.active_version is not None
-    # The active version serves the job, unless a running experiment puts it in another arm.
-    chosen = experiments_service.route(st, info, tenant_id, body.get("user"))
-    cached = None
-    if chosen.sha256 and info.config.get("cache", True):
-        cached = cache.lookup(
-            st.redis, st.settings, chosen.version_id, chosen.sha256, body["input"]
-        )
-
     columns = queued_job_values(
         tenant_id=tenant_id,
         model_id=info.model_id,

@@ -10,8 +10,6 @@ import hashlib
 import json
 from typing import Any
 
-import redis
-
 from inferq.core.canonical import canonical_json
 from inferq.core.settings import Settings
 
@@ -39,14 +37,18 @@ def cache_key(settings: Settings, version_id: int, version_sha256: str, input: A
     return f"{settings.namespace}:cache:{version_id}:{version_sha256[:16]}:{digest}"
 
 
-def lookup(
-    client: redis.Redis, settings: Settings, version_id: int, version_sha256: str, input: Any
-) -> Any | None:
-    """The cached output, or None (also when Redis is unreachable: the job just runs)."""
-    if settings.worker.cache_ttl_s <= 0:
+def cache_key_for(
+    settings: Settings, version_id: int, version_sha256: str | None, input: Any, enabled: bool
+) -> str | None:
+    """Where ``input``'s output from a version would be cached, or None where nothing is:
+    the cache is off (``cache_ttl_s`` 0, or the model's ``cache`` config false), or the
+    version has no weights' digest to key it by."""
+    if settings.worker.cache_ttl_s <= 0 or not enabled or not version_sha256:
         return None
-    try:
-        raw = client.get(cache_key(settings, version_id, version_sha256, input))
-    except redis.RedisError:
-        return None
-    return json.loads(raw) if raw else None
+    return cache_key(settings, version_id, version_sha256, input)
+
+
+def decode(reply: Any) -> Any | None:
+    """The cached output in a reply to ``GET`` (None for a miss, and for a reply that is an
+    error: Redis unreachable, the job just runs)."""
+    return json.loads(reply) if isinstance(reply, (bytes, str)) and reply else None
