@@ -25,6 +25,7 @@ from typing import Any
 
 from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
+from gunicorn.http import wsgi as gunicorn_wsgi
 
 from inferq.core.settings import Settings
 
@@ -58,6 +59,9 @@ class ApiServer(BaseApplication):
         # bytes, over 100 headers, a bad header) with an HTML page; whatever the worker class,
         # it writes that page through this one function.
         gunicorn_util.write_error = write_problem
+        # Every answer's head and body in one send (see OneSendResponse); gunicorn makes its
+        # responses through this one name, whatever the worker class.
+        gunicorn_wsgi.Response = OneSendResponse
 
     def load(self) -> Any:
         from api.app import create_app
@@ -92,6 +96,35 @@ def tune_collector() -> None:
 
     gc.freeze()
     gc.set_threshold(*API_GC_THRESHOLDS)
+
+
+class OneSendResponse(gunicorn_wsgi.Response):
+    """gunicorn's response, sending its status line and headers with the body's bytes.
+
+    gunicorn sends the head of every answer, then each piece of its body, one ``send`` each.
+    A JSON answer of a few hundred bytes then crossed the loopback as two segments, and
+    nginx woke twice to read it. Here a body of known length that comes in one piece (every
+    answer Flask builds from JSON) goes out with its head in one ``send``. Anything else
+    (a streamed or chunked body, a file, an answer without a body) goes gunicorn's way.
+    """
+
+    def write(self, arg: bytes) -> None:
+        if (
+            self.headers_sent
+            or self.chunked
+            or not isinstance(arg, bytes)
+            or len(arg) != self.response_length
+            or self.req.method == "HEAD"
+            or self.status_code in (204, 304)
+        ):
+            super().write(arg)
+            return
+        head = self.default_headers()
+        head.extend(f"{name}: {value}\r\n" for name, value in self.headers)
+        head.append("\r\n")
+        self.headers_sent = True
+        self.sent += len(arg)
+        gunicorn_util.write(self.sock, "".join(head).encode("latin-1") + arg)
 
 
 def write_problem(sock: Any, status_int: int, reason: str, mesg: str) -> None:
