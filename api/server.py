@@ -108,6 +108,13 @@ class OneSendResponse(gunicorn_wsgi.Response):
     (a streamed or chunked body, a file, an answer without a body) goes gunicorn's way.
     """
 
+    # What gunicorn's Response sets in __init__ and start_response, named for the checker.
+    headers_sent: bool
+    chunked: bool
+    response_length: int | None
+    sent: int
+    status_code: int
+
     def write(self, arg: bytes) -> None:
         if (
             self.headers_sent

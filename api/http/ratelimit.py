@@ -166,6 +166,11 @@ class DeferredToken:
         self._st, self._key_id = st, key_id
         self.taken = False
 
+    @property
+    def would_count(self) -> bool:
+        """Whether taking the token would reach Redis: not taken yet, and rate limiting on."""
+        return not self.taken and self._st.settings.quotas.key_rate_per_s > 0
+
     def take_now(self) -> None:
         """Take the token alone (429 when over the rate), unless it was taken already."""
         if not self.taken:
