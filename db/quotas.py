@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
 
 from db.tables import Job
 
 
-def queued_jobs_of_tenant(session: Session, tenant_id: uuid.UUID, cap: int) -> int:
+def queued_jobs_of_tenant(session: Session | Connection, tenant_id: uuid.UUID, cap: int) -> int:
     """How many of the tenant's online jobs are queued, counting at most ``cap`` (a batch's
     items have their own limits and must not lock the tenant out of online work)."""
     capped = (
@@ -25,7 +25,7 @@ def queued_jobs_of_tenant(session: Session, tenant_id: uuid.UUID, cap: int) -> i
     return session.scalar(select(func.count()).select_from(capped)) or 0
 
 
-def queued_jobs_in_lane(session: Session, lane: str, cap: int) -> int:
+def queued_jobs_in_lane(session: Session | Connection, lane: str, cap: int) -> int:
     """How many jobs wait in ``lane`` (queued, not yet claimed), counting at most ``cap``."""
     capped = (select(Job.id).where(Job.lane == lane, Job.status == "queued").limit(cap)).subquery()
     return session.scalar(select(func.count()).select_from(capped)) or 0

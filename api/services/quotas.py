@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 
 from api.state import ApiState, TtlCache, app_cache
+from db.engine import statement_connection
 from db.quotas import queued_jobs_in_lane, queued_jobs_of_tenant
 from inferq.core.errors import RateLimited, ServiceUnavailable
 
@@ -30,8 +31,8 @@ def admit(st: ApiState, tenant_id: uuid.UUID, lane: str) -> None:
     if quota > 0:
 
         def tenant_count() -> int:
-            with st.sessions() as session:
-                return queued_jobs_of_tenant(session, tenant_id, quota)
+            with statement_connection(st.sessions) as conn:  # one round trip, no session
+                return queued_jobs_of_tenant(conn, tenant_id, quota)
 
         # Shared for admission_cache_s like the lane counts: not a query on every submit.
         if (_backlogs(st).get(("tenant", tenant_id), tenant_count) or 0) >= quota:
@@ -44,8 +45,8 @@ def admit(st: ApiState, tenant_id: uuid.UUID, lane: str) -> None:
     if limit > 0:
 
         def count() -> int:
-            with st.sessions() as session:
-                return queued_jobs_in_lane(session, lane, limit)
+            with statement_connection(st.sessions) as conn:
+                return queued_jobs_in_lane(conn, lane, limit)
 
         if (_backlogs(st).get(lane, count) or 0) >= limit:
             raise ServiceUnavailable(
