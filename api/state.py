@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.services.inserter import GroupInserter
 from api.services.progress import ProgressReader
 from api.services.publisher import GroupPublisher
+from api.services.recent import RecentViews
 from api.services.waiters import CompletionWaiter
 from inferq.core.artifacts.store import ArtifactStore
 from inferq.core.settings import Settings
@@ -111,6 +112,8 @@ class ApiState:
     models: TtlCache = dataclasses.field(default_factory=lambda: TtlCache(0))
     #: The retention horizon (``db.partitions.horizon``), re-read at most once a minute.
     horizon: TtlCache = dataclasses.field(default_factory=lambda: TtlCache(60))
+    #: Views of open jobs answered a moment ago, for the long-poll that follows.
+    recent: RecentViews = dataclasses.field(default_factory=RecentViews)
     #: The artifact store, opened on first use (api/services/models.py).
     artifacts: ArtifactStore | None = None
 

@@ -91,6 +91,8 @@ def submit() -> Response:
     done = view.job.status in TERMINAL_STATUSES
     response = jsonify(render.job(view))
     response.status_code = 200 if done else 202
+    if not done:
+        st.recent.keep(view)  # for the long-poll that follows
     response.headers["Location"] = url_for("jobs.get_job", job_id=job_id)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
@@ -111,11 +113,13 @@ def get_job(job_id: str) -> Response:
     if not wait:
         return _job_response(svc.load(st, ident, tenant, with_ahead=True), 200)
     with st.waiter.expect(str(ident)) as signal:
-        view = svc.load(st, ident, tenant)
+        view = svc.load_to_wait(st, ident, tenant)
         timing.step("read")
         view = svc.wait_until_terminal(st, view, wait, signal)
         timing.step("wait")
-    return _job_response(view, 200)
+    response = _job_response(view, 200)
+    st.recent.keep(view)  # an open job's, for the client's next long-poll
+    return response
 
 
 @bp.post("/<job_id>/cancel")

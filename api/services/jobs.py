@@ -40,6 +40,7 @@ from inferq.core.errors import (
     NotFound,
     ServiceUnavailable,
 )
+from inferq.core.status import status_key
 from inferq.domain import result_cache as cache
 
 log = logging.getLogger(__name__)
@@ -356,6 +357,26 @@ def wait_until_terminal(st: ApiState, view: JobView, seconds: float, signal: Sig
         signal.clear()
         view = with_final_fields(view, finished) or load(st, view.job.id, view.job.tenant_id)
     return view
+
+
+def load_to_wait(st: ApiState, job_id: uuid.UUID, tenant_id: uuid.UUID) -> JobView:
+    """The tenant's job (or 404) for a long-poll that expects its completion signal already:
+    the view this process kept as it last answered for the job while it was open
+    (api.services.recent), unless the job's status key says it has finished since; else
+    read from Postgres."""
+    kept = st.recent.take(job_id, tenant_id)
+    if kept is not None and not _finished_lately(st, job_id):
+        return kept
+    return load(st, job_id, tenant_id)
+
+
+def _finished_lately(st: ApiState, job_id: uuid.UUID) -> bool:
+    """Whether Redis holds the job's status key, set by every path that finishes a job in
+    the round trip that publishes its signal (True where Redis cannot say)."""
+    try:
+        return bool(st.redis.exists(status_key(st.settings, str(job_id))))
+    except RedisError:
+        return True
 
 
 def refresh(st: ApiState, view: JobView) -> JobView:

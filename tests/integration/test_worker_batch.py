@@ -257,8 +257,9 @@ def test_a_woken_long_poll_answers_from_the_workers_fields_without_reading_postg
     answer = alice.get(f"/v1/jobs/{job_id}?wait=20")
     woken = answer.get_json()
     timer.join()
-    # Then the answer came from the completion signal: one read (before waiting), none after
-    assert reads == [job_id]
+    # Then the answer came from the completion signal: no read at all (the wait started from
+    # the view the submit kept, api.services.recent), none after
+    assert reads == []
     # with the time the worker received the job (the worker's fields carry it too)
     assert dt.datetime.fromisoformat(woken["fetched_at"]).timestamp() == pytest.approx(
         fetched[job_id], abs=1e-3
@@ -337,8 +338,8 @@ def test_a_long_poll_that_times_out_shows_what_changed_without_reading_the_job_a
 ) -> None:
     """A wait that runs out (no completion) reads five columns, not the whole job again: the
     largest cost of a long-poll on a parked job. Mutations caught: ``refresh`` answering the
-    view read before the wait unchanged (status still "queued"), or reading the job whole
-    again (two full reads)."""
+    view from before the wait unchanged (status still "queued"), or reading the job whole
+    when the wait ends."""
     # Given a queued job, and a long-poll of 1 s on it
     job_id = submit(alice, holdout(1)[0][0])
     reads = _full_reads(monkeypatch)
@@ -357,8 +358,9 @@ def test_a_long_poll_that_times_out_shows_what_changed_without_reading_the_job_a
     assert body["status"] == "running" and body["worker"] == "slow-worker@test"
     assert body["attempts"] == 1 and body["started_at"] is not None
     assert body["input"] == holdout(1)[0][0] and body["output"] is None
-    # read whole once (before waiting), never after
-    assert reads == [job_id]
+    # never read whole: the wait started from the view the submit kept, and ended with the
+    # five columns
+    assert reads == []
 
 
 def test_a_job_that_finished_without_a_signal_is_read_whole_when_the_wait_ends(
@@ -386,4 +388,4 @@ def test_a_job_that_finished_without_a_signal_is_read_whole_when_the_wait_ends(
     # Then it answers the finished job whole
     assert body["status"] == "succeeded" and body["output"] == {"label": 7}
     assert body["completed_at"] is not None
-    assert reads == [job_id, job_id]
+    assert reads == [job_id]  # when the wait ended (it started from the submit's view)
