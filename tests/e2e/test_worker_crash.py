@@ -1,4 +1,8 @@
-"""A worker killed with SIGKILL while it holds jobs loses none: they finish on another."""
+"""A worker killed with SIGKILL while it holds jobs loses none: they finish on another.
+
+Each scenario runs in a namespace of its own: jobs other tests of the same process left
+queued and published (tests that run no worker) would otherwise reach the victim first,
+and the jobs it held at the kill would not be this test's."""
 
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ def crash_and_recover(stack: Stack, keys: Keys) -> None:
     with ThreadPoolExecutor(max_workers=8) as pool:
         jobs = list(pool.map(lambda pair: client.submit("slow-digits", pair[0]), pairs))
     victim = stack.start_worker(f"victim-{settings.namespace}")
-    held = frozen_holding(stack, victim)
+    held = frozen_holding(stack, victim, {job["id"] for job in jobs})
 
     # When it is killed outright, and another worker starts
     victim.kill()
@@ -62,16 +66,17 @@ def crash_and_recover(stack: Stack, keys: Keys) -> None:
     assert not victim.alive()
 
 
-def frozen_holding(stack: Stack, victim: ServiceProcess) -> set[str]:
-    """Stop ``victim`` (SIGSTOP) while it runs a batch, and return the ids it holds then: a
-    stopped worker cannot finish or let go of them before it is killed."""
+def frozen_holding(stack: Stack, victim: ServiceProcess, ours: set[str]) -> set[str]:
+    """Stop ``victim`` (SIGSTOP) while it runs a batch of ``ours``, and return the ids of
+    ours it holds then: a stopped worker cannot finish or let go of them before it is
+    killed."""
     name, url = victim.name, stack.settings.database_url or ""
     deadline = time.monotonic() + 30
     while True:
         assert time.monotonic() < deadline, "the victim never started a job"
         if running_on(url, name):
             victim.pause()
-            held = running_ids(url, name)
+            held = running_ids(url, name) & ours
             if held:
                 return held
             victim.resume()  # its batch ended in between: catch the next one
@@ -81,11 +86,13 @@ def frozen_holding(stack: Stack, victim: ServiceProcess) -> set[str]:
 def test_sigkill_loses_no_job_on_redis(
     settings: Settings, stacks: Callable[[Settings, int], Stack], keys: Keys
 ) -> None:
-    crash_and_recover(stacks(settings.replace(max_batch_size=4), 0), keys)
+    own = settings.replace(max_batch_size=4, namespace=f"{settings.namespace}kill")
+    crash_and_recover(stacks(own, 0), keys)
 
 
 @pytest.mark.rabbitmq
 def test_sigkill_loses_no_job_on_rabbitmq(
     amqp_settings: Settings, stacks: Callable[[Settings, int], Stack], keys: Keys
 ) -> None:
-    crash_and_recover(stacks(amqp_settings.replace(max_batch_size=4), 0), keys)
+    own = amqp_settings.replace(max_batch_size=4, namespace=f"{amqp_settings.namespace}kill")
+    crash_and_recover(stacks(own, 0), keys)
