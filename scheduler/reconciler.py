@@ -159,7 +159,8 @@ class Reconciler:
 
     def _refill_after_broker_restart(self) -> int:
         """When the broker's Redis is another run than the last pass saw (or lost the key
-        saying which), publish every queued job again now; return how many."""
+        saying which), publish every queued job again now; return how many. Raises
+        ForeignRedis, publishing nothing, when that Redis belongs to another stack."""
         if self.broker is None:
             return 0
         key = broker_marker_key(self.settings)
@@ -171,6 +172,10 @@ class Reconciler:
         seen = raw.decode() if isinstance(raw, bytes) else raw
         if seen == run_id:
             return 0
+        # A Redis that restarted empty lost this stack's claim, and the pass's check may have
+        # run while it was still down: check (and claim) it again before every queued job
+        # goes into it, so none goes to another stack's Redis that took the address.
+        self._check_owner()
         total = self._publish_queued()
         # Recorded only once every queued job went out: a scheduler that dies half-way (it
         # does, when the restart also took its beat lock) leaves the refill to the next one.

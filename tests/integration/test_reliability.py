@@ -279,3 +279,39 @@ def test_the_reconciler_touches_nothing_in_a_redis_another_stack_claimed(
         client.close()
     reconciler.run_once()
     assert queued_messages(settings, "online").count(job_id) == 1
+
+
+def test_a_refill_claims_the_restarted_redis_and_refuses_another_stacks(
+    alice: Caller, settings: Settings
+) -> None:
+    """A Redis that restarted empty lost the stack's claim, and the pass's own check may have
+    run while it was still down (seen in the embedded-Redis fault scenario): the refill
+    checks again first. Mutation tried: the refill without `_check_owner` (the claim stays
+    missing, and the jobs go into the other stack's Redis: fails)."""
+    ours = settings.replace(
+        stale_queued_s=86_400, instance="ours", home=Path("/homes/ours"), claim_redis=True
+    )
+    reconciler = make_reconciler(ours)
+    client = redis.Redis.from_url(settings.effective_redis_url)
+    try:
+        reconciler.run_once()
+        assert Claim.decode(client.get(claim_key(settings)) or b"").id == "ours"
+        job_id = alice.post("/v1/jobs", {"model": "digits", "input": pixels(5.0)}).get_json()["id"]
+        # Given a restart that lost the claim and the marker's run id
+        client.delete(claim_key(settings))
+        client.set(broker_marker_key(settings), "run-id-of-the-server-before-its-restart")
+        # When the refill runs, the stack claims its Redis again before it publishes
+        assert reconciler._refill_after_broker_restart() >= 1
+        assert Claim.decode(client.get(claim_key(settings)) or b"").id == "ours"
+
+        # Given a restart after which another stack claimed the address
+        client.set(claim_key(settings), Claim("theirs", "/homes/theirs").encode())
+        client.set(broker_marker_key(settings), "run-id-of-the-server-before-its-restart")
+        before = queued_messages(settings, "online").count(job_id)
+        # Then the refill publishes nothing into it
+        with pytest.raises(ForeignRedis):
+            reconciler._refill_after_broker_restart()
+        assert queued_messages(settings, "online").count(job_id) == before
+    finally:
+        client.delete(claim_key(settings))
+        client.close()
