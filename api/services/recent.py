@@ -50,11 +50,15 @@ class RecentViews:
         job = view.job
         if job.status in TERMINAL_STATUSES:
             return
-        key = (job.id, job.tenant_id)
+        key, now = (job.id, job.tenant_id), time.monotonic()
         with self._lock:
             self._views.pop(key, None)
-            self._views[key] = (time.monotonic() + self._keep_s, view)
-            while len(self._views) > self._max:
+            self._views[key] = (now + self._keep_s, view)
+            # Oldest first, so expired ones lead: each holds its job's input, and goes as
+            # soon as it cannot be taken, not only once the count is full.
+            while self._views and (
+                len(self._views) > self._max or next(iter(self._views.values()))[0] < now
+            ):
                 self._views.popitem(last=False)
 
     def take(self, job_id: uuid.UUID, tenant_id: uuid.UUID) -> JobView | None:
