@@ -3,8 +3,9 @@
 A client that submits and then long-polls, or whose long-poll ran out and polls again,
 starts its next wait on a job this process has just read or written. Reading it back from
 Postgres was most of the cost of starting a long-poll (issue 16). The process keeps the
-view it answered with for a few seconds; the next long-poll for the same job, by the same
-tenant, takes it (once: two waiters never share one view).
+view it answered with for a few seconds; every long-poll for the same job by the same
+tenant in that time starts from a copy of it (the wait sets fields on its own copy), so a
+job that many clients wait on is read once per answer kept, not once per client.
 
 A kept view may be behind the job: it is the base of the answer, never the answer itself.
 A wait ends either on the job's completion signal, whose fields replace the view's, or
@@ -17,12 +18,13 @@ publishes its signal (inferq.core.status.announce), and reads Postgres when it i
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import uuid
 from collections import OrderedDict
 
-from db.jobs import JobView
+from db.jobs import JobView, copy_job
 from db.tables import TERMINAL_STATUSES
 
 #: How long a kept view waits for its long-poll. A client that polls right after its answer
@@ -35,7 +37,7 @@ MAX_KEPT = 20_000
 
 
 class RecentViews:
-    """Open jobs' views, by (job id, tenant), each taken at most once within ``keep_s``."""
+    """Open jobs' views, by (job id, tenant), each kept for ``keep_s`` after it was answered."""
 
     def __init__(self, keep_s: float = KEEP_S, max_kept: int = MAX_KEPT) -> None:
         self._keep_s = keep_s
@@ -62,13 +64,14 @@ class RecentViews:
                 self._views.popitem(last=False)
 
     def take(self, job_id: uuid.UUID, tenant_id: uuid.UUID) -> JobView | None:
-        """The view kept for the tenant's job, removed; None when there is none, or it is
-        older than ``keep_s``."""
+        """A copy of the view kept for the tenant's job, its own to change; None when there
+        is none, or it is older than ``keep_s``."""
         with self._lock:
-            found = self._views.pop((job_id, tenant_id), None)
+            found = self._views.get((job_id, tenant_id))
         if found is None or found[0] < time.monotonic():
             return None
-        return found[1]
+        view = found[1]
+        return dataclasses.replace(view, job=copy_job(view.job))
 
     def __len__(self) -> int:
         return len(self._views)

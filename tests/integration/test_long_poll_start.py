@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -62,7 +63,7 @@ def test_a_long_poll_after_the_submit_and_after_a_run_out_wait_reads_no_job(
     assert reads.count == 0
 
 
-def test_a_kept_view_is_taken_once_and_only_by_its_tenant(
+def test_a_kept_view_serves_its_tenants_long_polls_and_no_other_tenant(
     app: Flask, keys: Keys, no_worker: None, reads: Reads
 ) -> None:
     alice = Caller(app.test_client(), keys.alice)
@@ -74,9 +75,25 @@ def test_a_kept_view_is_taken_once_and_only_by_its_tenant(
     assert reads.count == 1  # alice's: from the view the submit kept
     st: ApiState = app.extensions["inferq"]
     assert st.recent.take(uuid.UUID(job_id), uuid.uuid4()) is None
-    view = st.recent.take(uuid.UUID(job_id), next(iter(_tenant_of(app, job_id))))
-    assert view is not None  # the long-poll kept it again as it answered...
-    assert st.recent.take(uuid.UUID(job_id), view.job.tenant_id) is None  # ...for one taker
+    tenant = next(iter(_tenant_of(app, job_id)))
+    assert st.recent.take(uuid.UUID(job_id), tenant) is not None  # kept again as it answered
+
+
+def test_many_long_polls_on_one_job_start_from_one_kept_view(
+    app: Flask, keys: Keys, no_worker: None, reads: Reads
+) -> None:
+    """Catches: a view taken by the first long-poll only, so that every other client waiting
+    on the same job reads it from Postgres (issue 16's many clients on one queued job)."""
+    job_id = submitted(Caller(app.test_client(), keys.alice))
+    clients = [Caller(app.test_client(), keys.alice) for _ in range(6)]
+    with ThreadPoolExecutor(len(clients)) as pool:
+        answers = list(pool.map(lambda c: c.get(f"/v1/jobs/{job_id}?wait=0.3"), clients))
+    for answer in answers:
+        assert answer.status_code == 200
+        body = answer.get_json()
+        assert body["id"] == job_id and body["status"] == "queued"
+        assert isinstance(body["position"], int)
+    assert reads.count == 0
 
 
 def test_a_job_finished_before_the_long_poll_began_is_answered_at_once(
