@@ -203,9 +203,7 @@ def _detached_job(values: dict[str, Any], **server_set: Any) -> Job:
 def copy_job(job: Job) -> Job:
     """A detached copy of ``job``'s columns, for a reader that sets fields on it to render
     (api.services.jobs.refresh) while others hold the original."""
-    copy: Job = Job.__mapper__.class_manager.new_instance()
-    copy.__dict__.update({key: job.__dict__[key] for key in _JOB_KEYS if key in job.__dict__})
-    return copy
+    return _detached_job({key: job.__dict__[key] for key in _JOB_KEYS if key in job.__dict__})
 
 
 def create_job(
