@@ -91,3 +91,50 @@ def test_bench_inputs_differ_within_a_run_and_between_runs(model: str) -> None:
     run = [first(n) for n in range(50)]
     assert len({repr(i) for i in run}) == 50
     assert all(second(n) != run[n] for n in range(50))
+
+
+def test_a_samples_stages_add_up_to_the_latency_it_reports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Catches: the latency read from the clock once for the stages and again for the sample,
+    so that the two differ by whatever ran in between (0.5 ms once on a busy machine). Here
+    every reading of the clock moves it on by 2 ms."""
+    import asyncio
+    import json
+    import time
+
+    from inferq.bench import load
+
+    body = json.dumps({"id": "j", **answer()}).encode()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.read(1)  # the body has begun; the rest is not needed
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Server-Timing: accept;dur=1, publish;dur=0.5, app;dur=8\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body
+        )
+        await writer.drain()
+        writer.close()
+
+    ticks = iter(range(10**6))
+    real = time.perf_counter
+
+    async def run() -> load.Sample:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        target = load.Target(f"http://127.0.0.1:{port}", "k", "digits", lambda n: {}, "wait")
+        try:
+            async with load._session(target, 1) as session:
+                monkeypatch.setattr(load.time, "perf_counter", lambda: next(ticks) * 0.002)
+                try:
+                    return await load.run_job(session, target, 0)
+                finally:
+                    monkeypatch.setattr(load.time, "perf_counter", real)
+        finally:
+            server.close()
+
+    sample = asyncio.run(run())
+    assert sample.ok and sample.stages is not None
+    assert sum(sample.stages.values()) == pytest.approx(sample.latency_ms, abs=0.01)
