@@ -16,9 +16,29 @@ WORKERS_JOB = "inferq-workers"
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1", avoid: Iterable[int] = ()) -> list[int]:
+    """``count`` distinct TCP ports nobody listens on right now, none of them in ``avoid``
+    (ports already promised to a program that has not bound them yet). Each is held until
+    all are chosen: a port let go may be the OS's next pick, so picking one at a time can
+    hand the same port to two programs."""
+    avoided = set(avoid)
+    held: list[socket.socket] = []
+    chosen: list[int] = []
+    try:
+        while len(chosen) < count:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(sock)
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+            if port not in avoided:
+                chosen.append(port)
+    finally:
+        for sock in held:
+            sock.close()
+    return chosen
 
 
 def set_group(path: Path, labels: Mapping[str, str], targets: Iterable[str]) -> None:

@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from inferq.core.scrape import WORKERS_JOB, free_port
+from inferq.core.scrape import WORKERS_JOB, free_ports
 from inferq.local.supervise import Program
 
 #: Commands that serve metrics on a port of their own, and the scrape job of each.
@@ -24,17 +24,23 @@ JOBS = {"worker": WORKERS_JOB, "beat": "inferq-scheduler", "autoscaler": "inferq
 
 
 def assign_ports(
-    progs: Sequence[Program], launcher: Sequence[str], targets: Path | None = None
+    progs: Sequence[Program],
+    launcher: Sequence[str],
+    targets: Path | None = None,
+    avoid: Iterable[int] = (),
 ) -> tuple[list[Program], dict[str, int]]:
     """``progs`` with ``--metrics-port`` given to each worker, the scheduler and the
-    autoscaler, and the port each of those programs got (by program name). The autoscaler
-    is also told to list the workers it starts in ``targets`` (``--metrics-targets``)."""
+    autoscaler, and the port each of those programs got (by program name): distinct, and
+    none of ``avoid`` (the stack's public and API ports). The autoscaler is also told to
+    list the workers it starts in ``targets`` (``--metrics-targets``)."""
+    measured = sum(1 for program in progs if command_of(program, launcher) in JOBS)
+    free = iter(free_ports(measured, avoid=avoid))
     ports: dict[str, int] = {}
     out = []
     for program in progs:
         command = command_of(program, launcher)
         if command in JOBS:
-            ports[program.name] = free_port()
+            ports[program.name] = next(free)
             argv = (*program.argv, "--metrics-port", str(ports[program.name]))
             if command == "autoscaler" and targets is not None:
                 argv += ("--metrics-targets", str(targets))

@@ -28,12 +28,12 @@ import psutil
 
 from inferq.core.errors import InferqError
 from inferq.core.logs import info
+from inferq.core.scrape import free_ports
 from inferq.core.settings import Settings
 from inferq.local import nginx, scrape_targets
 from inferq.local.embedded import (
     EmbeddedService,
     RedisPlan,
-    free_port,
     needs_redis,
     plan_redis,
     reachable,
@@ -103,7 +103,7 @@ def plan_front(settings: Settings, paths: StackPaths) -> Front | None:
         )
         info(f"note: {missing}: serving one API node{asked} directly on port {settings.local.port}")
         return None
-    ports = tuple(free_port() for _ in range(settings.local.api_nodes))
+    ports = tuple(free_ports(settings.local.api_nodes, avoid=(settings.local.port,)))
     return Front(nginx.command(binary, paths.nginx_paths), ports)
 
 
@@ -266,7 +266,10 @@ def run(settings: Settings, on_ready: Callable[[], None] = lambda: None) -> int:
     front = plan_front(settings, paths)
     targets = paths.home / "prometheus-targets.json"
     progs, metrics_ports = scrape_targets.assign_ports(
-        programs(settings, front=front), LAUNCHER, targets
+        programs(settings, front=front),
+        LAUNCHER,
+        targets,
+        avoid=(settings.local.port, *(front.node_ports if front is not None else ())),
     )
     _on_stop_signals(_raise_stopped)
     try:
@@ -440,7 +443,8 @@ def serve(
 
 def wait_ready(url: str, supervisor: subprocess.Popen[bytes], paths: StackPaths) -> None:
     """Poll ``url`` (a ``/readyz``) until it answers 200; raise, with what it last said,
-    when supervisord dies or time runs out."""
+    when supervisord dies or time runs out, and at once when what answers is not inferq
+    (another program bound the port after the stack found it free)."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     last = "no answer"
     while time.monotonic() < deadline:
@@ -448,8 +452,14 @@ def wait_ready(url: str, supervisor: subprocess.Popen[bytes], paths: StackPaths)
             raise StackError(f"supervisord exited early; see {paths.logs / 'supervisord.log'}")
         try:
             # urlopen raises for any answer but 2xx (HTTPError and URLError are OSErrors).
-            with urllib.request.urlopen(url, timeout=2):
-                return
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                body = answer.read()
+            if not is_readiness(body):
+                raise StackError(
+                    f"{url} answered, but not as inferq's API ({body[:200]!r}): another "
+                    "program took the port; choose another with --port"
+                )
+            return
         except urllib.error.HTTPError as exc:
             last = exc.read().decode(errors="replace").strip()
         except OSError as exc:
@@ -459,6 +469,15 @@ def wait_ready(url: str, supervisor: subprocess.Popen[bytes], paths: StackPaths)
     raise StackError(
         f"inferq was not ready after {READY_TIMEOUT_S:.0f} s ({url} said {last[:300]}); see {log}"
     )
+
+
+def is_readiness(body: bytes) -> bool:
+    """Whether ``body`` is what the API's ``/readyz`` answers (api/routes/health.py)."""
+    try:
+        found = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(found, dict) and isinstance(found.get("checks"), dict)
 
 
 def shutdown(
