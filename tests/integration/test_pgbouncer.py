@@ -425,6 +425,33 @@ def test_a_shadow_experiment_stores_the_candidates_outputs_through_pgbouncer(
     assert report["arms"][1]["agreement"]["compared"] == 10, report
 
 
+def _idle_advisory_locks(engine: Any, looks: int = 5) -> int:
+    """Advisory locks held by server connections in no transaction: a session's lock left
+    behind. A transaction's own lock (a reconciler or retention pass in flight) ends with
+    it, but may be seen with its backend still shown idle: within a transaction Postgres
+    answers pg_stat_activity from a snapshot taken at its first read, while pg_locks is
+    live. So each look is a transaction of its own, and a lock counts only when one is
+    there at every look (a session's lock never goes)."""
+    found = 0
+    for _ in range(looks):
+        with engine.connect() as conn:
+            found = int(
+                conn.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a"
+                        " ON a.pid = l.pid WHERE l.locktype = 'advisory' AND a.state = 'idle'"
+                        " AND l.database ="
+                        " (SELECT oid FROM pg_database WHERE datname = current_database())"
+                    )
+                )
+                or 0
+            )
+        if not found:
+            return 0
+        time.sleep(0.2)
+    return found
+
+
 def test_every_connection_was_pgbouncers_and_none_kept_a_sessions_lock(
     bounced: Bounced,
 ) -> None:
@@ -441,15 +468,7 @@ def test_every_connection_was_pgbouncers_and_none_kept_a_sessions_lock(
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
         ).all()
-        # Held by a server connection in no transaction: a session's lock left behind (a
-        # transaction's own lock, such as a retention pass in flight, ends with it).
-        advisory = conn.scalar(
-            text(
-                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-                " WHERE l.locktype = 'advisory' AND a.state = 'idle' AND l.database ="
-                " (SELECT oid FROM pg_database WHERE datname = current_database())"
-            )
-        )
+    advisory = _idle_advisory_locks(engine)
     engine.dispose()
     servers = bounced.bouncer.mine("SERVERS")
     clients = bounced.bouncer.mine("CLIENTS")
