@@ -16,11 +16,21 @@ carry several jobs each, and batches form as above.
 A message may carry many job ids (the API publishes the jobs it accepted together as one
 message, see api.services.publisher), so a batch is also full once its messages hold
 ``max_items`` ids.
+
+Closed-loop clients come back in rounds: eight clients get their answers together and submit
+again together, so the next batch holds the same eight jobs. Waiting out the quiet gap after
+the eighth buys nothing, so a batch also goes once it holds as many jobs as the largest of the
+last ``ROUNDS_KEPT`` rounds. A round starts with a message read while the worker was idle
+(not within a quiet gap of the last batch's end): a backlogged worker batches by the gap and
+the deadline alone, as before. The rule never makes a batch smaller than a recent round, and
+a round that outgrows it (sixteen clients where there were eight: the second eight are read
+right after the first eight's batch) is counted whole, and raises it for the next.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +39,8 @@ from celery_batches import Batches
 TICK_S = 0.001
 #: The header a message's arrival time (Unix seconds) travels in to the batch (``fetched_at``).
 FETCHED_AT = "inferq_fetched_at"
+#: How many past rounds the expected size of the next one is taken from (their largest).
+ROUNDS_KEPT = 16
 
 
 class DynamicBatches(Batches):
@@ -60,6 +72,11 @@ class DynamicBatches(Batches):
         self._done_at = float("-inf")
         self._items = self._last_batch = 0
         self._alone = False
+        # Jobs in the rounds before the current one, in the current one, and the largest of
+        # the last ROUNDS_KEPT: a batch that holds that many goes at once.
+        self._rounds: deque[int] = deque(maxlen=ROUNDS_KEPT - 1)
+        self._round = self._expected = 0
+        self._cut_short = self._fresh = False
 
         def on_message(message: Any, body: Any, *args: Any, **kwargs: Any) -> None:
             now = time.monotonic()
@@ -76,6 +93,9 @@ class DynamicBatches(Batches):
                     and now - self._done_at >= self.idle_gap_s
                 )
                 self._alone = lull and items == 1 and self._last_batch <= 1
+                # A round's first: the worker was idle, not behind (backlogged, it batches
+                # by the gap and the deadline alone)
+                self._fresh = now - self._done_at >= self.idle_gap_s
             self._last_at = now
             self._items += items
             handle(message, body, *args, **kwargs)
@@ -85,8 +105,27 @@ class DynamicBatches(Batches):
         return on_message
 
     def _go_now(self) -> bool:
-        """The buffer goes without waiting: a lone job at light load, or ``max_items`` ids."""
-        return self._alone or bool(self.max_items and self._items >= self.max_items)
+        """The buffer goes without waiting: a lone job at light load, ``max_items`` ids, or a
+        round's jobs, as many as the largest recent round held."""
+        return (
+            self._alone
+            or bool(self.max_items and self._items >= self.max_items)
+            or (self._fresh and 1 < self._expected <= self._items)
+        )
+
+    def _count_round(self) -> None:
+        """Add the batch about to go to its round, and expect the next round to be as large as
+        the largest recent one. A batch is a round of its own unless the last one went at the
+        expected size and this one's first message came right behind it (read within a quiet
+        gap of that batch's end): then the round outgrew what was expected, and both are it."""
+        if self._cut_short and not self._fresh:
+            self._round += self._items
+        else:
+            if self._round:
+                self._rounds.append(self._round)
+            self._round = self._items
+        self._cut_short = self._fresh and 1 < self._expected <= self._items
+        self._expected = max(self._round, max(self._rounds, default=0))
 
     def _do_flush(self) -> None:
         waiting = self._buffer.qsize()
@@ -96,6 +135,7 @@ class DynamicBatches(Batches):
             if still_arriving and now - self._first_at < self.max_delay_s:
                 return  # more are coming and the oldest can still wait: let the batch grow
         if waiting:
+            self._count_round()
             self._last_batch, self._items, self._alone = self._items, 0, False
         super()._do_flush()
         if waiting:

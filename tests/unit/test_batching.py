@@ -339,3 +339,131 @@ def test_after_a_lost_broker_connection_the_flush_timer_is_armed_again(clock: Cl
     clock.sleep(0.011)
     timer.tick()
     assert pool.batches[1:] == [[["c"]]]
+
+
+def close_together(handler: Any, clock: Clock, *messages: list[str]) -> None:
+    """Deliver ``messages`` half a millisecond apart (the API nodes' groups of one round)."""
+    for ids in messages:
+        deliver(handler, ids)
+        clock.sleep(0.0005)
+
+
+def ids(prefix: str, count: int) -> list[str]:
+    return [f"{prefix}{n}" for n in range(count)]
+
+
+def test_a_round_as_large_as_the_last_goes_without_waiting_out_the_quiet_gap(
+    clock: Clock,
+) -> None:
+    """Eight closed-loop clients: their answers go out together and they submit again
+    together, so each round of the worker holds the same eight jobs.
+
+    Catches: the round rule removed from ``DynamicBatches._go_now`` (the second round waits
+    for the quiet gap like the first), and a batch sent before it holds a whole round."""
+    timer = Timer()
+    handler, pool = strategy(
+        flush_every=64, max_items=64, idle_gap_s=0.002, sparse_gap_s=0.004, timer=timer
+    )
+    # Given a first round of eight jobs in two messages, sent once the stream went quiet
+    close_together(handler, clock, ids("a", 4), ids("b", 4))
+    assert pool.batches == []
+    clock.sleep(0.002)
+    timer.tick()
+    assert len(pool.batches) == 1
+    # When the next round's eight come, after the answers went out and the clients submitted
+    clock.sleep(0.010)
+    close_together(handler, clock, ids("c", 3), ids("d", 5))
+    # Then they go as the eighth arrives, with no tick of the timer
+    assert pool.batches[1:] == [[ids("c", 3), ids("d", 5)]]
+    # and a round short of eight waits for the quiet gap, as before
+    clock.sleep(0.010)
+    close_together(handler, clock, ids("e", 4), ids("f", 3))
+    assert len(pool.batches) == 2
+    clock.sleep(0.002)
+    timer.tick()
+    assert pool.batches[2:] == [[ids("e", 4), ids("f", 3)]]
+
+
+def test_a_round_that_outgrows_the_last_raises_the_size_the_next_one_goes_at(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sixteen clients where there were eight: the first eight go at once, the second eight
+    reach the worker while that batch runs and are read right after it. That is one round
+    of sixteen, and the next round goes whole, not in two batches of eight.
+
+    Catches: every batch counted as a round of its own (the worker stays at batches of eight
+    under sixteen clients, twice the batches for the same jobs), and the rule applied to a
+    backlog (a busy worker's batches cut at the size of a round)."""
+    timer = Timer()
+    handler, pool = strategy(
+        flush_every=64, max_items=64, idle_gap_s=0.002, sparse_gap_s=0.004, timer=timer
+    )
+    runs = pool.apply_async
+
+    def run_for_3_ms(*args: Any, **kwargs: Any) -> None:
+        runs(*args, **kwargs)
+        clock.sleep(0.003)  # the solo pool runs the batch before reading another message
+
+    monkeypatch.setattr(pool, "apply_async", run_for_3_ms)
+    # Given a round of eight
+    close_together(handler, clock, ids("a", 8))
+    clock.sleep(0.002)
+    timer.tick()
+    assert len(pool.batches) == 1
+    # When sixteen come: eight go at once, the other eight are read right after that batch
+    # (a backlog: they go by the quiet gap)
+    clock.sleep(0.010)
+    close_together(handler, clock, ids("b", 8))
+    assert len(pool.batches) == 2
+    close_together(handler, clock, ids("c", 4), ids("d", 4))
+    assert len(pool.batches) == 2
+    clock.sleep(0.002)
+    timer.tick()
+    assert len(pool.batches) == 3
+    # Then the next round waits past eight and goes at sixteen, in one batch
+    clock.sleep(0.010)
+    close_together(handler, clock, ids("e", 8))
+    assert len(pool.batches) == 3
+    close_together(handler, clock, ids("f", 8))
+    assert pool.batches[3:] == [[ids("e", 8), ids("f", 8)]]
+
+
+def test_the_expected_round_follows_the_load_down(
+    clock: Clock,
+) -> None:
+    """A round's size is expected from the largest of the last ROUNDS_KEPT rounds: once the
+    load has fallen, smaller rounds go at once again.
+
+    Catches: the largest round ever seen kept (a burst would leave every later round waiting
+    out the gap)."""
+    from workers.dynamic_batching import ROUNDS_KEPT
+
+    timer = Timer()
+    handler, pool = strategy(
+        flush_every=64, max_items=6, idle_gap_s=0.002, sparse_gap_s=1.0, timer=timer
+    )
+
+    def round_sent_by_the_gap(count: int) -> None:
+        clock.sleep(0.010)
+        before = len(pool.batches)
+        close_together(handler, clock, ids("x", count))
+        if len(pool.batches) == before:
+            clock.sleep(0.002)
+            timer.tick()
+        assert len(pool.batches) == before + 1
+
+    # Given a full batch (six: max_items), then ROUNDS_KEPT - 1 rounds of three
+    round_sent_by_the_gap(6)
+    for _ in range(ROUNDS_KEPT - 1):
+        round_sent_by_the_gap(3)
+    # Then a round of three still waits for the gap: six is among the last ROUNDS_KEPT
+    clock.sleep(0.010)
+    close_together(handler, clock, ids("w", 3))
+    assert len(pool.batches) == ROUNDS_KEPT
+    clock.sleep(0.002)
+    timer.tick()
+    # and once the six is older than that, a round of three goes as its third job arrives
+    clock.sleep(0.010)
+    before = len(pool.batches)
+    close_together(handler, clock, ids("y", 3))
+    assert len(pool.batches) == before + 1
