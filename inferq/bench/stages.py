@@ -2,11 +2,11 @@
 
 A submit with ``Prefer: wait`` answered in one round trip carries all it takes: the API's
 ``Server-Timing`` (``accept``: received → committed, ``publish``: → handed to the broker,
-``app``: the whole request inside the API) and the job's own timestamps (``fetched_at``:
-its worker received the message, ``started_at``: its batch claimed it, ``completed_at``:
-its result was stored, and ``predict_ms``). The client adds when it sent the request and when
-the answer arrived. Every clock is this host's (benchmarks run on one machine), and the
-stages add up to the client's latency:
+``wait``: → woken with its result, ``app``: the whole request inside the API) and the job's
+own timestamps (``fetched_at``: its worker received the message, ``started_at``: its batch
+claimed it, ``completed_at``: its result was stored, and ``predict_ms``). The client adds
+when it sent the request and when the answer arrived. Every clock is this host's
+(benchmarks run on one machine), and the stages add up to the client's latency:
 
 - ``client → api``: half the time outside the API process (nginx and the loopback, both ways)
 - ``api → committed``: authentication, validation, gates, the job's INSERT and commit
@@ -15,13 +15,15 @@ stages add up to the client's latency:
 - ``fetched → batch start``: in the worker's batch buffer, and the claim
 - ``batch start → predicted``: the model (the batch's ``predict_ms``)
 - ``predicted → stored``: the rest of the batch's predictions and the results' commit
-- ``stored → answered``: the completion signal, the waiting request waking, its answer, and
-  the other half of the way back
+- ``stored → woken``: the worker announcing the completion, the signal through Redis, the
+  API process's listener waking the waiting request
+- ``woken → answered``: the answer built and sent, and the other half of the way back
 
 Each stage is timed by one process except ``published → fetched`` (the API's end of
-``publish``, the worker's arrival time) and ``stored → answered``. The first can come out
-slightly negative on a busy machine: the worker received the message before the API thread
-that published it ran again to note the time.
+``publish``, the worker's arrival time) and ``stored → woken`` (Postgres's time of the store,
+the API's end of ``wait``). Either can come out slightly negative on a busy machine: the
+worker received the message before the API thread that published it ran again to note the
+time, or the half-way split of the time outside the API put its start a little late.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ STAGES = (
     "fetched → batch start",
     "batch start → predicted",
     "predicted → stored",
-    "stored → answered",
+    "stored → woken",
+    "woken → answered",
 )
 
 
@@ -67,7 +70,7 @@ def breakdown(
     ``sent_at``: Unix seconds when the client sent the submit; ``latency_ms``: until its
     answer arrived; ``timing``: the submit's ``Server-Timing``; ``job``: the answer's body.
     """
-    needed = ("accept", "publish", "app")
+    needed = ("accept", "publish", "wait", "app")
     if (
         job.get("status") != "succeeded"
         or job.get("cached")
@@ -86,6 +89,7 @@ def breakdown(
     half_way_ms = (latency_ms - timing["app"]) / 2
     api_start = sent_at + half_way_ms / 1000
     published = api_start + (timing["accept"] + timing["publish"]) / 1000
+    woken = published + timing["wait"] / 1000
     answered = sent_at + latency_ms / 1000
     values = (
         half_way_ms,
@@ -95,7 +99,8 @@ def breakdown(
         (started - fetched) * 1000,
         float(predict_ms),
         (completed - started) * 1000 - predict_ms,
-        (answered - completed) * 1000,
+        (woken - completed) * 1000,
+        (answered - woken) * 1000,
     )
     return {name: round(value, 3) for name, value in zip(STAGES, values, strict=True)}
 

@@ -123,7 +123,7 @@ def test_a_job_answered_in_one_trip_says_where_its_time_went(
         assert sum(sample.stages.values()) == pytest.approx(sample.latency_ms, abs=0.5)
         # The stages one process times are never negative; the two that compare two
         # processes' clocks may be (stages.py says why).
-        across = {"published → fetched", "stored → answered"}
+        across = {"published → fetched", "stored → woken"}
         timed = {k: v for k, v in sample.stages.items() if k not in across}
         assert min(timed.values()) >= 0, sample.stages
 

@@ -46,7 +46,8 @@ def test_the_stages_add_up_to_the_latency_in_order() -> None:
             "fetched → batch start": 2.0,
             "batch start → predicted": 0.5,
             "predicted → stored": 1.0,
-            "stored → answered": 2.5,  # the answer arrived at 10.0
+            "stored → woken": 1.0,  # woken at 1.0 + 1.0 + 0.5 + 6.0 = 8.5 ms, stored at 7.5
+            "woken → answered": 1.5,  # the rest of app (0.5) and the way back (1.0)
         },
         abs=1e-3,
     )
@@ -56,12 +57,15 @@ def test_the_stages_add_up_to_the_latency_in_order() -> None:
 @pytest.mark.parametrize(
     "job, timing",
     [
-        (answer(status="queued"), {"accept": 1, "publish": 1, "app": 2}),  # polled after
-        (answer(cached=True), {"accept": 1, "publish": 1, "app": 2}),
-        (answer(fetched_at=None), {"accept": 1, "publish": 1, "app": 2}),  # an older worker
-        (answer(metrics={}), {"accept": 1, "publish": 1, "app": 2}),
+        # polled after
+        (answer(status="queued"), {"accept": 1, "publish": 1, "wait": 1, "app": 3}),
+        (answer(cached=True), {"accept": 1, "publish": 1, "wait": 1, "app": 3}),
+        # an older worker
+        (answer(fetched_at=None), {"accept": 1, "publish": 1, "wait": 1, "app": 3}),
+        (answer(metrics={}), {"accept": 1, "publish": 1, "wait": 1, "app": 3}),
         (answer(), {"accept": 1, "app": 2}),  # a server without Server-Timing steps
-        (answer(started_at="soon"), {"accept": 1, "publish": 1, "app": 2}),
+        (answer(), {"accept": 1, "publish": 1, "app": 2}),  # no wait: not one round trip
+        (answer(started_at="soon"), {"accept": 1, "publish": 1, "wait": 1, "app": 3}),
     ],
 )
 def test_an_answer_without_what_the_stages_need_has_none(
@@ -112,7 +116,7 @@ def test_a_samples_stages_add_up_to_the_latency_it_reports(
         await reader.read(1)  # the body has begun; the rest is not needed
         writer.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-            b"Server-Timing: accept;dur=1, publish;dur=0.5, app;dur=8\r\n"
+            b"Server-Timing: accept;dur=1, publish;dur=0.5, wait;dur=5, app;dur=8\r\n"
             b"Content-Length: %d\r\n\r\n" % len(body) + body
         )
         await writer.drain()
