@@ -167,3 +167,11 @@ def test_inferq_bench_sweeps_clients_and_prints_the_stages(
         assert level["stages_jobs"] == level["jobs"] - level["cache_hits"] > 0
         assert list(level["stages_p50_ms"]) == list(stages.STAGES)
         assert None not in level["stages_p50_ms"].values()
+    # the second level against the first, as issue 21's targets are put
+    one, four = levels
+    assert four["against_first"] == {
+        "clients": 1,
+        "throughput": round(four["throughput_jobs_s"] / one["throughput_jobs_s"], 2),
+        "p50": round(four["client_latency_ms"]["p50"] / one["client_latency_ms"]["p50"], 2),
+    }
+    assert "against 1 clients: p50" in result.output
