@@ -129,6 +129,18 @@ def deliver(handler: Any, ids: list[str]) -> None:
     handler(message, None, lambda: None, lambda: None, set())
 
 
+def batches_take(seconds: float, pool: Pool, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each batch handed to ``pool`` runs for ``seconds`` of the clock: the solo pool runs a
+    batch inside the consumer's loop, before it reads another message."""
+    runs = pool.apply_async
+
+    def run(*args: Any, **kwargs: Any) -> None:
+        runs(*args, **kwargs)
+        clock.sleep(seconds)
+
+    monkeypatch.setattr(pool, "apply_async", run)
+
+
 def test_a_batch_is_full_once_its_messages_carry_max_items_ids() -> None:
     handler, pool = strategy(flush_every=64, max_items=4)
     deliver(handler, ["a"])
@@ -200,13 +212,7 @@ def test_a_message_read_right_after_a_batch_ran_is_a_backlog_not_a_lull(
     handler, pool = strategy(
         flush_every=64, max_items=64, sparse_gap_s=0.004, idle_gap_s=0.002, timer=timer
     )
-    runs = pool.apply_async
-
-    def run_for_5_ms(*args: Any, **kwargs: Any) -> None:
-        runs(*args, **kwargs)
-        clock.sleep(0.005)  # the batch runs before the loop reads another message
-
-    monkeypatch.setattr(pool, "apply_async", run_for_5_ms)
+    batches_take(0.005, pool, clock, monkeypatch)
     # Given a lone job after a lull, which goes at once and runs for 5 ms
     clock.sleep(0.01)
     deliver(handler, ["a"])
@@ -398,13 +404,7 @@ def test_a_round_that_outgrows_the_last_raises_the_size_the_next_one_goes_at(
     handler, pool = strategy(
         flush_every=64, max_items=64, idle_gap_s=0.002, sparse_gap_s=0.004, timer=timer
     )
-    runs = pool.apply_async
-
-    def run_for_3_ms(*args: Any, **kwargs: Any) -> None:
-        runs(*args, **kwargs)
-        clock.sleep(0.003)  # the solo pool runs the batch before reading another message
-
-    monkeypatch.setattr(pool, "apply_async", run_for_3_ms)
+    batches_take(0.003, pool, clock, monkeypatch)
     # Given a round of eight
     close_together(handler, clock, ids("a", 8))
     clock.sleep(0.002)

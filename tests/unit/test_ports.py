@@ -5,6 +5,7 @@ that calls itself up while its clients talk to that program."""
 from __future__ import annotations
 
 import http.server
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,13 +69,17 @@ def server() -> Iterator[tuple[str, type[_Answers]]]:
     httpd.server_close()
 
 
-class _Running:
-    def poll(self) -> None:
-        return None
+@pytest.fixture
+def supervisor() -> Iterator[subprocess.Popen[bytes]]:
+    """A process that stays up, standing for supervisord while the readiness is polled."""
+    process = subprocess.Popen(["sleep", "60"])
+    yield process
+    process.kill()
+    process.wait()
 
 
 def test_a_port_another_program_answers_on_is_refused_at_once(
-    server: tuple[str, type[_Answers]], tmp_path: Path
+    server: tuple[str, type[_Answers]], supervisor: subprocess.Popen[bytes], tmp_path: Path
 ) -> None:
     """Catches: any 200 taken for the API's readiness. A Prometheus exporter that bound the
     public port after the stack found it free answered every GET with 200, and `inferq up`
@@ -82,10 +87,12 @@ def test_a_port_another_program_answers_on_is_refused_at_once(
     url, handler = server
     handler.body = b"# HELP python_info Python platform information\n"
     with pytest.raises(StackError, match="not as inferq's API"):
-        wait_ready(url, _Running(), StackPaths(tmp_path))  # type: ignore[arg-type]
+        wait_ready(url, supervisor, StackPaths(tmp_path))
 
 
-def test_the_apis_readiness_is_taken(server: tuple[str, type[_Answers]], tmp_path: Path) -> None:
+def test_the_apis_readiness_is_taken(
+    server: tuple[str, type[_Answers]], supervisor: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
     url, handler = server
     handler.body = b'{"status": "ready", "checks": {"database": "ok"}}'
-    wait_ready(url, _Running(), StackPaths(tmp_path))  # type: ignore[arg-type]
+    wait_ready(url, supervisor, StackPaths(tmp_path))
