@@ -61,6 +61,8 @@ class DynamicBatches(Batches):
         # and, once the prefetch window holds only unflushed messages, the worker takes no
         # more (celery-batches issue 99). What was buffered then goes with the next batch.
         self._tref = None
+        self._consumer = consumer
+        self._send_acks: Callable[[], None] | None = None  # a new consumer has a new hub
         handle = super().Strategy(task, app, consumer)
         if self._buffer.qsize():
             self._tref = consumer.timer.call_repeatedly(self.flush_interval, self._do_flush)
@@ -140,6 +142,42 @@ class DynamicBatches(Batches):
         super()._do_flush()
         if waiting:
             self._done_at = time.monotonic()
+            self._gather_acks()
+
+    def _gather_acks(self) -> None:
+        """Send the acks of the batch that just ran in one round trip, not one per message.
+
+        Celery schedules each message's ack on the event loop (``call_soon``): they run at the
+        start of its next turn. On a Redis broker (inferq.core.redis_transport) the channel
+        gathers them from now on, and a tick callback sends what it gathered at the end of
+        each turn; two turns with nothing gathered end the gathering. Elsewhere (RabbitMQ, or
+        no event loop) acks go as before."""
+        consumer = getattr(self, "_consumer", None)
+        channel = getattr(getattr(consumer, "task_consumer", None), "channel", None)
+        qos: Any = getattr(channel, "qos", None)
+        hub = getattr(consumer, "hub", None)
+        if hub is None or not hasattr(qos, "gather_acks"):
+            return
+        qos.gather_acks()
+        self._quiet_ticks = 0
+        if self._send_acks is not None:
+            return
+
+        def send_acks() -> None:
+            if qos.gathered():
+                self._quiet_ticks = 0
+                qos.send_gathered()
+                qos.gather_acks()
+                return
+            self._quiet_ticks += 1
+            if self._quiet_ticks >= 2:
+                qos.send_gathered()
+                hub.on_tick.discard(send_acks)
+                if self._send_acks is send_acks:  # not one a new consumer armed since
+                    self._send_acks = None
+
+        self._send_acks = send_acks
+        hub.on_tick.add(send_acks)
 
 
 def items_in(message: Any, body: Any) -> int:

@@ -65,6 +65,12 @@ def make_celery(settings: Settings) -> Celery:
         }
     app.conf.update(
         broker_url=settings.broker_url,
+        # Redis: kombu's transport with a batch's acks in one round trip.
+        broker_transport=(
+            "inferq.core.redis_transport:Transport"
+            if broker_url.startswith(("redis://", "rediss://"))
+            else None
+        ),
         broker_transport_options=transport_options,
         broker_connection_timeout=settings.api.publish_timeout_s,
         broker_connection_retry_on_startup=True,

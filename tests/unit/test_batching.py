@@ -467,3 +467,75 @@ def test_the_expected_round_follows_the_load_down(
     before = len(pool.batches)
     close_together(handler, clock, ids("y", 3))
     assert len(pool.batches) == before + 1
+
+
+class GatheringQoS:
+    """A channel's QoS that gathers acks (inferq.core.redis_transport.QoS), recording each
+    round trip it would make: a list of the tags it carried."""
+
+    def __init__(self) -> None:
+        self._gathered: list[str] | None = None
+        self.sent: list[list[str]] = []
+
+    def ack(self, tag: str) -> None:
+        if self._gathered is None:
+            self.sent.append([tag])
+        else:
+            self._gathered.append(tag)
+
+    def gather_acks(self) -> None:
+        if self._gathered is None:
+            self._gathered = []
+
+    def gathered(self) -> int:
+        return len(self._gathered or ())
+
+    def send_gathered(self) -> None:
+        tags, self._gathered = self._gathered, None
+        if tags:
+            self.sent.append(tags)
+
+
+def test_the_acks_of_a_batch_go_in_one_round_trip_at_the_event_loops_next_tick() -> None:
+    """Catches: the acks Celery schedules after a batch sent one round trip per message
+    (nothing gathers them), or gathered and never sent (the messages would run again), or a
+    worker that keeps gathering once the batches stop."""
+    predict, app, consumer, pool = batching_task(flush_every=2, max_items=0)
+    qos = GatheringQoS()
+    hub = SimpleNamespace(on_tick=set())
+    consumer.task_consumer = SimpleNamespace(channel=SimpleNamespace(qos=qos))
+    consumer.hub = hub
+
+    def turn(*acks: str) -> None:
+        """One turn of the event loop: the acks scheduled on it, then its tick callbacks."""
+        for tag in acks:
+            qos.ack(tag)
+        for callback in list(hub.on_tick):
+            callback()
+
+    handler = predict.Strategy(predict, app, consumer)
+    # When two messages fill a batch, and Celery acks them on the loop's next turn
+    deliver(handler, ["a"])
+    deliver(handler, ["b"])
+    assert pool.batches == [[["a"], ["b"]]]
+    turn("a", "b")
+    # Then both acks went in one round trip
+    assert qos.sent == [["a", "b"]]
+    # and two quiet turns later nothing gathers any more: an ack goes at once, as before
+    turn()
+    turn()
+    assert hub.on_tick == set()
+    qos.ack("c")
+    assert qos.sent == [["a", "b"], ["c"]]
+
+
+def test_without_a_gathering_channel_a_batch_still_runs() -> None:
+    """Catches: a worker on RabbitMQ (its channel has no gather_acks) failing its flush."""
+    predict, app, consumer, pool = batching_task(flush_every=2, max_items=0)
+    consumer.task_consumer = SimpleNamespace(channel=SimpleNamespace(qos=object()))
+    consumer.hub = SimpleNamespace(on_tick=set())
+    handler = predict.Strategy(predict, app, consumer)
+    deliver(handler, ["a"])
+    deliver(handler, ["b"])
+    assert pool.batches == [[["a"], ["b"]]]
+    assert consumer.hub.on_tick == set()
