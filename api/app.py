@@ -24,6 +24,7 @@ from api.routes import (
 from api.services.inserter import MAX_GROUP, GroupInserter
 from api.services.progress import ProgressReader
 from api.services.publisher import GroupPublisher
+from api.services.shared_pipeline import SharedPipeline
 from api.services.waiters import CompletionWaiter
 from api.state import ApiState, TtlCache
 from db.engine import make_engine, make_session_factory
@@ -77,12 +78,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     celery = make_celery(settings)
     send = lane_publisher(celery, settings)  # on every submit: the shortest way there is
     sessions = make_session_factory(engine)
+    # Bounded: thousands of concurrent requests (gevent) must queue for a few Redis
+    # connections, not open one each; the pool's wait ends in a 503 like a dead Redis.
+    redis = make_redis(settings, max_connections=REDIS_CONNECTIONS)
     ApiState(
         settings=settings,
         sessions=sessions,
-        # Bounded: thousands of concurrent requests (gevent) must queue for a few Redis
-        # connections, not open one each; the pool's wait ends in a 503 like a dead Redis.
-        redis=make_redis(settings, max_connections=REDIS_CONNECTIONS),
+        redis=redis,
+        redis_trips=SharedPipeline(redis),
         celery=celery,
         publisher=GroupPublisher(
             lambda job_ids, lane: send(PredictRequest(tuple(job_ids), lane)),

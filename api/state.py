@@ -17,6 +17,7 @@ from api.services.inserter import GroupInserter
 from api.services.progress import ProgressReader
 from api.services.publisher import GroupPublisher
 from api.services.recent import RecentViews
+from api.services.shared_pipeline import SharedPipeline
 from api.services.waiters import CompletionWaiter
 from inferq.core.artifacts.store import ArtifactStore
 from inferq.core.settings import Settings
@@ -108,6 +109,8 @@ class ApiState:
     publisher: GroupPublisher
     inserter: GroupInserter
     progress: ProgressReader
+    #: A submit's Redis round trip, shared with the submits in flight beside it.
+    redis_trips: SharedPipeline
     principals: TtlCache = dataclasses.field(default_factory=lambda: TtlCache(0))
     models: TtlCache = dataclasses.field(default_factory=lambda: TtlCache(0))
     #: The retention horizon (``db.partitions.horizon``), re-read at most once a minute.

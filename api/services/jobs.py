@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from redis.client import Pipeline
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
@@ -189,29 +190,27 @@ def _take_token_and_look_up(
 ) -> Any | None:
     """Take the caller's rate-limit token (429 when over its rate; unless ``token`` was
     taken already) and read the result cache's output for ``input``: one Redis round trip
-    for both (a pipeline), none when both are off. Where Redis fails, the request goes on
-    uncounted and uncached, as with either alone: the rate limiter fails open, and the job
-    runs."""
+    for both, shared with the submits this process holds at the same time
+    (api.services.shared_pipeline); none when both are off. Where Redis fails, the request
+    goes on uncounted and uncached, as with either alone: the rate limiter fails open, and
+    the job runs."""
     key = cache.cache_key_for(
         st.settings, chosen.version_id, chosen.sha256, input, info.config.get("cache", True)
     )
-    if key is None:
-        token.take_now()  # one EVALSHA, or nothing where rate limiting is off
+    if key is None and not token.would_count:
         return None
-    if not token.would_count:  # one GET (a pipeline of one cost 10 % more CPU in a loop)
-        try:
-            return cache.decode(st.redis.get(key))
-        except RedisError:
-            return None
-    pipe = st.redis.pipeline(transaction=False)
-    token.queue(pipe)
-    pipe.get(key)
-    try:
-        replies: list[Any] = pipe.execute(raise_on_error=False)
-    except RedisError as exc:
-        replies = [exc, exc]
-    token.settle(replies[0])
-    return cache.decode(replies[1])
+    queued: list[bool] = []
+
+    def fill(pipe: Pipeline) -> int:
+        queued.append(token.queue(pipe))
+        if key is not None:
+            pipe.get(key)
+        return int(queued[0]) + (key is not None)
+
+    replies = st.redis_trips.run(fill)
+    if queued[0]:
+        token.settle(replies.pop(0))
+    return cache.decode(replies[0]) if key is not None else None
 
 
 def _commit(

@@ -16,6 +16,7 @@ from flask.testing import FlaskClient
 
 from api.app import create_app
 from api.http.ratelimit import TOKEN_BUCKET_SHA
+from api.services.shared_pipeline import SharedPipeline
 from inferq.core.settings import Settings
 from tests.factories import pixels
 from tests.integration.test_security_quotas import auth, jobs_of
@@ -61,8 +62,14 @@ def counted_app(settings: Settings, **changes: Any) -> tuple[Flask, FlaskClient]
     pool = redis.ConnectionPool.from_url(
         settings.effective_redis_url, connection_class=CountingConnection
     )
-    app.extensions["inferq"].redis = redis.Redis(connection_pool=pool)
+    use_redis(app, redis.Redis(connection_pool=pool))
     return app, app.test_client()
+
+
+def use_redis(app: Flask, client: redis.Redis) -> None:
+    """The app's Redis client, and the shared pipeline its submits send through, on ``client``."""
+    app.extensions["inferq"].redis = client
+    app.extensions["inferq"].redis_trips = SharedPipeline(client)
 
 
 def submit(http: FlaskClient, key: str, model: str = "digits", shade: float = 2.0) -> Any:
@@ -166,9 +173,7 @@ def test_redis_down_lets_the_submit_through_uncounted(
     settings: Settings, digits_version: int
 ) -> None:
     app = create_app(settings.replace(key_rate_per_s=0.1, key_rate_burst=1))
-    app.extensions["inferq"].redis = redis.Redis(
-        host="127.0.0.1", port=1, socket_connect_timeout=0.5
-    )
+    use_redis(app, redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5))
     key = make_key(settings, "alice", ["submit", "read"])
     http = app.test_client()
     assert [submit(http, key, shade=s).status_code for s in (1.0, 2.0)] == [202, 202]
