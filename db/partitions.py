@@ -248,3 +248,37 @@ def set_horizon(session: Session, value: dt.datetime) -> None:
         ),
         {"v": value},
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Bloat:
+    """A partition's rows as Postgres counts them (``pg_stat_user_tables``)."""
+
+    name: str
+    live: int
+    dead: int
+
+
+def unvacuumed(session: Session | Connection, table: str = "jobs") -> list[Bloat]:
+    """The partitions of ``table`` that autovacuum leaves alone: all of them where it is off
+    on the server, else those with ``autovacuum_enabled = false``; with their row counts."""
+    rows = session.execute(
+        text(
+            "SELECT c.relname, coalesce(s.n_live_tup, 0), coalesce(s.n_dead_tup, 0)"
+            " FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid"
+            " WHERE i.inhparent = CAST(:t AS regclass)"
+            " AND (current_setting('autovacuum') = 'off'"
+            "      OR 'autovacuum_enabled=false' = ANY(coalesce(c.reloptions, '{}')))"
+        ),
+        {"t": table},
+    )
+    return [Bloat(name, int(live), int(dead)) for name, live, dead in rows]
+
+
+def vacuum(autocommit: Connection, name: str) -> None:
+    """``VACUUM (ANALYZE)`` the partition ``name``, on a connection in autocommit (VACUUM
+    cannot run in a transaction)."""
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+        raise ValueError(f"not a partition's name: {name!r}")
+    autocommit.execute(text(f"VACUUM (ANALYZE) {name}"))

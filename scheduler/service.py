@@ -1,5 +1,5 @@
 """The scheduler process: Celery beat for periodic tasks, and beside it the reconciler loop,
-the experiment checks, retraining rollouts and retention."""
+the experiment checks, retraining rollouts, retention and the vacuum autovacuum does not do."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from inferq.core import connections
 from inferq.core.broker import make_celery
 from inferq.core.settings import Settings
 from inferq.core.status import make_redis
-from scheduler import metrics, retention, retraining
+from scheduler import metrics, retention, retraining, vacuum
 from scheduler.experiment_checks import judge_forever
 from scheduler.reconciler import Reconciler, ReconcileReport, broker_redis
 
@@ -88,6 +88,13 @@ def run_scheduler(settings: Settings) -> None:
         target=retention.retain_forever,
         args=(reconciler.sessions, settings, stop),
         name="inferq-retention",
+        daemon=True,
+    ).start()
+    # Vacuum where autovacuum does not run (scheduler/vacuum.py).
+    threading.Thread(
+        target=vacuum.vacuum_forever,
+        args=(reconciler.sessions.kw["bind"], settings.scheduler.vacuum_interval_s, stop),
+        name="inferq-vacuum",
         daemon=True,
     ).start()
     reconciler.app.conf.beat_schedule = retraining.beat_schedule(settings)

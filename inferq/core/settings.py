@@ -179,6 +179,10 @@ class SchedulerSettings:
     partitions_ahead: int = 3
     #: How often the scheduler enforces retention and makes partitions ahead, seconds.
     retention_interval_s: float = 300.0
+    #: How often the scheduler looks for partitions of ``jobs`` that autovacuum does not
+    #: vacuum (off on the server or on the table) and vacuums those with many dead rows,
+    #: seconds; 0: never.
+    vacuum_interval_s: float = 30.0
 
     @property
     def job_retention_s(self) -> float:
