@@ -1,4 +1,6 @@
-"""What a run cost: Postgres commits, Redis commands and CPU time, as before/after deltas."""
+"""What a run cost: Postgres commits, Redis commands and CPU time, as before/after deltas;
+the CPU time also per kind of process on this host (API, worker, Postgres, ...), so that a
+run says which process a job's CPU went to."""
 
 from __future__ import annotations
 
@@ -19,6 +21,43 @@ class Reading:
     redis_commands: int | None
     cpu_busy_s: float
     bench_cpu_s: float
+    #: Each process of a known kind on this host: pid -> (kind, CPU seconds so far).
+    processes: dict[int, tuple[str, float]] = dataclasses.field(default_factory=dict)
+
+
+#: The kinds of process a job's CPU is told apart by, each named by what its command line
+#: holds; the first that matches wins.
+KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("api", ("inferq api",)),
+    ("worker", ("inferq worker",)),
+    ("scheduler", ("inferq beat", "inferq autoscaler")),
+    ("postgres", ("postgres", "pgbouncer")),
+    ("redis", ("redis-server",)),
+    ("rabbitmq", ("rabbitmq", "beam.smp")),
+    ("nginx", ("nginx",)),
+)
+
+
+def kind_of(cmdline: str) -> str | None:
+    """The kind of a process by its command line (arguments joined by spaces), or None."""
+    for kind, marks in KINDS:
+        if any(mark in cmdline for mark in marks):
+            return kind
+    return None
+
+
+def _processes() -> dict[int, tuple[str, float]]:
+    own = psutil.Process().pid
+    found: dict[int, tuple[str, float]] = {}
+    for proc in psutil.process_iter(["cmdline", "cpu_times"]):
+        try:
+            kind = kind_of(" ".join(proc.info["cmdline"] or ()))
+            times = proc.info["cpu_times"]
+        except (psutil.Error, TypeError):
+            continue
+        if kind is not None and proc.pid != own and times is not None:
+            found[proc.pid] = (kind, times.user + times.system)
+    return found
 
 
 def _pg_commits(database_url: str | None) -> int | None:
@@ -66,10 +105,11 @@ def read(database_url: str | None, redis_url: str | None, *, settle_s: float = 0
         redis_commands=_redis_commands(redis_url),
         cpu_busy_s=_busy(psutil.cpu_times()),
         bench_cpu_s=own.user + own.system,
+        processes=_processes(),
     )
 
 
-def per_job(before: Reading, after: Reading, jobs: int) -> dict[str, float | None]:
+def per_job(before: Reading, after: Reading, jobs: int) -> dict[str, Any]:
     """The deltas divided by ``jobs`` (the probe's own commit and commands are negligible)."""
     jobs = max(jobs, 1)
 
@@ -84,4 +124,19 @@ def per_job(before: Reading, after: Reading, jobs: int) -> dict[str, float | Non
             (after.cpu_busy_s - before.cpu_busy_s - bench_cpu) / jobs, 6
         ),
         "cpu_s_per_job_bench_client": round(bench_cpu / jobs, 6),
+        "cpu_ms_per_job_by_process": by_kind(before, after, jobs),
     }
+
+
+def by_kind(before: Reading, after: Reading, jobs: int) -> dict[str, float]:
+    """Milliseconds of CPU per job for each kind of process on this host, largest first.
+
+    A process that started during the run counts all its CPU; one that ended during it (a
+    gunicorn worker replaced) counts none of its own, so a kind may read low, never high."""
+    spent: dict[str, float] = {}
+    for pid, (kind, cpu) in after.processes.items():
+        was = before.processes.get(pid)
+        used = cpu - was[1] if was is not None and was[0] == kind else cpu
+        spent[kind] = spent.get(kind, 0.0) + max(0.0, used)
+    per_job = {kind: round(cpu * 1000 / max(jobs, 1), 3) for kind, cpu in spent.items()}
+    return dict(sorted(per_job.items(), key=lambda item: -item[1]))

@@ -180,6 +180,10 @@ def _print_stages(levels: list[tuple[str, dict[str, Any]]]) -> None:
                 f" jobs/s {first['throughput']}×"
             )
         info(line)
+        kinds = level.get("cpu_ms_per_job_by_process") or {}
+        if kinds:
+            spent = ", ".join(f"{kind} {ms:g}" for kind, ms in kinds.items())
+            info(f"{label}: CPU per job on this host, ms: {spent}")
 
 
 def against_first(levels: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -175,3 +175,8 @@ def test_inferq_bench_sweeps_clients_and_prints_the_stages(
         "p50": round(four["client_latency_ms"]["p50"] / one["client_latency_ms"]["p50"], 2),
     }
     assert "against 1 clients: p50" in result.output
+    # and which processes of this host the jobs' CPU went to
+    for level in levels:
+        spent = level["cpu_ms_per_job_by_process"]
+        assert spent["api"] > 0 and spent["worker"] > 0, spent
+    assert "4 clients: CPU per job on this host, ms: " in result.output
