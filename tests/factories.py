@@ -251,3 +251,28 @@ def leave_no_pending_rollout(settings: Any, model: str) -> None:
             .where(TrainingRun.model_id == row.id, TrainingRun.rollout == "pending")
             .values(rollout="registered", rollout_reason="left by a test without a scheduler")
         )
+
+
+def bare_model(conn: Any) -> tuple[uuid.UUID, int, int]:
+    """A tenant, a model and its version as bare rows, for tests that write jobs with SQL:
+    ``(tenant_id, model_id, version_id)``. ``conn`` is a SQLAlchemy connection in a
+    transaction."""
+    from sqlalchemy import text
+
+    tenant = uuid.uuid4()
+    conn.execute(text("INSERT INTO tenants (id, name) VALUES (:t, 'acme')"), {"t": tenant})
+    model_id = conn.scalar(
+        text(
+            "INSERT INTO models (name, handler, input_schema) VALUES"
+            " ('digits', 'digits', '{\"type\": \"object\"}') RETURNING id"
+        )
+    )
+    version_id = conn.scalar(
+        text(
+            "INSERT INTO model_versions (model_id, version, artifact_uri, sha256,"
+            " size_bytes, status, created_by) VALUES"
+            " (:m, 1, 'file:///none', repeat('0', 64), 1, 'active', 'test') RETURNING id"
+        ),
+        {"m": model_id},
+    )
+    return tenant, model_id, version_id

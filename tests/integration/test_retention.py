@@ -37,6 +37,7 @@ from db.partitions import (
 from db.training import labelled_feedback
 from inferq.core.settings import Settings
 from scheduler.retention import enforce
+from tests.factories import bare_model
 from tests.processes import ServiceProcess
 from tests.services import Services, create_database
 
@@ -76,23 +77,7 @@ def db(own: Settings) -> Iterator[Engine]:
 def model(db: Engine) -> tuple[uuid.UUID, int, int]:
     """A tenant, a model and its version: ``(tenant_id, model_id, version_id)``."""
     with db.begin() as conn:
-        tenant = uuid.uuid4()
-        conn.execute(text("INSERT INTO tenants (id, name) VALUES (:t, 'acme')"), {"t": tenant})
-        model_id = conn.scalar(
-            text(
-                "INSERT INTO models (name, handler, input_schema) VALUES"
-                " ('digits', 'digits', '{\"type\": \"object\"}') RETURNING id"
-            )
-        )
-        version_id = conn.scalar(
-            text(
-                "INSERT INTO model_versions (model_id, version, artifact_uri, sha256,"
-                " size_bytes, status, created_by) VALUES"
-                " (:m, 1, 'file:///none', repeat('0', 64), 1, 'active', 'test') RETURNING id"
-            ),
-            {"m": model_id},
-        )
-    return tenant, model_id, version_id
+        return bare_model(conn)
 
 
 def add_job(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -18,6 +17,7 @@ from db.ids import new_id, time_of
 from db.migrate import upgrade
 from db.partitions import partitions
 from scheduler.vacuum import vacuum_once
+from tests.factories import bare_model
 from tests.services import Services, create_database
 
 JOBS = 300
@@ -43,22 +43,7 @@ def jobs_claimed_and_stored(db: Engine, count: int) -> None:
     """``count`` jobs written as a worker writes them: inserted, claimed, stored (two dead
     rows each)."""
     with db.begin() as conn:
-        tenant = uuid.uuid4()
-        conn.execute(text("INSERT INTO tenants (id, name) VALUES (:t, 'acme')"), {"t": tenant})
-        model = conn.scalar(
-            text(
-                "INSERT INTO models (name, handler, input_schema) VALUES"
-                " ('digits', 'digits', '{\"type\": \"object\"}') RETURNING id"
-            )
-        )
-        version = conn.scalar(
-            text(
-                "INSERT INTO model_versions (model_id, version, artifact_uri, sha256,"
-                " size_bytes, status, created_by) VALUES"
-                " (:m, 1, 'file:///none', repeat('0', 64), 1, 'active', 'test') RETURNING id"
-            ),
-            {"m": model},
-        )
+        tenant, model, version = bare_model(conn)
         for _ in range(count):
             job_id = new_id()
             conn.execute(
