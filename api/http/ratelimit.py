@@ -92,12 +92,19 @@ def take(st: ApiState, key_id: uuid.UUID) -> Verdict | None:
     if rate <= 0:
         return None
     args = (TOKEN_BUCKET_SHA, 1, bucket_key(st, key_id), rate, burst)
+
+    def fill(pipe: Pipeline) -> int:
+        pipe.evalsha(*args)
+        return 1
+
+    # In a round trip shared with the requests in flight beside it (api.services.shared_pipeline).
+    reply = st.redis_trips.run(fill)[0]
     try:
-        try:
-            reply = st.redis.evalsha(*args)
-        except NoScriptError:  # a Redis that restarted or was flushed since
+        if isinstance(reply, NoScriptError):  # a Redis that restarted or was flushed since
             st.redis.script_load(TOKEN_BUCKET)
             reply = st.redis.evalsha(*args)
+        elif isinstance(reply, Exception):
+            raise reply
     except RedisError:
         log.warning("rate limiter unavailable; letting the request through", exc_info=True)
         return None

@@ -12,7 +12,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from redis.client import Pipeline
-from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
 from api.http import ratelimit
@@ -371,11 +370,16 @@ def load_to_wait(st: ApiState, job_id: uuid.UUID, tenant_id: uuid.UUID) -> JobVi
 
 def _finished_lately(st: ApiState, job_id: uuid.UUID) -> bool:
     """Whether Redis holds the job's status key, set by every path that finishes a job in
-    the round trip that publishes its signal (True where Redis cannot say)."""
-    try:
-        return bool(st.redis.exists(status_key(st.settings, str(job_id))))
-    except RedisError:
-        return True
+    the round trip that publishes its signal (True where Redis cannot say). Asked in a
+    round trip shared with the requests in flight beside it (api.services.shared_pipeline)."""
+    key = status_key(st.settings, str(job_id))
+
+    def fill(pipe: Pipeline) -> int:
+        pipe.exists(key)
+        return 1
+
+    reply = st.redis_trips.run(fill)[0]
+    return True if isinstance(reply, Exception) else bool(reply)
 
 
 def refresh(st: ApiState, view: JobView) -> JobView:

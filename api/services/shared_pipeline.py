@@ -12,6 +12,10 @@ timer, and no hand-over to another thread (as api.services.grouping does for the
 the publish), since a hand-over and its wake-up cost about what the round trip does.
 Commands are sent in the order they were queued, each request's together, so a token bucket
 still sees one take per request, as it did.
+
+The other requests' Redis round trips go the same way: the rate-limit token every other
+route takes as its caller authenticates (api.http.ratelimit), and a long-poll's check of its
+job's status key (api.services.jobs).
 """
 
 from __future__ import annotations

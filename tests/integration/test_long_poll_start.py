@@ -13,9 +13,12 @@ from typing import Any
 import pytest
 import redis
 from flask import Flask
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from sqlalchemy import text
 
 from api.services import jobs as jobs_service
+from api.services.shared_pipeline import SharedPipeline
 from api.state import ApiState
 from inferq.core.status import announce
 from tests.conftest import Keys
@@ -130,10 +133,11 @@ def test_where_redis_cannot_say_the_long_poll_reads_the_job(
     st: ApiState = app.extensions["inferq"]
     job_id = submitted(alice)
 
-    def down(*_: Any) -> Any:
-        raise redis.ConnectionError("Redis is down")
-
-    monkeypatch.setattr(st.redis, "exists", down)
+    # Redis down for the round trips requests make (the status key's check among them)
+    dead = redis.Redis(
+        host="127.0.0.1", port=1, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
+    )
+    monkeypatch.setattr(st, "redis_trips", SharedPipeline(dead))
     answer = alice.get(f"/v1/jobs/{job_id}?wait=0.2")
     assert answer.status_code == 200 and answer.get_json()["status"] == "queued"
     assert reads.count == 1

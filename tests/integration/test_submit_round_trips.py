@@ -177,3 +177,37 @@ def test_redis_down_lets_the_submit_through_uncounted(
     key = make_key(settings, "alice", ["submit", "read"])
     http = app.test_client()
     assert [submit(http, key, shade=s).status_code for s in (1.0, 2.0)] == [202, 202]
+
+
+class RecordingPipeline(SharedPipeline):
+    """The shared pipeline, recording the commands each request queues on it."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        super().__init__(client)
+        self.queued: list[list[str]] = []
+
+    def run(self, fill: Any) -> list[Any]:
+        def recorded(pipe: Any) -> int:
+            count = int(fill(pipe))
+            self.queued.append([str(args[0]).upper() for args, _ in pipe.command_stack[-count:]])
+            return count
+
+        return super().run(recorded)
+
+
+def test_a_reads_token_and_a_long_polls_status_check_share_round_trips(
+    settings: Settings, digits_version: int
+) -> None:
+    """Catches: the token taken as a caller authenticates, or a long-poll's check of the job's
+    status key, sent on a round trip of its own instead of one shared with the requests in
+    flight beside it."""
+    app, http = counted_app(settings, key_rate_per_s=0.1, key_rate_burst=100)
+    recording = RecordingPipeline(app.extensions["inferq"].redis)
+    app.extensions["inferq"].redis_trips = recording
+    key = make_key(settings, "alice", ["submit", "read"])
+    job_id = submit(http, key).get_json()["id"]  # 202: the view is kept for the long-poll
+    recording.queued = []
+    response = http.get(f"/v1/jobs/{job_id}?wait=0.1", headers=auth(key))
+    assert response.status_code == 200
+    assert response.headers["RateLimit-Remaining"] == "98"
+    assert recording.queued == [["EVALSHA"], ["EXISTS"]]
