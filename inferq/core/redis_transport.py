@@ -17,8 +17,6 @@ still gives back every message of it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import redis
 from kombu.transport import redis as kombu_redis
@@ -60,19 +58,12 @@ class QoS(kombu_redis.QoS):
         if tags:
             self._ack_all(tags)
 
-    @contextmanager
-    def acks_together(self) -> Iterator[None]:
-        """Acks made inside the block are sent together when it ends (even when it raises)."""
-        self.gather_acks()
-        try:
-            yield
-        finally:
-            self.send_gathered()
-
     def restore_unacked(self, client: object = None) -> None:
         # A channel closing (warm shutdown, a lost connection) gives back what it holds
-        # unacked: send the acks gathered first, or their messages would run again.
+        # unacked: send the acks gathered first, or their messages would run again, and
+        # forget them (kombu's Redis restore walks every delivered tag, acked or not).
         self.send_gathered()
+        self._flush()
         super().restore_unacked(client)
 
     def _ack_all(self, tags: list[str]) -> None:
