@@ -31,9 +31,6 @@ from redis.exceptions import RedisError
 #: Queues a request's commands on the pipeline and returns how many it queued.
 Fill = Callable[[Pipeline], int]
 
-#: The most requests one pipeline carries.
-MAX_GROUP = 64
-
 
 class _Turn:
     __slots__ = ("error", "fill", "lead", "ready", "replies")
@@ -50,9 +47,8 @@ class SharedPipeline:
     """Runs each request's Redis commands in a pipeline shared with the requests queued
     while the previous one was in flight."""
 
-    def __init__(self, client: redis.Redis, *, max_group: int = MAX_GROUP) -> None:
+    def __init__(self, client: redis.Redis) -> None:
         self._client = client
-        self._max_group = max_group
         self._lock = threading.Lock()
         self._queued: list[_Turn] = []
         self._busy = False
@@ -80,11 +76,12 @@ class SharedPipeline:
         return turn.replies
 
     def _lead(self) -> None:
-        """Send what is queued (this request's commands first), then hand the lead to the
-        first request queued meanwhile, or give it up."""
+        """Send all that is queued (this request's commands first), then hand the lead to
+        the first request queued meanwhile, or give it up. No cap on a group: where Redis
+        stalls, every request waits for the round trip in flight and the next, never for a
+        line of them (a lone command would have waited for a pooled connection as long)."""
         with self._lock:
-            group = self._queued[: self._max_group]
-            del self._queued[: self._max_group]
+            group, self._queued = self._queued, []
         try:
             self._send(group)
         finally:
