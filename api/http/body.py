@@ -28,8 +28,7 @@ def _finite_float(text: str) -> float:
 #: not a fraction's (after a point) become a space and 19 zeros, found at C speed (a regex
 #: for them tries every digit of a body of floats: ten times orjson's time).
 _NUMBER_SHAPES = bytes(
-    ord("0") if chr(c).isdigit() and c < 128 else c if c == ord(".") else ord(" ")
-    for c in range(256)
+    ord("0") if c in b"0123456789" else c if c == ord(".") else ord(" ") for c in range(256)
 )
 _LONG_RUN = b"0" * 19
 

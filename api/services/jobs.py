@@ -196,18 +196,19 @@ def _take_token_and_look_up(
     key = cache.cache_key_for(
         st.settings, chosen.version_id, chosen.sha256, input, info.config.get("cache", True)
     )
-    if key is None and not token.would_count:
+    counts = token.would_count
+    if key is None and not counts:
         return None
-    queued: list[bool] = []
 
     def fill(pipe: Pipeline) -> int:
-        queued.append(token.queue(pipe))
+        if counts:
+            token.queue(pipe)
         if key is not None:
             pipe.get(key)
-        return int(queued[0]) + (key is not None)
+        return int(counts) + (key is not None)
 
     replies = st.redis_trips.run(fill)
-    if queued[0]:
+    if counts:
         token.settle(replies.pop(0))
     return cache.decode(replies[0]) if key is not None else None
 
