@@ -43,7 +43,9 @@ def vacuum_once(engine: Engine, min_dead: int = MIN_DEAD) -> list[str]:
             for part in repo.unvacuumed(conn)
             if part.dead > max(min_dead, DEAD_SHARE * part.live)
         ]
-    done = []
+    done: list[str] = []
+    if not bloated:
+        return done
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         for part in bloated:
             try:
