@@ -10,6 +10,7 @@ import orjson
 from flask import Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from db.fastjson import long_integer
 from inferq.core.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 
@@ -24,23 +25,6 @@ def _finite_float(text: str) -> float:
     return value
 
 
-#: Each digit as 0, a point as itself, anything else as a space: 19 digits or more that are
-#: not a fraction's (after a point) become a space and 19 zeros, found at C speed (a regex
-#: for them tries every digit of a body of floats: ten times orjson's time).
-_NUMBER_SHAPES = bytes(
-    ord("0") if c in b"0123456789" else c if c == ord(".") else ord(" ") for c in range(256)
-)
-_LONG_RUN = b"0" * 19
-
-
-def _long_integer(raw: bytes) -> bool:
-    """Whether ``raw`` holds 19 digits or more in a row that are not a fraction's. As a
-    number's integer part orjson would turn them into a float (past 64 bits): such bodies take
-    the standard library's parser. A fraction's digits orjson rounds as float() does."""
-    shapes = raw.translate(_NUMBER_SHAPES)
-    return b" " + _LONG_RUN in shapes or shapes.startswith(_LONG_RUN)
-
-
 def parse_json(raw: bytes) -> Any:
     """Parse ``raw`` as strict JSON (no NaN or Infinity, no overflowing numbers), holding
     nothing Postgres cannot store (NUL characters, unpaired surrogates).
@@ -50,7 +34,7 @@ def parse_json(raw: bytes) -> Any:
     surrogates, deep nesting); what it refuses, and a body with an integer it would round,
     goes through json.loads, so the answer, its error message included, is the standard
     library's."""
-    if not _long_integer(raw):
+    if not long_integer(raw):
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
