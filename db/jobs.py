@@ -27,7 +27,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from db.engine import KeptConnection
@@ -130,13 +130,12 @@ def insert_queued_jobs(
     attached to the session, for callers to read, never to write.
     """
     if isinstance(session, KeptConnection):
+        # The rows as one JSON array, unpacked by Postgres (jsonb_to_recordset): one
+        # parameter for the driver to quote, where a VALUES row of parameters cost it 45 us
+        # of CPU per job (every value adapted and quoted, the statement formatted around them).
         keys = tuple(rows[0])
-        params = {
-            f"{key}_{n}": _driver_value(session, key, values[key])
-            for n, values in enumerate(rows)
-            for key in keys
-        }
-        returned = session.execute(_insert_queued_sql(keys, len(rows)), params)
+        plain = [{key: _plain(values[key]) for key in keys} for values in rows]
+        returned = session.execute(_insert_rows_sql(keys), {"rows": session.json(plain)})
         published = {uuid.UUID(str(job_id)): at for job_id, at in returned}
         return [_detached_job(values, published_at=published[values["id"]]) for values in rows]
     connection = _on(session)
@@ -148,29 +147,27 @@ def insert_queued_jobs(
     return [_detached_job(values, published_at=published[values["id"]]) for values in rows]
 
 
-def _driver_value(kept: KeptConnection, key: str, value: Any) -> Any:
-    """``value`` of ``jobs.<key>`` as the driver takes it: JSON as the engine writes it, a
-    UUID as its text (cast back in the statement, _insert_queued_sql)."""
-    if isinstance(Job.__table__.c[key].type, JSONB):
-        return kept.json(value)
-    return str(value) if isinstance(value, uuid.UUID) else value
+def _plain(value: Any) -> Any:
+    """A column's value as JSON holds it for jsonb_to_recordset (UUIDs and times as text)."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    return value
 
 
-@functools.lru_cache(maxsize=256)
-def _insert_queued_sql(keys: tuple[str, ...], count: int) -> str:
-    """_INSERT_QUEUED for ``count`` rows of these columns (queued_job_values'), in the
-    driver's parameter style (KeptConnection); UUID and JSON values cast to their type."""
-
-    def value(key: str, n: int) -> str:
-        kind = Job.__table__.c[key].type
-        cast = "uuid" if isinstance(kind, UUID) else "jsonb" if isinstance(kind, JSONB) else ""
-        return f"CAST(%({key}_{n})s AS {cast})" if cast else f"%({key}_{n})s"
-
-    rows = ", ".join(
-        "(" + ", ".join(value(key, n) for key in keys) + ", now())" for n in range(count)
-    )
+@functools.lru_cache(maxsize=16)
+def _insert_rows_sql(keys: tuple[str, ...]) -> str:
+    """_INSERT_QUEUED for any number of rows of these columns (queued_job_values'), given as
+    one JSON array ``%(rows)s`` in the driver's parameter style (KeptConnection)."""
+    dialect = postgresql.dialect()
     columns = ", ".join(f'"{key}"' for key in keys)
-    return f"INSERT INTO jobs ({columns}, published_at) VALUES {rows} RETURNING id, published_at"
+    types = ", ".join(f'"{key}" {Job.__table__.c[key].type.compile(dialect)}' for key in keys)
+    return (
+        f"INSERT INTO jobs ({columns}, published_at) SELECT {columns}, now()"
+        f" FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS r({types})"
+        " RETURNING id, published_at"
+    )
 
 
 def find_inserted(

@@ -17,7 +17,7 @@ from sqlalchemy.exc import DataError
 from api.services.inserter import GroupInserter
 from api.state import ApiState
 from db.engine import KeptConnection
-from db.jobs import queued_job_values
+from db.jobs import insert_queued_jobs, queued_job_values
 from db.registry import serving_info
 from db.tables import Job
 from tests.conftest import Keys
@@ -119,6 +119,62 @@ def test_submits_that_arrive_together_share_one_commit_and_each_202_is_durable(
         job = stored[job_id]
         assert (job.status, job.user, job.input) == ("queued", f"u{i}", inputs[i][0])
         assert job.published_at is not None
+
+
+def test_a_groups_rows_are_stored_column_for_column_as_given(app: Flask, keys: Keys) -> None:
+    """The group's INSERT sends its rows as one JSON array that Postgres unpacks. Catches: a
+    column dropped or mistyped on the way (a time off by its zone or its microseconds, an
+    integer past 64 bits rounded, a quote or a non-ASCII letter mangled)."""
+    st: ApiState = app.extensions["inferq"]
+    with st.sessions() as session:
+        digits = serving_info(session, "digits")
+        tenant = session.scalar(text("SELECT id FROM tenants LIMIT 1"))
+    assert digits is not None and digits.active_version_id is not None and tenant is not None
+    inputs: list[Any] = [
+        pixels(0.5),
+        {"big": 12345678901234567890123, "f": [1e-7, 0.1, -2.5], "s": "é \" ' \\ \u2028"},
+        ["a", None, True, {"nested": [[]]}],
+    ]
+    rows = [
+        queued_job_values(
+            tenant_id=tenant,
+            model_id=digits.model_id,
+            version_id=digits.active_version_id,
+            lane=lane,
+            input=value,
+            user=user,
+            experiment_id=experiment,
+            arm=arm,
+        )
+        for value, lane, user, experiment, arm in zip(
+            inputs,
+            ["online", "batch", "online"],
+            [None, 'Zoë "O\'Hara"', "u" * 256],
+            [None, uuid.uuid4(), None],
+            [None, "b", None],
+            strict=True,
+        )
+    ]
+    engine = st.sessions.kw["bind"]
+    kept = KeptConnection(engine)
+
+    # When they go in as one group
+    try:
+        returned = insert_queued_jobs(kept, rows)
+    finally:
+        kept.close()
+
+    # Then each job holds every value it was given, and the time the server set
+    with st.sessions() as session:
+        stored = {
+            job.id: job
+            for job in session.scalars(select(Job).where(Job.id.in_([r["id"] for r in rows])))
+        }
+    for values, job in zip(rows, returned, strict=True):
+        row = stored[values["id"]]
+        assert {key: getattr(row, key) for key in values} == values
+        assert job.id == values["id"] and job.published_at == row.published_at is not None
+    assert type(stored[rows[1]["id"]].input["big"]) is int
 
 
 def test_a_row_postgres_refuses_fails_only_its_own_request(app: Flask) -> None:
