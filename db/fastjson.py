@@ -34,7 +34,12 @@ def long_integer(raw: bytes) -> bool:
 def loads(text: str | bytes) -> Any:
     """``json.loads(text)``: the same value, or the same error, at orjson's speed where it
     can give it."""
-    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    if isinstance(text, str):
+        raw = text.encode("utf-8", "surrogatepass")
+    elif isinstance(text, bytes | bytearray):
+        raw = bytes(text)
+    else:
+        return json.loads(text)  # what json.loads makes of anything else (a TypeError)
     if not long_integer(raw):
         try:
             return orjson.loads(raw)

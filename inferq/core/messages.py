@@ -11,6 +11,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
+from db import fastjson
+
 PREDICT_TASK = "inferq.predict"
 RECONCILE_TASK = "inferq.reconcile"
 WEBHOOK_TASK = "inferq.webhook"
@@ -152,7 +154,7 @@ class Completion:
     def decode(cls, data: bytes | str) -> Completion:
         """Parse the wire form; anything malformed yields an empty completion."""
         try:
-            body = json.loads(data)
+            body = fastjson.loads(data)  # json.loads's values, at orjson's speed
         except (TypeError, ValueError):
             return cls(())
         if not isinstance(body, dict) or not isinstance(body.get("ids"), list):

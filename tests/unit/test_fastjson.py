@@ -50,3 +50,15 @@ def test_an_ordinary_text_never_reaches_json_loads(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr("db.fastjson.json.loads", refuse)
     assert fastjson.loads(SAME_VALUE[0])["pixels"][2] == 16.0
+
+
+@pytest.mark.parametrize("value", [None, 3, memoryview(b"[1]")])
+def test_what_is_not_text_fails_as_json_loads_fails(value: object) -> None:
+    with pytest.raises(TypeError):
+        json.loads(value)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        fastjson.loads(value)  # type: ignore[arg-type]
+
+
+def test_a_bytearray_parses_as_its_bytes() -> None:
+    assert fastjson.loads(bytearray(b'{"a": [1, 2.5]}')) == {"a": [1, 2.5]}
