@@ -11,8 +11,6 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
-from db import fastjson
-
 PREDICT_TASK = "inferq.predict"
 RECONCILE_TASK = "inferq.reconcile"
 WEBHOOK_TASK = "inferq.webhook"
@@ -154,7 +152,7 @@ class Completion:
     def decode(cls, data: bytes | str) -> Completion:
         """Parse the wire form; anything malformed yields an empty completion."""
         try:
-            body = fastjson.loads(data)  # json.loads's values, at orjson's speed
+            body = json.loads(data)
         except (TypeError, ValueError):
             return cls(())
         if not isinstance(body, dict) or not isinstance(body.get("ids"), list):
