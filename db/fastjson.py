@@ -1,4 +1,5 @@
-"""JSON text parsed by orjson wherever it gives exactly what the standard library gives.
+"""JSON text parsed by orjson wherever it gives exactly what the standard library gives, and
+what of parsed JSON Postgres cannot store.
 
 orjson parses a digits job's input (64 floats) in a tenth of ``json.loads``'s time. Where the
 two differ, the standard library parses: what orjson refuses (its errors differ, and so does
@@ -10,6 +11,7 @@ orjson would turn into a float past 64 bits. Used for JSON columns as they are r
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import orjson
@@ -46,3 +48,36 @@ def loads(text: str | bytes) -> Any:
         except orjson.JSONDecodeError:
             pass
     return json.loads(text)
+
+
+def unstorable(value: Any) -> str | None:
+    """Why Postgres could not store ``value`` (parsed JSON) as JSONB or text, or None."""
+    try:
+        return _unstorable(value)
+    except RecursionError:
+        return "is nested too deeply"
+
+
+def _unstorable(value: Any) -> str | None:
+    if isinstance(value, float):
+        return None if math.isfinite(value) else "holds a number out of range"
+    if isinstance(value, str):
+        return _bad_string(value)
+    if isinstance(value, list):
+        return next(filter(None, map(_unstorable, value)), None)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            problem = _bad_string(key) or _unstorable(item)
+            if problem:
+                return problem
+    return None
+
+
+def _bad_string(value: str) -> str | None:
+    if "\x00" in value:
+        return "holds a NUL character (\\u0000), which cannot be stored"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "holds an unpaired surrogate (\\ud800-\\udfff), which cannot be stored"
+    return None

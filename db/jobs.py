@@ -59,6 +59,8 @@ class JobResult:
     error: dict[str, Any] | None = None
     batch_size: int | None = None
     predict_ms: float | None = None
+    #: ``output`` as JSON text, when the worker has written it already (the result cache's)
+    output_json: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

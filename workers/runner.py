@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError
 
 from db.engine import retry_on_disconnect
+from db.fastjson import unstorable
 from db.jobs import (
     ClaimedJob,
     JobResult,
@@ -181,7 +182,7 @@ def cache_entries(
         digest = ctx.runtime.digest(job.version_id)
         if result.id in succeeded and digest and result.output is not None:
             key = cache_key(ctx.settings, job.version_id, digest, job.input)
-            entries.append((key, json.dumps(result.output)))
+            entries.append((key, result.output_json or json.dumps(result.output)))
     return entries
 
 
@@ -224,11 +225,7 @@ def predict_group(handler: ModelHandler, jobs: Sequence[ClaimedJob]) -> list[Job
         return results + [_predict_alone(handler, job, item) for job, item in ready]
     predict_ms = (time.perf_counter() - started) * 1000
     for (job, _), output in zip(ready, outputs, strict=True):
-        results.append(
-            JobResult(
-                job.id, "succeeded", output=output, batch_size=len(ready), predict_ms=predict_ms
-            )
-        )
+        results.append(_succeeded(job, output, len(ready), predict_ms))
     return results
 
 
@@ -238,12 +235,28 @@ def _predict_alone(handler: ModelHandler, job: ClaimedJob, item: Any) -> JobResu
         (output,) = handler.predict([item])
     except Exception as exc:
         return _failed(job, "predict-failed", f"{type(exc).__name__}: {exc}")
+    return _succeeded(job, output, 1, (time.perf_counter() - started) * 1000)
+
+
+def _succeeded(job: ClaimedJob, output: Any, batch_size: int, predict_ms: float) -> JobResult:
+    """The job's result: succeeded with ``output``, or failed alone when Postgres could not
+    store the output (NaN or Infinity, a NUL character, a value JSON cannot write). One such
+    output used to fail its whole batch's store, and the batch went back to the queue again
+    and again until its jobs ran out of attempts."""
+    try:
+        text = json.dumps(output, allow_nan=False)
+        problem = unstorable(output) if "\\u" in text else None  # NUL, lone surrogates
+    except (TypeError, ValueError, RecursionError) as exc:
+        problem = f"cannot be written as JSON ({type(exc).__name__}: {exc})"
+    if problem:
+        return _failed(job, "invalid-output", f"The model's output {problem}.")
     return JobResult(
         job.id,
         "succeeded",
         output=output,
-        batch_size=1,
-        predict_ms=(time.perf_counter() - started) * 1000,
+        batch_size=batch_size,
+        predict_ms=predict_ms,
+        output_json=text,
     )
 
 

@@ -10,7 +10,7 @@ import orjson
 from flask import Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from db.fastjson import long_integer
+from db.fastjson import long_integer, unstorable
 from inferq.core.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 
@@ -61,39 +61,6 @@ def _storable(raw: bytes, body: Any) -> Any:
         if problem:
             raise InvalidInput(f"The body {problem}.")
     return body
-
-
-def unstorable(value: Any) -> str | None:
-    """Why Postgres could not store ``value`` (parsed JSON) as JSONB or text, or None."""
-    try:
-        return _unstorable(value)
-    except RecursionError:
-        return "is nested too deeply"
-
-
-def _unstorable(value: Any) -> str | None:
-    if isinstance(value, float):
-        return None if math.isfinite(value) else "holds a number out of range"
-    if isinstance(value, str):
-        return _bad_string(value)
-    if isinstance(value, list):
-        return next(filter(None, map(_unstorable, value)), None)
-    if isinstance(value, dict):
-        for key, item in value.items():
-            problem = _bad_string(key) or _unstorable(item)
-            if problem:
-                return problem
-    return None
-
-
-def _bad_string(value: str) -> str | None:
-    if "\x00" in value:
-        return "holds a NUL character (\\u0000), which cannot be stored"
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return "holds an unpaired surrogate (\\ud800-\\udfff), which cannot be stored"
-    return None
 
 
 def json_object(*, optional: bool = False) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterator
 from typing import IO, Any
 
-from api.http.body import unstorable
+from db.fastjson import unstorable
 from inferq.core.errors import InvalidInput, PayloadTooLarge
 
 BLOCK_BYTES = 1 << 16

@@ -23,7 +23,7 @@ from typing import IO, Any
 import redis
 from flask import request
 
-from api.http.jsonl import Limits, Line, bad_line, read_lines, unstorable
+from api.http.jsonl import Limits, Line, bad_line, read_lines
 from api.http.validation import check, fast_validator
 from api.services import quotas
 from api.services.jobs import expired, model_for
@@ -42,6 +42,7 @@ from db.batches import (
     set_cached_count,
 )
 from db.engine import retry_on_disconnect
+from db.fastjson import unstorable
 from db.jobs import mark_unpublished
 from db.registry import ServingInfo
 from inferq.core.broker import publish as publish_message

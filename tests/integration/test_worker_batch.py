@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import threading
 import time
 import uuid
@@ -158,6 +159,39 @@ def test_a_bad_item_fails_alone(alice: Caller, ctx: WorkerContext) -> None:
     failed = row(ctx, bad)
     assert failed.status == "failed" and failed.error is not None
     assert failed.error["type"] == "invalid-input"
+
+
+def test_an_output_postgres_cannot_store_fails_its_job_alone(
+    alice: Caller, ctx: WorkerContext, digits_version: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user's model may answer NaN, a value JSON cannot write, or a NUL character. Catches:
+    one such output failing its whole batch's store (tried: the check removed: the batch
+    raised, every job went back to the queue, to fail again until out of attempts)."""
+    handler = ctx.runtime.handler(digits_version)
+    real = handler.predict
+    bad_outputs = [{"score": math.nan}, {"label": {1, 2}}, {"label": "a\x00b"}]
+
+    def predict(items: list[Any]) -> list[Any]:
+        return [*bad_outputs, *real(items)[len(bad_outputs) :]]
+
+    monkeypatch.setattr(handler, "predict", predict)
+    ids = [submit(alice, p) for p, _ in holdout(4)]
+
+    # When the batch runs
+    results = {str(r.id): r for r in run_batch(ctx, ids)}
+
+    # Then each bad output failed its own job, saying why, and the good one succeeded
+    why = [results[job_id].error for job_id in ids[:3]]
+    assert [e and e["type"] for e in why] == ["invalid-output"] * 3
+    assert "Out of range float" in why[0]["message"]  # type: ignore[index]
+    assert "not JSON serializable" in why[1]["message"]  # type: ignore[index]
+    assert "NUL" in why[2]["message"]  # type: ignore[index]
+    assert results[ids[3]].status == "succeeded"
+    # and every job was stored once, in this batch, none sent back to run again
+    stored = [row(ctx, job_id) for job_id in ids]
+    assert [job.status for job in stored] == ["failed"] * 3 + ["succeeded"]
+    assert [job.attempts for job in stored] == [1] * 4
+    assert stored[3].output == results[ids[3]].output
 
 
 def test_a_job_canceled_while_running_is_discarded(alice: Caller, ctx: WorkerContext) -> None:
