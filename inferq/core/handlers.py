@@ -156,7 +156,9 @@ class ModelHandler(abc.ABC):
 
     @abc.abstractmethod
     def predict(self, batch: Sequence[Any]) -> list[dict[str, Any]]:
-        """Predict a batch of prepared inputs; one output per input, in order."""
+        """Predict a batch of prepared inputs; one output per input, in order. Each output
+        is stored as JSON: plain numbers (finite), strings, lists and dicts (``.tolist()`` a
+        tensor). One that is not fails its own job as ``invalid-output``."""
 
     def train(
         self,
