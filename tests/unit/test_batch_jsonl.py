@@ -79,7 +79,7 @@ def test_the_first_bad_line_is_named(data: bytes, kind: type, detail: str) -> No
 
 
 def test_what_parses_but_is_too_deep_to_walk_is_a_problem_not_a_crash() -> None:
-    from api.http.jsonl import unstorable
+    from db.fastjson import unstorable
 
     value: object = 1.0
     for _ in range(5000):
