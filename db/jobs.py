@@ -486,25 +486,29 @@ def store_results(
     comes back saying whether it has a webhook (no second query to find out)."""
     if not results:
         return []
-    # A flat dict per result: dataclasses.asdict deep-copies every output (slow for big batches).
-    payload = json.dumps(
-        [
-            {
-                "id": str(r.id),
-                "status": r.status,
-                "output": r.output,
-                "error": r.error,
-                "batch_size": r.batch_size,
-                "predict_ms": r.predict_ms,
-            }
-            for r in results
-        ]
-    )
+    payload = "[" + ",".join(map(_result_json, results)) + "]"
     since, until = time_window([r.id for r in results])
     params = {"results": payload, "worker": worker, "since": since, "until": until}
     if isinstance(session, KeptConnection):
         return [StoredResult(*row) for row in session.execute(STORE_SQL, params)]
     return [StoredResult(*row) for row in _on(session).execute(_STORE, params)]
+
+
+def _result_json(result: JobResult) -> str:
+    """One result as the store's JSON object; its output as the worker wrote it already,
+    when it did (an embedding's 384 floats are not written twice). A flat dict per result:
+    dataclasses.asdict deep-copies every output."""
+    fields = json.dumps(
+        {
+            "id": str(result.id),
+            "status": result.status,
+            "error": result.error,
+            "batch_size": result.batch_size,
+            "predict_ms": result.predict_ms,
+        }
+    )
+    output = result.output_json if result.output_json is not None else json.dumps(result.output)
+    return f'{fields[:-1]}, "output": {output}}}'
 
 
 def fail_jobs(

@@ -194,6 +194,22 @@ def test_an_output_postgres_cannot_store_fails_its_job_alone(
     assert stored[3].output == results[ids[3]].output
 
 
+def test_the_store_writes_the_output_text_the_worker_made(
+    alice: Caller, ctx: WorkerContext
+) -> None:
+    """The worker writes each output's JSON once, checking it (workers.runner._succeeded);
+    the store sends that text. Catches: the output written a second time (an embedding's
+    floats each time), seen here as the text's value stored rather than the object's."""
+    job_id = submit(alice, pixels(3.0))
+    with ctx.sessions.begin() as session:
+        claim_jobs(session, [job_id], "texts@test")
+        result = JobResult(
+            uuid.UUID(job_id), "succeeded", output={"label": 1}, output_json='{"label": 7}'
+        )
+        store_results(session, [result], "texts@test")
+    assert row(ctx, job_id).output == {"label": 7}
+
+
 def test_a_job_canceled_while_running_is_discarded(alice: Caller, ctx: WorkerContext) -> None:
     job_id = submit(alice, pixels(3.0))
     with ctx.sessions.begin() as session:
