@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from redis.exceptions import NoScriptError
 
 from inferq.core.messages import Completion
 from inferq.core.settings import Settings
@@ -91,13 +92,20 @@ def test_with_the_cache_off_no_entry_is_written(own: Settings, client: redis.Red
 
 
 def test_a_redis_that_forgot_the_script_still_gets_the_batch(
-    own: Settings, client: redis.Redis
+    own: Settings, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Catches: a Redis restarted (or its scripts flushed) since the worker's last batch
-    leaving the next batch unannounced: its long-polls would wait out their time."""
-    client.script_flush()
+    leaving the next batch unannounced: its long-polls would wait out their time. (Redis's
+    script cache is the server's: flushing it would reach every other test's Redis user.)"""
+
+    def forgot(*args: object, **kwargs: object) -> object:
+        raise NoScriptError("No matching script. Please use EVAL.")
+
+    monkeypatch.setattr(client, "evalsha", forgot)
     job = str(uuid.uuid4())
 
+    CountingConnection.sends = []
     announce(client, own, [(job, "succeeded")])
 
+    assert CountingConnection.sends == [["EVAL"]]
     assert client.get(status_key(own, job)) == b"succeeded"
