@@ -17,6 +17,7 @@ from api.app import create_app
 from inferq.core.broker import queue_name
 from inferq.core.settings import Settings
 from tests.conftest import Keys
+from tests.integration.test_submit_round_trips import CountingConnection
 from tests.s3 import s3_endpoint  # noqa: F401 (a fixture: a moto S3 server)
 
 
@@ -107,3 +108,15 @@ def queued_task_args(settings: Settings, lane: str, task: str) -> list[list[Any]
             found.append(args)
     client.close()
     return found
+
+
+@pytest.fixture
+def counting_redis(settings: Settings) -> Iterator[redis.Redis]:
+    """A client of this run's Redis whose round trips are listed in
+    ``CountingConnection.sends`` (emptied first)."""
+    CountingConnection.sends = []
+    pool = redis.ConnectionPool.from_url(
+        settings.effective_redis_url, connection_class=CountingConnection
+    )
+    yield redis.Redis(connection_pool=pool)
+    pool.disconnect()

@@ -32,16 +32,6 @@ def prefix(settings: Settings) -> Iterator[str]:
     wipe_redis(settings.effective_redis_url, namespace)
 
 
-@pytest.fixture
-def client(settings: Settings) -> Iterator[redis.Redis]:
-    CountingConnection.sends = []
-    pool = redis.ConnectionPool.from_url(
-        settings.effective_redis_url, connection_class=CountingConnection
-    )
-    yield redis.Redis(connection_pool=pool)
-    pool.disconnect()
-
-
 def incr_and_get(key: str) -> Any:
     """A request's commands: count its key up, then read it."""
 
@@ -83,11 +73,11 @@ def run_with_followers(
 
 
 def test_requests_queued_behind_a_round_trip_share_the_next_one(
-    client: redis.Redis, prefix: str
+    counting_redis: redis.Redis, prefix: str
 ) -> None:
     """Catches: each request sending its own round trip, or a request handed another's
     replies."""
-    shared = SharedPipeline(client)
+    shared = SharedPipeline(counting_redis)
     keys = [f"{prefix}:k{n}" for n in range(FOLLOWERS)]
     # When many requests queue while the first one's round trip is in flight
     mine, theirs = run_with_followers(
@@ -104,11 +94,11 @@ def test_requests_queued_behind_a_round_trip_share_the_next_one(
 
 
 def test_a_request_whose_commands_fail_to_queue_fails_alone(
-    client: redis.Redis, prefix: str
+    counting_redis: redis.Redis, prefix: str
 ) -> None:
     """Catches: one request's mistake failing the others of its round trip, or its half-queued
     commands shifting their replies."""
-    shared = SharedPipeline(client)
+    shared = SharedPipeline(counting_redis)
 
     def broken(pipe: Pipeline) -> int:
         pipe.incr(f"{prefix}:broken")
@@ -119,7 +109,7 @@ def test_a_request_whose_commands_fail_to_queue_fails_alone(
     assert mine == [1, b"1"]
     assert theirs[0] == [1, b"1"] and theirs[2] == [1, b"1"]
     assert isinstance(theirs[1], ValueError)
-    assert client.get(f"{prefix}:broken") is None  # its queued command never went
+    assert counting_redis.get(f"{prefix}:broken") is None  # its queued command never went
 
 
 def test_when_redis_is_down_every_request_gets_the_error_as_its_replies() -> None:

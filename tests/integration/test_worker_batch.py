@@ -181,11 +181,11 @@ def test_an_output_postgres_cannot_store_fails_its_job_alone(
     results = {str(r.id): r for r in run_batch(ctx, ids)}
 
     # Then each bad output failed its own job, saying why, and the good one succeeded
-    why = [results[job_id].error for job_id in ids[:3]]
-    assert [e and e["type"] for e in why] == ["invalid-output"] * 3
-    assert "Out of range float" in why[0]["message"]  # type: ignore[index]
-    assert "not JSON serializable" in why[1]["message"]  # type: ignore[index]
-    assert "NUL" in why[2]["message"]  # type: ignore[index]
+    why = [results[job_id].error or {} for job_id in ids[:3]]
+    assert [e.get("type") for e in why] == ["invalid-output"] * 3
+    assert "Out of range float" in why[0]["message"]
+    assert "not JSON serializable" in why[1]["message"]
+    assert "NUL" in why[2]["message"]
     assert results[ids[3]].status == "succeeded"
     # and every job was stored once, in this batch, none sent back to run again
     stored = [row(ctx, job_id) for job_id in ids]
