@@ -111,7 +111,7 @@ class CompletionWaiter:
             # a timeout costs a readiness poll per message, a third of this thread's CPU. A
             # Redis that goes away ends the read with an error: subscribe again.
             for message in pubsub.listen():
-                if message and message.get("type") == "message":
+                if message["type"] == "message":  # listen() yields no None
                     self.notify(Completion.decode(message["data"]))
         finally:
             pubsub.close()
